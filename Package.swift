@@ -1,0 +1,45 @@
+// swift-tools-version:5.9
+// rnn-dp: data-parallel recurrent network training on MPI.
+// Dependency direction: rnn-dp -> RNNTrain -> {RNNDistributed, RNNData, RNN}; RNN and RNNData know
+// nothing of MPI. See docs/ARCHITECTURE.md.
+import PackageDescription
+
+let package = Package(
+    name: "rnn-dp",
+    products: [
+        .executable(name: "rnn-dp", targets: ["rnn-dp"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "5.0.1"),
+    ],
+    targets: [
+        // System libraries, found through pkg-config (Debian: libopenmpi-dev, libopenblas-dev).
+        .systemLibrary(name: "COpenMPI", path: "Sources/COpenMPI", pkgConfig: "ompi-c",
+                       providers: [.apt(["libopenmpi-dev", "openmpi-bin"])]),
+        .systemLibrary(name: "COpenBLAS", path: "Sources/COpenBLAS", pkgConfig: "openblas",
+                       providers: [.apt(["libopenblas-dev"])]),
+        // Thin C shim: plain C functions over MPI; mpi.h never reaches Swift.
+        .target(name: "CMPI", dependencies: ["COpenMPI"], path: "Sources/CMPI"),
+        // Numerics: buffers, BLAS, cells, head, losses, BPTT, optimizers. No MPI.
+        .target(name: "RNN", dependencies: ["COpenBLAS"]),
+        // Datasets and deterministic global sampling. No MPI.
+        .target(name: "RNNData", dependencies: ["RNN"]),
+        // Communicator protocol, MPI and single-process implementations, gradient reduction.
+        .target(name: "RNNDistributed", dependencies: ["CMPI"]),
+        // Config, training loop, checkpoints/safetensors, metrics.
+        .target(name: "RNNTrain", dependencies: [
+            "RNN", "RNNData", "RNNDistributed",
+            .product(name: "Yams", package: "Yams"),
+        ]),
+        .executableTarget(name: "rnn-dp", dependencies: [
+            "RNNTrain", "RNNDistributed",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+        .testTarget(name: "RNNTests", dependencies: ["RNN"]),
+        .testTarget(name: "RNNDataTests", dependencies: ["RNNData"]),
+        .testTarget(name: "RNNTrainTests", dependencies: ["RNNTrain"]),
+        // Launches `mpirun -np N rnn-dp ...` on the built executable.
+        .testTarget(name: "MultiRankTests", dependencies: ["RNNTrain", "rnn-dp"]),
+    ]
+)

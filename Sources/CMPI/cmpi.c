@@ -1,0 +1,87 @@
+/* cmpi.c: see include/cmpi.h. Plain wrappers; no state beyond what MPI keeps. */
+#include "cmpi.h"
+#include <mpi.h>
+#include <limits.h>
+#include <string.h>
+#include <stdio.h>
+
+#define CHUNK ((int64_t)1 << 30)
+
+int cmpi_init(void) {
+    int provided = 0;
+    int rc = MPI_Init_thread(NULL, NULL, MPI_THREAD_FUNNELED, &provided);
+    if (rc != MPI_SUCCESS) return rc;
+    return MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+}
+
+int cmpi_finalize(void) { return MPI_Finalize(); }
+
+int cmpi_is_initialized(void) {
+    int flag = 0, finalized = 0;
+    MPI_Initialized(&flag);
+    MPI_Finalized(&finalized);
+    return flag && !finalized;
+}
+
+int cmpi_rank(void) { int r = 0; MPI_Comm_rank(MPI_COMM_WORLD, &r); return r; }
+int cmpi_size(void) { int s = 1; MPI_Comm_size(MPI_COMM_WORLD, &s); return s; }
+
+int cmpi_local_size(void) {
+    MPI_Comm local;
+    int s = 1;
+    if (MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &local) != MPI_SUCCESS)
+        return 1;
+    MPI_Comm_size(local, &s);
+    MPI_Comm_free(&local);
+    return s;
+}
+
+void cmpi_abort(int code) { MPI_Abort(MPI_COMM_WORLD, code); }
+
+void cmpi_error_string(int code, char *buf, int buflen) {
+    char tmp[MPI_MAX_ERROR_STRING];
+    int len = 0;
+    if (MPI_Error_string(code, tmp, &len) != MPI_SUCCESS) snprintf(tmp, sizeof tmp, "MPI error %d", code);
+    snprintf(buf, (size_t)buflen, "%s", tmp);
+}
+
+int cmpi_barrier(void) { return MPI_Barrier(MPI_COMM_WORLD); }
+
+/* In-place allreduce in pieces of at most CHUNK elements. */
+static int allreduce_chunked(void *buf, int64_t count, MPI_Datatype type, size_t elem, MPI_Op op) {
+    char *p = (char *)buf;
+    while (count > 0) {
+        int n = (int)(count < CHUNK ? count : CHUNK);
+        int rc = MPI_Allreduce(MPI_IN_PLACE, p, n, type, op, MPI_COMM_WORLD);
+        if (rc != MPI_SUCCESS) return rc;
+        p += (size_t)n * elem;
+        count -= n;
+    }
+    return MPI_SUCCESS;
+}
+
+int cmpi_allreduce_sum_f32(float *b, int64_t n) { return allreduce_chunked(b, n, MPI_FLOAT, sizeof(float), MPI_SUM); }
+int cmpi_allreduce_sum_f64(double *b, int64_t n) { return allreduce_chunked(b, n, MPI_DOUBLE, sizeof(double), MPI_SUM); }
+int cmpi_allreduce_sum_i64(int64_t *b, int64_t n) { return allreduce_chunked(b, n, MPI_INT64_T, sizeof(int64_t), MPI_SUM); }
+int cmpi_allreduce_max_f64(double *b, int64_t n) { return allreduce_chunked(b, n, MPI_DOUBLE, sizeof(double), MPI_MAX); }
+int cmpi_allreduce_max_i64(int64_t *b, int64_t n) { return allreduce_chunked(b, n, MPI_INT64_T, sizeof(int64_t), MPI_MAX); }
+int cmpi_allreduce_min_i64(int64_t *b, int64_t n) { return allreduce_chunked(b, n, MPI_INT64_T, sizeof(int64_t), MPI_MIN); }
+
+static int bcast_chunked(void *buf, int64_t count, MPI_Datatype type, size_t elem, int root) {
+    char *p = (char *)buf;
+    while (count > 0) {
+        int n = (int)(count < CHUNK ? count : CHUNK);
+        int rc = MPI_Bcast(p, n, type, root, MPI_COMM_WORLD);
+        if (rc != MPI_SUCCESS) return rc;
+        p += (size_t)n * elem;
+        count -= n;
+    }
+    return MPI_SUCCESS;
+}
+
+int cmpi_bcast_f32(float *b, int64_t n, int root) { return bcast_chunked(b, n, MPI_FLOAT, sizeof(float), root); }
+int cmpi_bcast_bytes(uint8_t *b, int64_t n, int root) { return bcast_chunked(b, n, MPI_BYTE, 1, root); }
+
+int cmpi_allgather_u64(uint64_t value, uint64_t *recv) {
+    return MPI_Allgather(&value, 1, MPI_UINT64_T, recv, 1, MPI_UINT64_T, MPI_COMM_WORLD);
+}

@@ -1,0 +1,50 @@
+/*
+ * cmpi.h: a thin, plain-C boundary over MPI for rnn-dp.
+ *
+ * Swift cannot import OpenMPI's handles (MPI_COMM_WORLD, MPI_FLOAT, MPI_SUM are macros over
+ * incomplete globals), so Swift only ever sees these functions. Every function works on
+ * MPI_COMM_WORLD, returns 0 on success or an MPI error code (see cmpi_error_string), and takes
+ * element counts as int64_t (large buffers are sent in pieces of at most INT_MAX elements).
+ * This header offers no stable API outside rnn-dp.
+ */
+#ifndef CMPI_H
+#define CMPI_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Initializes MPI (thread level FUNNELED) and makes errors return codes instead of aborting. */
+int cmpi_init(void);
+int cmpi_finalize(void);
+int cmpi_is_initialized(void);
+int cmpi_rank(void);
+int cmpi_size(void);
+/* Number of ranks on this node (MPI_Comm_split_type SHARED). */
+int cmpi_local_size(void);
+/* Ends every rank of the job with the given exit code. Does not return. */
+void cmpi_abort(int code);
+/* Writes a message for an MPI error code into buf (NUL-terminated). */
+void cmpi_error_string(int code, char *buf, int buflen);
+
+int cmpi_barrier(void);
+/* In-place sums over all ranks. */
+int cmpi_allreduce_sum_f32(float *buf, int64_t count);
+int cmpi_allreduce_sum_f64(double *buf, int64_t count);
+int cmpi_allreduce_sum_i64(int64_t *buf, int64_t count);
+/* In-place max / min over all ranks. */
+int cmpi_allreduce_max_f64(double *buf, int64_t count);
+int cmpi_allreduce_max_i64(int64_t *buf, int64_t count);
+int cmpi_allreduce_min_i64(int64_t *buf, int64_t count);
+/* Broadcast from root, in place. */
+int cmpi_bcast_f32(float *buf, int64_t count, int root);
+int cmpi_bcast_bytes(uint8_t *buf, int64_t count, int root);
+/* Every rank contributes `value`; recv (size cmpi_size()) receives all of them in rank order. */
+int cmpi_allgather_u64(uint64_t value, uint64_t *recv);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

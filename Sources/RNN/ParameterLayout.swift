@@ -1,0 +1,54 @@
+/// One named tensor inside the flat parameter buffer: elements [offset, offset + count), row-major
+/// with the given shape. Names and shapes are PyTorch's (`nn.RNN`/`nn.LSTM`/`nn.GRU` under the
+/// prefix `rnn.`, `nn.Linear` under `head.`), so a state dict loads unchanged.
+public struct ParamView: Equatable, Sendable {
+    public let name: String
+    public let offset: Int
+    public let shape: [Int]
+    public var count: Int { shape.reduce(1, *) }
+    public var range: Range<Int> { offset..<(offset + count) }
+}
+
+/// The layout of the one flat parameter buffer (and, identically, the flat gradient buffer).
+///
+/// Order: layer 0 (weight_ih, weight_hh, bias_ih, bias_hh), layer 1, ..., then head.weight,
+/// head.bias. Layer k's input width is I for k = 0 and H above.
+public struct ParameterLayout: Equatable, Sendable {
+    public let views: [ParamView]
+    public let count: Int
+
+    public init(spec: ModelSpec) {
+        var views: [ParamView] = []
+        var offset = 0
+        func add(_ name: String, _ shape: [Int]) {
+            let v = ParamView(name: name, offset: offset, shape: shape)
+            views.append(v)
+            offset += v.count
+        }
+        let gh = spec.cell.gates * spec.hiddenSize
+        for k in 0..<spec.layers {
+            let inWidth = k == 0 ? spec.input.width : spec.hiddenSize
+            add("rnn.weight_ih_l\(k)", [gh, inWidth])  // (G*H, I_k)
+            add("rnn.weight_hh_l\(k)", [gh, spec.hiddenSize])  // (G*H, H)
+            add("rnn.bias_ih_l\(k)", [gh])  // (G*H)
+            add("rnn.bias_hh_l\(k)", [gh])  // (G*H)
+        }
+        add("head.weight", [spec.outputSize, spec.hiddenSize])  // (O, H)
+        add("head.bias", [spec.outputSize])  // (O)
+        self.views = views
+        self.count = offset
+    }
+
+    public func view(_ name: String) -> ParamView? { views.first { $0.name == name } }
+
+    /// The views of recurrent layer k, in order weight_ih, weight_hh, bias_ih, bias_hh.
+    public func layer(_ k: Int) -> (wih: ParamView, whh: ParamView, bih: ParamView, bhh: ParamView) {
+        let base = 4 * k
+        return (views[base], views[base + 1], views[base + 2], views[base + 3])
+    }
+
+    public var headWeight: ParamView { views[views.count - 2] }
+    public var headBias: ParamView { views[views.count - 1] }
+    /// Elements [0, recurrentCount) belong to the recurrent layers; the head follows.
+    public var recurrentCount: Int { headWeight.offset }
+}

@@ -1,0 +1,130 @@
+// The scalar types the numerics run in. Float is what training uses; Double exists so that the
+// same code path can be checked against finite differences with rounding error far below the
+// tolerance (see Tests/RNNTests/GradientCheckTests.swift).
+//
+// The generic driver code (layers, network) calls only the static kernels below; each kernel is
+// implemented once, generically, in Kernels.swift, and instantiated for Float and Double in the
+// conformances, so every hot loop runs specialized code even when the driver is generic.
+
+import COpenBLAS
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+public protocol RNNScalar: BinaryFloatingPoint, Sendable {
+    /// Row-major GEMM: C (m, n) = alpha * op(A) (m, k) * op(B) (k, n) + beta * C.
+    static func gemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Self,
+                     a: UnsafePointer<Self>, lda: Int, b: UnsafePointer<Self>, ldb: Int,
+                     beta: Self, c: UnsafeMutablePointer<Self>, ldc: Int)
+    /// y += alpha * x over n elements.
+    static func axpy(n: Int, alpha: Self, x: UnsafePointer<Self>, y: UnsafeMutablePointer<Self>)
+    /// x *= alpha over n elements.
+    static func scale(n: Int, alpha: Self, x: UnsafeMutablePointer<Self>)
+
+    /// In place: z <- act(z) over n elements.
+    static func activationForward(_ act: Activation, _ z: UnsafeMutablePointer<Self>, _ n: Int)
+    /// In place: d <- d * act'(z), written in terms of the output y = act(z).
+    static func activationBackward(_ act: Activation, y: UnsafePointer<Self>, d: UnsafeMutablePointer<Self>, _ n: Int)
+    /// rows x cols matrix p: p[r, :] += bias1 + bias2.
+    static func addBiasRows(_ p: UnsafeMutablePointer<Self>, rows: Int, cols: Int,
+                            _ bias1: UnsafePointer<Self>, _ bias2: UnsafePointer<Self>?)
+    /// out[j] += sum over r of p[r, j].
+    static func sumRows(_ p: UnsafePointer<Self>, rows: Int, cols: Int, into out: UnsafeMutablePointer<Self>)
+    /// out[r, j] += w[j * ldw + tokens[r]] for r < rows, j < cols: the row gather that replaces a
+    /// one-hot input times W_ih^T (W_ih is (cols, ldw) row-major, so a token selects a column).
+    static func gatherColumns(_ w: UnsafePointer<Self>, ldw: Int, cols: Int, tokens: UnsafePointer<Int32>,
+                              rows: Int, into out: UnsafeMutablePointer<Self>)
+    /// The backward twin of gatherColumns: dw[j * ldw + tokens[r]] += d[r, j].
+    static func scatterAddColumns(_ d: UnsafePointer<Self>, rows: Int, cols: Int, tokens: UnsafePointer<Int32>,
+                                  into dw: UnsafeMutablePointer<Self>, ldw: Int)
+    /// Softmax cross-entropy over rows of logits (rows, classes). Replaces logits by
+    /// scale * (softmax - onehot(target)) and returns (sum of -log p[target], number correct).
+    static func softmaxCrossEntropy(_ logits: UnsafeMutablePointer<Self>, rows: Int, classes: Int,
+                                    targets: UnsafePointer<Int32>, scale: Self) -> (loss: Double, correct: Int)
+    /// Mean squared error per row over `width` outputs: loss_r = mean_o (y - t)^2. Replaces y by
+    /// scale * d loss_r / d y = scale * 2 (y - t) / width and returns the sum of loss_r.
+    static func meanSquaredError(_ y: UnsafeMutablePointer<Self>, targets: UnsafePointer<Float>, rows: Int,
+                                 width: Int, scale: Self) -> Double
+    /// Sum of squares, accumulated in Double.
+    static func sumOfSquares(_ x: UnsafePointer<Self>, _ n: Int) -> Double
+    /// True when every element is finite.
+    static func allFinite(_ x: UnsafePointer<Self>, _ n: Int) -> Bool
+    static func fromFloat(_ x: UnsafePointer<Float>, into y: UnsafeMutablePointer<Self>, _ n: Int)
+}
+
+@inline(__always) func cblasTrans(_ t: Bool) -> CBLAS_TRANSPOSE { t ? CblasTrans : CblasNoTrans }
+
+extension Float: RNNScalar {
+    public static func gemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float,
+                            a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
+                            beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
+        if m == 0 || n == 0 { return }
+        cblas_sgemm(CblasRowMajor, cblasTrans(transA), cblasTrans(transB), Int32(m), Int32(n), Int32(k),
+                    alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
+    }
+    public static func axpy(n: Int, alpha: Float, x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>) {
+        cblas_saxpy(Int32(n), alpha, x, 1, y, 1)
+    }
+    public static func scale(n: Int, alpha: Float, x: UnsafeMutablePointer<Float>) { cblas_sscal(Int32(n), alpha, x, 1) }
+    public static func activationForward(_ act: Activation, _ z: UnsafeMutablePointer<Float>, _ n: Int) { Kernels.activationForward(act, z, n) }
+    public static func activationBackward(_ act: Activation, y: UnsafePointer<Float>, d: UnsafeMutablePointer<Float>, _ n: Int) { Kernels.activationBackward(act, y, d, n) }
+    public static func addBiasRows(_ p: UnsafeMutablePointer<Float>, rows: Int, cols: Int, _ b1: UnsafePointer<Float>, _ b2: UnsafePointer<Float>?) { Kernels.addBiasRows(p, rows, cols, b1, b2) }
+    public static func sumRows(_ p: UnsafePointer<Float>, rows: Int, cols: Int, into out: UnsafeMutablePointer<Float>) { Kernels.sumRows(p, rows, cols, out) }
+    public static func gatherColumns(_ w: UnsafePointer<Float>, ldw: Int, cols: Int, tokens: UnsafePointer<Int32>, rows: Int, into out: UnsafeMutablePointer<Float>) { Kernels.gatherColumns(w, ldw, cols, tokens, rows, out) }
+    public static func scatterAddColumns(_ d: UnsafePointer<Float>, rows: Int, cols: Int, tokens: UnsafePointer<Int32>, into dw: UnsafeMutablePointer<Float>, ldw: Int) { Kernels.scatterAddColumns(d, rows, cols, tokens, dw, ldw) }
+    public static func softmaxCrossEntropy(_ l: UnsafeMutablePointer<Float>, rows: Int, classes: Int, targets: UnsafePointer<Int32>, scale: Float) -> (loss: Double, correct: Int) { Kernels.softmaxCrossEntropy(l, rows, classes, targets, scale) }
+    public static func meanSquaredError(_ y: UnsafeMutablePointer<Float>, targets: UnsafePointer<Float>, rows: Int, width: Int, scale: Float) -> Double { Kernels.meanSquaredError(y, targets, rows, width, scale) }
+    public static func sumOfSquares(_ x: UnsafePointer<Float>, _ n: Int) -> Double { Kernels.sumOfSquares(x, n) }
+    public static func allFinite(_ x: UnsafePointer<Float>, _ n: Int) -> Bool { Kernels.allFinite(x, n) }
+    public static func fromFloat(_ x: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>, _ n: Int) { y.update(from: x, count: n) }
+}
+
+extension Double: RNNScalar {
+    public static func gemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Double,
+                            a: UnsafePointer<Double>, lda: Int, b: UnsafePointer<Double>, ldb: Int,
+                            beta: Double, c: UnsafeMutablePointer<Double>, ldc: Int) {
+        if m == 0 || n == 0 { return }
+        cblas_dgemm(CblasRowMajor, cblasTrans(transA), cblasTrans(transB), Int32(m), Int32(n), Int32(k),
+                    alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
+    }
+    public static func axpy(n: Int, alpha: Double, x: UnsafePointer<Double>, y: UnsafeMutablePointer<Double>) {
+        cblas_daxpy(Int32(n), alpha, x, 1, y, 1)
+    }
+    public static func scale(n: Int, alpha: Double, x: UnsafeMutablePointer<Double>) { cblas_dscal(Int32(n), alpha, x, 1) }
+    public static func activationForward(_ act: Activation, _ z: UnsafeMutablePointer<Double>, _ n: Int) { Kernels.activationForward(act, z, n) }
+    public static func activationBackward(_ act: Activation, y: UnsafePointer<Double>, d: UnsafeMutablePointer<Double>, _ n: Int) { Kernels.activationBackward(act, y, d, n) }
+    public static func addBiasRows(_ p: UnsafeMutablePointer<Double>, rows: Int, cols: Int, _ b1: UnsafePointer<Double>, _ b2: UnsafePointer<Double>?) { Kernels.addBiasRows(p, rows, cols, b1, b2) }
+    public static func sumRows(_ p: UnsafePointer<Double>, rows: Int, cols: Int, into out: UnsafeMutablePointer<Double>) { Kernels.sumRows(p, rows, cols, out) }
+    public static func gatherColumns(_ w: UnsafePointer<Double>, ldw: Int, cols: Int, tokens: UnsafePointer<Int32>, rows: Int, into out: UnsafeMutablePointer<Double>) { Kernels.gatherColumns(w, ldw, cols, tokens, rows, out) }
+    public static func scatterAddColumns(_ d: UnsafePointer<Double>, rows: Int, cols: Int, tokens: UnsafePointer<Int32>, into dw: UnsafeMutablePointer<Double>, ldw: Int) { Kernels.scatterAddColumns(d, rows, cols, tokens, dw, ldw) }
+    public static func softmaxCrossEntropy(_ l: UnsafeMutablePointer<Double>, rows: Int, classes: Int, targets: UnsafePointer<Int32>, scale: Double) -> (loss: Double, correct: Int) { Kernels.softmaxCrossEntropy(l, rows, classes, targets, scale) }
+    public static func meanSquaredError(_ y: UnsafeMutablePointer<Double>, targets: UnsafePointer<Float>, rows: Int, width: Int, scale: Double) -> Double { Kernels.meanSquaredError(y, targets, rows, width, scale) }
+    public static func sumOfSquares(_ x: UnsafePointer<Double>, _ n: Int) -> Double { Kernels.sumOfSquares(x, n) }
+    public static func allFinite(_ x: UnsafePointer<Double>, _ n: Int) -> Bool { Kernels.allFinite(x, n) }
+    public static func fromFloat(_ x: UnsafePointer<Float>, into y: UnsafeMutablePointer<Double>, _ n: Int) {
+        for i in 0..<n { y[i] = Double(x[i]) }
+    }
+}
+
+/// The elementary functions the kernels need, for each scalar type.
+public protocol ElementaryFunctions {
+    static func tanhf(_ x: Self) -> Self
+    static func expf(_ x: Self) -> Self
+    static func logf(_ x: Self) -> Self
+}
+extension Float: ElementaryFunctions {
+    @inline(__always) public static func tanhf(_ x: Float) -> Float { tanh(x) }
+    @inline(__always) public static func expf(_ x: Float) -> Float { exp(x) }
+    @inline(__always) public static func logf(_ x: Float) -> Float { log(x) }
+}
+extension Double: ElementaryFunctions {
+    @inline(__always) public static func tanhf(_ x: Double) -> Double { tanh(x) }
+    @inline(__always) public static func expf(_ x: Double) -> Double { exp(x) }
+    @inline(__always) public static func logf(_ x: Double) -> Double { log(x) }
+}
+
+/// Sets the number of threads OpenBLAS may use in this process.
+public func setBLASThreads(_ n: Int) { openblas_set_num_threads(Int32(max(1, n))) }
+public func blasThreads() -> Int { Int(openblas_get_num_threads()) }

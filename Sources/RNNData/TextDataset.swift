@@ -1,0 +1,97 @@
+import Foundation
+import RNN
+
+/// The characters (Unicode scalars) of the training text, sorted; a token is an index into it.
+public struct Vocabulary: Equatable, Sendable {
+    public let characters: [Unicode.Scalar]
+    private let index: [Unicode.Scalar: Int32]
+
+    public init(characters: [Unicode.Scalar]) {
+        self.characters = characters
+        var idx: [Unicode.Scalar: Int32] = [:]
+        for (i, c) in characters.enumerated() { idx[c] = Int32(i) }
+        index = idx
+    }
+    public var count: Int { characters.count }
+    public func token(_ c: Unicode.Scalar) -> Int32? { index[c] }
+    public func decode(_ tokens: [Int32]) -> String {
+        var s = String.UnicodeScalarView()
+        for t in tokens { s.append(characters[Int(t)]) }
+        return String(s)
+    }
+    public static func == (a: Vocabulary, b: Vocabulary) -> Bool { a.characters == b.characters }
+}
+
+/// Character-level language modelling. The file's first (1 - validation_fraction) of characters
+/// train, the rest validate; the vocabulary is the training part's set of characters. A training
+/// sample is a random window of T + 1 characters: inputs x_0..x_{T-1}, targets x_1..x_T (every_step)
+/// or x_T (last_step). Validation samples are consecutive non-overlapping windows of the
+/// validation part, at most `maxValidation` of them. Validation characters that never occur in
+/// the training part are dropped (counted in `droppedValidationCharacters`).
+public final class TextDataset: Dataset {
+    public let vocabulary: Vocabulary
+    public let train: [Int32]
+    public let validation: [Int32]
+    public let steps: Int
+    public let output: OutputMode
+    public let seed: UInt64
+    public let droppedValidationCharacters: Int
+    public let validationCount: Int
+    let path: String
+
+    public init(path: String, validationFraction: Double, steps: Int, output: OutputMode, seed: UInt64,
+                maxValidation: Int) throws {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw DataError(FileManager.default.fileExists(atPath: path)
+                ? "\(path): cannot read the file" : "\(path): no such file")
+        }
+        guard let text = String(data: data, encoding: .utf8) else { throw DataError("\(path): not valid UTF-8 text") }
+        let scalars = Array(text.unicodeScalars)
+        let trainCount = Int((Double(scalars.count) * (1 - validationFraction)).rounded(.down))
+        let trainPart = scalars[0..<trainCount]
+        guard trainCount >= steps + 1 else {
+            throw DataError("\(path): the training part has \(trainCount) characters, fewer than sequence_length + 1 = \(steps + 1)")
+        }
+        let vocab = Vocabulary(characters: Set(trainPart).sorted { $0.value < $1.value })
+        self.vocabulary = vocab
+        self.train = trainPart.map { vocab.token($0)! }
+        var dropped = 0
+        var val: [Int32] = []
+        val.reserveCapacity(scalars.count - trainCount)
+        for c in scalars[trainCount...] {
+            if let t = vocab.token(c) { val.append(t) } else { dropped += 1 }
+        }
+        self.validation = val
+        self.droppedValidationCharacters = dropped
+        self.steps = steps
+        self.output = output
+        self.seed = seed
+        self.path = path
+        self.validationCount = val.count > steps ? min(maxValidation, (val.count - 1) / steps) : 0
+    }
+
+    public var summary: String {
+        "text \(path): \(train.count) training and \(validation.count) validation characters, vocabulary \(vocabulary.count)"
+    }
+    public var input: InputKind { .tokens(vocabulary: vocabulary.count) }
+    public var outputSize: Int { vocabulary.count }
+
+    public func trainingBatch(step: Int, globalBatch: Int, rows: Range<Int>) -> Batch {
+        let starts = globalWindowStarts(seed: seed, step: step, globalBatch: globalBatch, windows: train.count - steps)
+        return makeBatch(source: train, starts: Array(starts[rows]))
+    }
+
+    public func validationBatch(_ samples: Range<Int>) -> Batch {
+        makeBatch(source: validation, starts: samples.map { $0 * steps })
+    }
+
+    private func makeBatch(source: [Int32], starts: [Int]) -> Batch {
+        var bb = BatchBuilder(steps: steps, batchSize: starts.count)
+        bb.setTokens { b, t in source[starts[b] + t] }
+        switch output {
+        case .everyStep: bb.setClassTargets(rows: steps) { b, t in source[starts[b] + t + 1] }
+        case .lastStep: bb.setClassTargets(rows: 1) { b, _ in source[starts[b] + steps] }
+        }
+        return bb.batch
+    }
+}

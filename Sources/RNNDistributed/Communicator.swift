@@ -1,0 +1,93 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+// The only way the trainer talks to other ranks. The numerics (module RNN) never see this.
+
+/// Collective operations over all ranks of a job. Every rank must call the same collectives in
+/// the same order with the same counts; anything that decides control flow is derived from the
+/// results of collectives, so every rank decides the same.
+public protocol Communicator: AnyObject {
+    var rank: Int { get }
+    var size: Int { get }
+    /// Ranks on this node (for choosing threads per rank).
+    var localSize: Int { get }
+    /// A short description of the transport, for the start-up banner.
+    var name: String { get }
+
+    func barrier() throws
+    /// In-place elementwise sum over ranks.
+    func allreduceSum(_ buffer: UnsafeMutableBufferPointer<Float>) throws
+    func allreduceSum(_ buffer: UnsafeMutableBufferPointer<Double>) throws
+    func allreduceSum(_ buffer: UnsafeMutableBufferPointer<Int64>) throws
+    func allreduceMax(_ buffer: UnsafeMutableBufferPointer<Double>) throws
+    /// In-place broadcast from `root`.
+    func broadcast(_ buffer: UnsafeMutableBufferPointer<Float>, root: Int) throws
+    func broadcast(_ buffer: UnsafeMutableBufferPointer<UInt8>, root: Int) throws
+    /// One value from every rank, in rank order.
+    func allgather(_ value: UInt64) throws -> [UInt64]
+    /// Ends every rank of the job with `code`. For errors that other ranks cannot know about.
+    func abort(code: Int32) -> Never
+    /// Orderly shutdown; call once at the end.
+    func finalize()
+}
+
+public struct CommunicatorError: Error, CustomStringConvertible {
+    public let operation: String
+    public let message: String
+    public init(operation: String, message: String) {
+        self.operation = operation
+        self.message = message
+    }
+    public var description: String { "MPI \(operation) failed: \(message)" }
+}
+
+extension Communicator {
+    public func allreduceSum(_ values: inout [Double]) throws {
+        try values.withUnsafeMutableBufferPointer { try allreduceSum($0) }
+    }
+    public func allreduceSum(_ values: inout [Int64]) throws {
+        try values.withUnsafeMutableBufferPointer { try allreduceSum($0) }
+    }
+    public func allreduceMax(_ values: inout [Double]) throws {
+        try values.withUnsafeMutableBufferPointer { try allreduceMax($0) }
+    }
+
+    /// Rows [rank*B/size, (rank+1)*B/size) of a global batch of B rows: the data-parallel split.
+    /// Shards differ in size by at most one; their union in rank order is 0..<B.
+    public func shard(of globalBatch: Int) -> Range<Int> {
+        Shard.rows(globalBatch: globalBatch, rank: rank, size: size)
+    }
+
+    /// Every rank reports whether its part of a phase failed; all ranks learn whether any did and
+    /// which is the lowest failing rank. Lets a job stop cleanly on every rank together (no rank
+    /// left waiting in a later collective) with one message.
+    public func agree(failed: Bool) throws -> Int? {
+        let flags = try allgather(failed ? 1 : 0)
+        return flags.firstIndex(of: 1)
+    }
+}
+
+public enum Shard {
+    public static func rows(globalBatch: Int, rank: Int, size: Int) -> Range<Int> {
+        (rank * globalBatch / size)..<((rank + 1) * globalBatch / size)
+    }
+}
+
+/// A job of one rank: every collective is the identity. Used when rnn-dp runs without mpirun.
+public final class SingleProcessCommunicator: Communicator {
+    public init() {}
+    public var rank: Int { 0 }
+    public var size: Int { 1 }
+    public var localSize: Int { 1 }
+    public var name: String { "single process (no MPI)" }
+    public func barrier() throws {}
+    public func allreduceSum(_ buffer: UnsafeMutableBufferPointer<Float>) throws {}
+    public func allreduceSum(_ buffer: UnsafeMutableBufferPointer<Double>) throws {}
+    public func allreduceSum(_ buffer: UnsafeMutableBufferPointer<Int64>) throws {}
+    public func allreduceMax(_ buffer: UnsafeMutableBufferPointer<Double>) throws {}
+    public func broadcast(_ buffer: UnsafeMutableBufferPointer<Float>, root: Int) throws {}
+    public func broadcast(_ buffer: UnsafeMutableBufferPointer<UInt8>, root: Int) throws {}
+    public func allgather(_ value: UInt64) throws -> [UInt64] { [value] }
+    public func abort(code: Int32) -> Never { exit(code) }
+    public func finalize() {}
+}

@@ -1,0 +1,82 @@
+import CMPI
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// MPI_COMM_WORLD through the C shim. Errors come back as codes (MPI_ERRORS_RETURN) and are thrown.
+public final class MPICommunicator: Communicator {
+    public let rank: Int
+    public let size: Int
+    public let localSize: Int
+
+    /// Initializes MPI. Call at most once per process.
+    public init() throws {
+        let rc = cmpi_init()
+        if rc != 0 { throw CommunicatorError(operation: "init", message: MPICommunicator.message(rc)) }
+        rank = Int(cmpi_rank())
+        size = Int(cmpi_size())
+        localSize = Int(cmpi_local_size())
+    }
+
+    public var name: String { "MPI (Open MPI), \(size) rank\(size == 1 ? "" : "s"), \(localSize) on this node" }
+
+    static func message(_ code: Int32) -> String {
+        var buf = [CChar](repeating: 0, count: 512)
+        cmpi_error_string(code, &buf, 512)
+        return String(cString: buf)
+    }
+
+    @inline(__always) private func check(_ rc: Int32, _ op: String) throws {
+        if rc != 0 { throw CommunicatorError(operation: op, message: MPICommunicator.message(rc)) }
+    }
+
+    public func barrier() throws { try check(cmpi_barrier(), "barrier") }
+    public func allreduceSum(_ b: UnsafeMutableBufferPointer<Float>) throws {
+        try check(cmpi_allreduce_sum_f32(b.baseAddress, Int64(b.count)), "allreduce(sum, float)")
+    }
+    public func allreduceSum(_ b: UnsafeMutableBufferPointer<Double>) throws {
+        try check(cmpi_allreduce_sum_f64(b.baseAddress, Int64(b.count)), "allreduce(sum, double)")
+    }
+    public func allreduceSum(_ b: UnsafeMutableBufferPointer<Int64>) throws {
+        try check(cmpi_allreduce_sum_i64(b.baseAddress, Int64(b.count)), "allreduce(sum, int64)")
+    }
+    public func allreduceMax(_ b: UnsafeMutableBufferPointer<Double>) throws {
+        try check(cmpi_allreduce_max_f64(b.baseAddress, Int64(b.count)), "allreduce(max, double)")
+    }
+    public func broadcast(_ b: UnsafeMutableBufferPointer<Float>, root: Int) throws {
+        try check(cmpi_bcast_f32(b.baseAddress, Int64(b.count), Int32(root)), "broadcast(float)")
+    }
+    public func broadcast(_ b: UnsafeMutableBufferPointer<UInt8>, root: Int) throws {
+        try check(cmpi_bcast_bytes(b.baseAddress, Int64(b.count), Int32(root)), "broadcast(bytes)")
+    }
+    public func allgather(_ value: UInt64) throws -> [UInt64] {
+        var out = [UInt64](repeating: 0, count: size)
+        try check(cmpi_allgather_u64(value, &out), "allgather")
+        return out
+    }
+    public func abort(code: Int32) -> Never {
+        cmpi_abort(code)
+        exit(code)
+    }
+    public func finalize() { if cmpi_is_initialized() != 0 { _ = cmpi_finalize() } }
+}
+
+/// How this process was started: under an MPI launcher (mpirun, srun --mpi=pmix, ...) or alone.
+public enum Launch {
+    /// Environment variables that MPI launchers set for each rank.
+    static let markers = ["OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK", "PMI_SIZE"]
+
+    public static var underMPILauncher: Bool {
+        markers.contains { getenv($0) != nil }
+    }
+
+    /// MPI when launched by an MPI launcher (or when RNN_DP_MPI=1 forces it), otherwise a
+    /// single-process communicator that needs no MPI runtime at all.
+    public static func communicator() throws -> Communicator {
+        if let force = getenv("RNN_DP_MPI").map({ String(cString: $0) }) {
+            if force == "0" { return SingleProcessCommunicator() }
+            if force == "1" { return try MPICommunicator() }
+        }
+        return underMPILauncher ? try MPICommunicator() : SingleProcessCommunicator()
+    }
+}

@@ -1,0 +1,39 @@
+import Foundation
+
+/// metrics.jsonl: one JSON object per line, written by rank 0 and flushed after each line.
+public final class MetricsLog {
+    private let handle: FileHandle
+    public let path: String
+
+    public init(path: String) throws {
+        self.path = path
+        guard FileManager.default.createFile(atPath: path, contents: nil), let h = FileHandle(forWritingAtPath: path) else {
+            throw RNNDPError("\(path): cannot create the metrics file", exitCode: RNNDPError.runtimeFailure)
+        }
+        handle = h
+    }
+
+    deinit { try? handle.close() }
+
+    /// Writes one record. Non-finite numbers become null (JSON has no NaN).
+    public func write(_ fields: [(String, Any?)]) {
+        let body = fields.map { key, value -> String in
+            "\"\(key)\":\(MetricsLog.json(value))"
+        }.joined(separator: ",")
+        handle.write(Data("{\(body)}\n".utf8))
+    }
+
+    static func json(_ v: Any?) -> String {
+        switch v {
+        case nil: return "null"
+        case let d as Double: return d.isFinite ? String(d) : "null"
+        case let f as Float: return f.isFinite ? String(f) : "null"
+        case let i as Int: return String(i)
+        case let b as Bool: return b ? "true" : "false"
+        case let s as String:
+            let data = try? JSONSerialization.data(withJSONObject: [s], options: [.withoutEscapingSlashes])
+            return data.map { String(decoding: $0.dropFirst().dropLast(), as: UTF8.self) } ?? "\"\""
+        default: return "null"
+        }
+    }
+}

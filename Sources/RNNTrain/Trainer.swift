@@ -1,0 +1,268 @@
+import Foundation
+import RNN
+import RNNData
+import RNNDistributed
+
+/// Builds the dataset a config describes.
+public func makeDataset(_ config: TrainConfig) throws -> Dataset {
+    let d = config.data
+    let t = config.training
+    do {
+        switch d.kind {
+        case "text":
+            return try TextDataset(path: d.path!, validationFraction: d.validationFraction, steps: t.sequenceLength,
+                                   output: config.model.output, seed: config.seed, maxValidation: t.evalSamples)
+        case "csv":
+            return try SeriesDataset(path: d.path!, column: d.column, validationFraction: d.validationFraction,
+                                     interpolateMissing: d.interpolateMissing, steps: t.sequenceLength,
+                                     output: config.model.output, seed: config.seed, maxValidation: t.evalSamples)
+        default:
+            return try AddingProblem(length: d.length, seed: config.seed, validationSamples: t.evalSamples)
+        }
+    } catch let e as DataError {
+        throw RNNDPError("data: \(e.message)")
+    }
+}
+
+/// The model a config and its dataset describe.
+public func makeModelSpec(_ config: TrainConfig, dataset: Dataset) -> ModelSpec {
+    ModelSpec(cell: config.model.cell, activation: config.model.activation, input: dataset.input,
+              hiddenSize: config.model.hiddenSize, layers: config.model.layers, outputSize: dataset.outputSize,
+              output: config.model.output, loss: config.training.loss,
+              averageOverTime: config.training.averageOverTime)
+}
+
+/// What a finished run reports (also used by tests).
+public struct TrainResult {
+    public var steps: Int
+    public var finalLoss: Double
+    public var validationLoss: Double?
+    public var parameterChecksum: UInt64
+}
+
+/// The data-parallel training loop (docs/ARCHITECTURE.md, "A training step"). Every rank runs it;
+/// they differ only in which rows of each global batch they compute.
+public final class Trainer {
+    public let config: TrainConfig
+    let comm: Communicator
+    let console: Console
+    public private(set) var dataset: Dataset!
+    public private(set) var network: Network<Float>!
+    var optimizer: SGD<Float>!
+    var metrics: MetricsLog?
+
+    public init(config: TrainConfig, comm: Communicator, console: Console) {
+        self.config = config
+        self.comm = comm
+        self.console = console
+    }
+
+    /// Threads per rank: the configured number, or the node's cores divided among its ranks.
+    func chooseThreads() -> (threads: Int, reason: String) {
+        let cores = ProcessInfo.processInfo.activeProcessorCount
+        if config.training.threads > 0 { return (config.training.threads, "training.threads") }
+        let t = max(1, cores / max(1, comm.localSize))
+        return (t, "\(cores) cores / \(comm.localSize) rank\(comm.localSize == 1 ? "" : "s") on this node")
+    }
+
+    @discardableResult
+    public func run() throws -> TrainResult {
+        let B = config.training.globalBatchSize
+        guard B >= comm.size else {
+            throw RNNDPError("\(config.source): training.global_batch_size \(B) is smaller than the number of ranks \(comm.size): every rank needs at least one sample",
+                             collective: true)
+        }
+        // Setup that can fail on one rank alone (files): agreed on before any other collective.
+        let outDir = config.output.directory
+        try Job.collectively(comm) {
+            dataset = try makeDataset(config)
+            if comm.rank == 0 {
+                do {
+                    try FileManager.default.createDirectory(atPath: outDir, withIntermediateDirectories: true)
+                } catch {
+                    throw RNNDPError("output.directory \(outDir): cannot create it (\((error as NSError).localizedDescription))", exitCode: RNNDPError.runtimeFailure)
+                }
+                metrics = try MetricsLog(path: "\(outDir)/metrics.jsonl")
+            }
+        }
+        let spec = makeModelSpec(config, dataset: dataset)
+        let net = Network<Float>(spec: spec)
+        network = net
+        let (threads, why) = chooseThreads()
+        setBLASThreads(threads)
+
+        console.info("rnn-dp train: \(config.source)")
+        for (k, v) in config.resolved { console.info("  \(k): \(v)") }
+        console.info("world: \(comm.name); \(threads) BLAS thread\(threads == 1 ? "" : "s") per rank (\(why))")
+        console.info("data: \(dataset.summary)")
+        if let text = dataset as? TextDataset, text.droppedValidationCharacters > 0 {
+            console.warn("\(text.droppedValidationCharacters) validation characters do not occur in the training part and were dropped")
+        }
+        console.info("model: \(spec.layers) x \(spec.cell.rawValue)(\(spec.activation.rawValue)) H=\(spec.hiddenSize), input \(spec.input), \(spec.outputSize) outputs \(spec.output.rawValue), \(net.layout.count) parameters")
+        let shardRows = comm.shard(of: B)
+        console.info("batch: \(B) samples per step, T=\(dataset.steps); rank 0 takes rows \(shardRows.lowerBound)..<\(shardRows.upperBound)")
+
+        // Identical replicas: rank 0's initialization, broadcast, then verified.
+        net.initializeParameters(seed: config.seed)
+        try comm.broadcast(net.parameters.buffer, root: 0)
+        try verifyReplicas(step: 0)
+
+        optimizer = SGD(count: net.layout.count, learningRate: Float(config.training.learningRate),
+                        momentum: Float(config.training.momentum))
+        let T = dataset.steps
+        let steps = config.training.steps
+        var lastLoss = Double.nan
+        var intervalStart = monotonicSeconds()
+        var intervalSteps = 0
+        let runStart = intervalStart
+        var validation: Double?
+
+        for step in 1...max(steps, 1) where steps > 0 {
+            let batch = dataset.trainingBatch(step: step - 1, globalBatch: B, rows: shardRows)
+            net.gradients.zero()
+            let local = net.lossAndGradient(batch)
+            // The exchange: sum of per-sample gradients over ranks, then divide by the global count.
+            try comm.allreduceSum(net.gradients.buffer)
+            var sums = [local.sum, Double(local.count), Double(local.correct)]
+            try comm.allreduceSum(&sums)
+            net.normalizeGradients(globalSamples: B, steps: T)
+            lastLoss = sums[0] / sums[1]
+            // Every rank holds the same reduced gradient, so every rank decides the same here.
+            guard lastLoss.isFinite, Float.allFinite(net.gradients.pointer, net.gradients.count) else {
+                throw RNNDPError("step \(step): the loss or the gradient is not finite (loss \(lastLoss)); lower training.optimizer.learning_rate or set training.clip_norm",
+                                 exitCode: RNNDPError.runtimeFailure, collective: true)
+            }
+            let norm = clipGradientNorm(net.gradients, maxNorm: config.training.clipNorm)
+            optimizer.step(parameters: net.parameters, gradients: net.gradients)
+            intervalSteps += 1
+
+            if config.training.checkEvery > 0 && step % config.training.checkEvery == 0 && step != steps {
+                try verifyReplicas(step: step)
+            }
+            let evalNow = config.training.evalEvery > 0 && step % config.training.evalEvery == 0 && step != steps
+            if evalNow { validation = try evaluate() }
+            if step % config.output.logEvery == 0 || step == steps || evalNow {
+                let now = monotonicSeconds()
+                let stepTime = (now - intervalStart) / Double(max(intervalSteps, 1))
+                intervalStart = now
+                intervalSteps = 0
+                let perSecond = Double(B * (config.data.kind == "text" ? T : 1)) / stepTime
+                let unit = config.data.kind == "text" ? "tok/s" : "samples/s"
+                var line = String(format: "step %d/%d | loss %.4f | grad norm %.4f | lr %.3g | %.1f ms/step | %.0f %@",
+                                  step, steps, lastLoss, norm, config.training.learningRate, stepTime * 1000, perSecond, unit)
+                if evalNow, let v = validation { line += String(format: " | val loss %.4f", v) }
+                console.info(line)
+                metrics?.write([("step", step), ("loss", lastLoss), ("grad_norm", norm), ("lr", config.training.learningRate),
+                                ("step_time", stepTime), (config.data.kind == "text" ? "tokens_per_s" : "samples_per_s", perSecond),
+                                ("elapsed", now - runStart), ("val_loss", evalNow ? validation : nil)])
+            }
+        }
+
+        try verifyReplicas(step: steps)
+        validation = try evaluate()
+        if let v = validation {
+            console.info(describeValidation(v))
+            metrics?.write([("step", steps), ("val_loss", v), ("elapsed", monotonicSeconds() - runStart)])
+        }
+        if comm.rank == 0 {
+            try writeModel(path: "\(outDir)/model.safetensors", step: steps)
+            console.info("wrote \(outDir)/model.safetensors and \(outDir)/metrics.jsonl")
+            if let text = dataset as? TextDataset, config.output.sampleLength > 0 {
+                let s = generate(text.vocabulary, length: config.output.sampleLength,
+                                 temperature: config.output.sampleTemperature)
+                console.info("sample (temperature \(config.output.sampleTemperature)):\n\(s)")
+            }
+        }
+        return TrainResult(steps: steps, finalLoss: lastLoss, validationLoss: validation,
+                           parameterChecksum: net.parameters.checksum())
+    }
+
+    /// Compares a checksum of the parameters across ranks; a mismatch stops every rank.
+    func verifyReplicas(step: Int) throws {
+        let sums = try comm.allgather(network.parameters.checksum())
+        let differ = sums.indices.filter { sums[$0] != sums[0] }
+        guard differ.isEmpty else {
+            throw RNNDPError("replicas diverged at step \(step): parameters of rank\(differ.count > 1 ? "s" : "") \(differ.map(String.init).joined(separator: ", ")) differ from rank 0's (checksums \(differ.map { String(sums[$0], radix: 16) }.joined(separator: ", ")) vs \(String(sums[0], radix: 16)))",
+                             exitCode: RNNDPError.replicasDiverged, collective: true)
+        }
+    }
+
+    /// Mean validation loss over the fixed validation samples, sharded across ranks.
+    func evaluate() throws -> Double? {
+        let n = dataset.validationCount
+        guard n > 0 else { return nil }
+        let mine = Shard.rows(globalBatch: n, rank: comm.rank, size: comm.size)
+        var stats = LossStats()
+        var i = mine.lowerBound
+        while i < mine.upperBound {
+            let j = min(i + 256, mine.upperBound)
+            stats += network.loss(dataset.validationBatch(i..<j))
+            i = j
+        }
+        var sums = [stats.sum, Double(stats.count)]
+        try comm.allreduceSum(&sums)
+        return sums[0] / sums[1]
+    }
+
+    func describeValidation(_ v: Double) -> String {
+        switch dataset {
+        case is TextDataset:
+            return String(format: "validation: loss %.4f nats/char, perplexity %.3f, %.4f bits/char", v, exp(v), v / log(2))
+        case let s as SeriesDataset:
+            return String(format: "validation: MSE %.5f (normalized), RMSE %.5g in original units", v, v.squareRoot() * s.std)
+        default:
+            return String(format: "validation: MSE %.5f (baseline 0.167 for the adding problem)", v)
+        }
+    }
+
+    /// Metadata stored with the weights: enough to rebuild the model and its data encoding.
+    func metadata(step: Int) -> [String: String] {
+        var m: [String: String] = [
+            "format": "rnn-dp/1",
+            "step": String(step),
+            "config": config.resolvedText,
+            "layout": network.layout.views.map(\.name).joined(separator: ","),
+        ]
+        if let text = dataset as? TextDataset {
+            m["vocabulary"] = (try? String(decoding: JSONSerialization.data(withJSONObject: text.vocabulary.characters.map { String($0) }), as: UTF8.self)) ?? ""
+        }
+        if let s = dataset as? SeriesDataset {
+            m["normalization_mean"] = String(s.mean)
+            m["normalization_std"] = String(s.std)
+        }
+        return m
+    }
+
+    func writeModel(path: String, step: Int) throws {
+        let p = network.parameters
+        let tensors = network.layout.views.map { v in
+            SafeTensors.Tensor(name: v.name, shape: v.shape, values: Array(p.buffer[v.range]))
+        }
+        try SafeTensors.write(path: path, tensors: tensors, metadata: metadata(step: step))
+    }
+
+    /// Text generated by the model one character at a time, carrying the hidden state.
+    public func generate(_ vocab: Vocabulary, length: Int, temperature: Double) -> String {
+        let spec = network.spec
+        let sampler = Network<Float>(spec: spec)
+        sampler.parameters.copy(from: network.parameters)
+        var state = [Float](repeating: 0, count: spec.layers * spec.hiddenSize)
+        var rng = Xoshiro256(seed: config.seed, stream: RandomStream.sampling.rawValue)
+        var token: Int32 = vocab.token("\n") ?? 0
+        var out: [Int32] = []
+        for _ in 0..<length {
+            let batch = Batch(batchSize: 1, steps: 1, tokens: [token])
+            state.withUnsafeBufferPointer { sampler.forward(batch, initialState: $0.baseAddress) }
+            state.withUnsafeMutableBufferPointer { sampler.finalState(into: $0.baseAddress!) }
+            let logits = sampler.outputs.map { Double($0) / temperature }
+            let m = logits.max() ?? 0
+            let w = logits.map { exp($0 - m) }
+            var u = rng.nextDouble() * w.reduce(0, +)
+            var choice = w.count - 1
+            for (i, wi) in w.enumerated() { u -= wi; if u < 0 { choice = i; break } }
+            token = Int32(choice)
+            out.append(token)
+        }
+        return vocab.decode(out)
+    }
+}

@@ -1,0 +1,132 @@
+import XCTest
+@testable import RNN
+
+/// Finite-difference checks of backpropagation through time, in Double: the analytic gradient of
+/// every parameter against central differences of the objective (Network's documentation).
+final class GradientCheckTests: XCTestCase {
+    /// A deterministic batch for `spec` with T steps and B samples.
+    static func batch(_ spec: ModelSpec, T: Int, B: Int, seed: UInt64) -> Batch {
+        var rng = Xoshiro256(seed: seed)
+        var b = Batch(batchSize: B, steps: T)
+        switch spec.input {
+        case .tokens(let V): b.tokens = (0..<(T * B)).map { _ in Int32(rng.nextInt(below: V)) }
+        case .dense(let I): b.features = (0..<(T * B * I)).map { _ in rng.nextUniform() * 2 - 1 }
+        }
+        let rows = spec.output == .everyStep ? T * B : B
+        switch spec.loss {
+        case .crossEntropy: b.targetClasses = (0..<rows).map { _ in Int32(rng.nextInt(below: spec.outputSize)) }
+        case .mse: b.targetValues = (0..<(rows * spec.outputSize)).map { _ in rng.nextUniform() * 2 - 1 }
+        }
+        return b
+    }
+
+    /// The objective whose gradient `lossAndGradient` + `normalizeGradients` computes (up to the
+    /// documented extra 1/T on recurrent parameters for last_step with average_over_time).
+    static func objective(_ net: Network<Double>, _ batch: Batch, h0: [Double]?) -> Double {
+        let s: LossStats = h0.map { h in h.withUnsafeBufferPointer { net.loss(batch, initialState: $0.baseAddress) } } ?? net.loss(batch)
+        var j = s.sum / Double(batch.batchSize)
+        if net.spec.averageOverTime && net.spec.output == .everyStep { j /= Double(batch.steps) }
+        return j
+    }
+
+    /// Returns the worst relative error over all parameters.
+    static func check(_ spec: ModelSpec, T: Int = 4, B: Int = 3, seed: UInt64 = 1, initialState: Bool = false,
+                      scaleInit: Double = 1) -> (worst: Double, name: String) {
+        let net = Network<Double>(spec: spec)
+        net.initializeParameters(seed: seed)
+        if scaleInit != 1 { for i in 0..<net.layout.count { net.parameters[i] *= scaleInit } }
+        let batch = batch(spec, T: T, B: B, seed: seed + 100)
+        var rng = Xoshiro256(seed: seed + 7)
+        let h0: [Double]? = initialState ? (0..<(spec.layers * B * spec.hiddenSize)).map { _ in rng.nextDouble() - 0.5 } : nil
+        net.gradients.zero()
+        if let h0 { h0.withUnsafeBufferPointer { _ = net.lossAndGradient(batch, initialState: $0.baseAddress) } } else { net.lossAndGradient(batch) }
+        net.normalizeGradients(globalSamples: B, steps: T)
+        let analytic = net.gradients.array
+        let eps = 1e-6
+        var worst = 0.0
+        var worstName = ""
+        for v in net.layout.views {
+            for i in v.range {
+                let old = net.parameters[i]
+                net.parameters[i] = old + eps
+                let plus = objective(net, batch, h0: h0)
+                net.parameters[i] = old - eps
+                let minus = objective(net, batch, h0: h0)
+                net.parameters[i] = old
+                var numeric = (plus - minus) / (2 * eps)
+                if spec.output == .lastStep && spec.averageOverTime && i < net.layout.recurrentCount { numeric /= Double(T) }
+                // Relative error, with a floor so that gradients near zero are judged by an
+                // absolute error of 1e-9 (central differences in Double carry about 1e-10 of noise).
+                let err = abs(analytic[i] - numeric) / max(abs(analytic[i]) + abs(numeric), 1e-3)
+                if err > worst { worst = err; worstName = "\(v.name)[\(i - v.offset)] analytic \(analytic[i]) numeric \(numeric)" }
+            }
+        }
+        return (worst, worstName)
+    }
+
+    func testEveryActivationOutputLossDepthAndAveraging() {
+        var cases = 0
+        for act in Activation.allCases {
+            for output in OutputMode.allCases {
+                for loss in LossKind.allCases {
+                    for layers in [1, 2] {
+                        for avg in [true, false] {
+                            let input: InputKind = loss == .crossEntropy ? .tokens(vocabulary: 5) : .dense(features: 3)
+                            let spec = ModelSpec(activation: act, input: input, hiddenSize: 4, layers: layers,
+                                                 outputSize: loss == .crossEntropy ? 5 : 2, output: output, loss: loss,
+                                                 averageOverTime: avg)
+                            let r = Self.check(spec, seed: UInt64(cases + 1))
+                            XCTAssertLessThan(r.worst, 1e-6, "\(act) \(output) \(loss) L=\(layers) avg=\(avg): \(r.name)")
+                            cases += 1
+                        }
+                    }
+                }
+            }
+        }
+        XCTAssertEqual(cases, 48)
+    }
+
+    func testTokenInputWithMSEAndDenseInputWithCrossEntropy() {
+        for (input, loss) in [(InputKind.tokens(vocabulary: 6), LossKind.mse), (.dense(features: 2), .crossEntropy)] {
+            let spec = ModelSpec(input: input, hiddenSize: 5, layers: 2, outputSize: 3, loss: loss)
+            let r = Self.check(spec, T: 5, B: 2)
+            XCTAssertLessThan(r.worst, 1e-6, "\(input) \(loss): \(r.name)")
+        }
+    }
+
+    func testGivenInitialState() {
+        for output in OutputMode.allCases {
+            let spec = ModelSpec(input: .dense(features: 3), hiddenSize: 4, layers: 2, outputSize: 2, output: output, loss: .mse)
+            let r = Self.check(spec, initialState: true)
+            XCTAssertLessThan(r.worst, 1e-6, "\(output): \(r.name)")
+        }
+    }
+
+    func testSingleStepSequence() {
+        let spec = ModelSpec(input: .tokens(vocabulary: 4), hiddenSize: 3, layers: 2, outputSize: 4, loss: .crossEntropy)
+        let r = Self.check(spec, T: 1, B: 2)
+        XCTAssertLessThan(r.worst, 1e-6, r.name)
+    }
+
+    /// The check itself must be able to fail: a wrong gradient is caught.
+    func testCheckDetectsAWrongGradient() {
+        let spec = ModelSpec(input: .dense(features: 3), hiddenSize: 4, outputSize: 2, loss: .mse)
+        let net = Network<Double>(spec: spec)
+        net.initializeParameters(seed: 3)
+        let batch = Self.batch(spec, T: 4, B: 3, seed: 4)
+        net.gradients.zero()
+        net.lossAndGradient(batch)
+        net.normalizeGradients(globalSamples: 3, steps: 4)
+        let whh = net.layout.layer(0).whh
+        let i = whh.range.max { abs(net.gradients[$0]) < abs(net.gradients[$1]) }!
+        let analytic = net.gradients[i] * 1.01
+        let eps = 1e-6
+        let old = net.parameters[i]
+        net.parameters[i] = old + eps
+        let plus = Self.objective(net, batch, h0: nil)
+        net.parameters[i] = old - eps
+        let minus = Self.objective(net, batch, h0: nil)
+        let numeric = (plus - minus) / (2 * eps)
+        XCTAssertGreaterThan(abs(analytic - numeric) / max(abs(analytic) + abs(numeric), 1e-3), 1e-4)
+    }
+}

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Sets up what is missing, builds, and runs every test (unit, gradient checks, multi-rank under
+# mpirun). Exits nonzero on any failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/setup.sh
+rnn_dp_setup
+
+echo "== build"
+swift build --build-tests
+echo "== tests"
+swift test --skip-build
