@@ -38,7 +38,7 @@ let package = Package(
         ]),
         .testTarget(name: "RNNTests", dependencies: ["RNN"]),
         .testTarget(name: "RNNDataTests", dependencies: ["RNNData"]),
-        .testTarget(name: "RNNTrainTests", dependencies: ["RNNTrain"]),
+        .testTarget(name: "RNNTrainTests", dependencies: ["RNNTrain", "RNNData", "RNNDistributed", "RNN"]),
         // Launches `mpirun -np N rnn-dp ...` on the built executable.
         .testTarget(name: "MultiRankTests", dependencies: ["RNNTrain", "rnn-dp"]),
     ]

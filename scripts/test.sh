@@ -9,4 +9,4 @@ rnn_dp_setup
 echo "== build"
 swift build --build-tests
 echo "== tests"
-swift test --skip-build
+swift test --skip-build --disable-swift-testing

@@ -193,7 +193,13 @@ public struct ConfigLoader {
 
     /// " (did you mean X?)" for the closest known key, by edit distance on the last component.
     static func suggestion(for path: String) -> String {
-        let best = configSchema.map { ($0.path, editDistance($0.path, path)) }.min { $0.1 < $1.1 }
+        // Candidates: every key and every section (a dotted prefix of a key).
+        var candidates = Set<String>()
+        for spec in configSchema {
+            let parts = spec.path.split(separator: ".")
+            for n in 1...parts.count { candidates.insert(parts.prefix(n).joined(separator: ".")) }
+        }
+        let best = candidates.sorted().map { ($0, editDistance($0, path)) }.min { $0.1 < $1.1 }
         if let best, best.1 <= max(3, path.count / 4) { return " (did you mean \(best.0)?)" }
         return ""
     }

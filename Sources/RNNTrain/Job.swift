@@ -50,7 +50,8 @@ public enum Job {
             comm.finalize()
             return 0
         } catch let e as JobFailed {
-            if let m = e.message { console.error(m) }
+            // Agreed failures are reported by the lowest failing rank; rank 0's needs no tag.
+            if let m = e.message { (comm.rank == 0 ? Console(rank: 0, size: 1) : console).error(m) }
             comm.finalize()
             return e.exitCode
         } catch let e as RNNDPError where e.collective {

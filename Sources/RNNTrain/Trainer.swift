@@ -116,6 +116,7 @@ public final class Trainer {
         var intervalSteps = 0
         let runStart = intervalStart
         var validation: Double?
+        let fault = FaultInjection.fromEnvironment()
 
         for step in 1...max(steps, 1) where steps > 0 {
             let batch = dataset.trainingBatch(step: step - 1, globalBatch: B, rows: shardRows)
@@ -135,6 +136,12 @@ public final class Trainer {
             let norm = clipGradientNorm(net.gradients, maxNorm: config.training.clipNorm)
             optimizer.step(parameters: net.parameters, gradients: net.gradients)
             intervalSteps += 1
+            if let f = fault, f.rank == comm.rank, f.step == step {
+                switch f.kind {
+                case .perturb: net.parameters[0] += 1e-3
+                case .throw: throw RNNDPError("injected failure at step \(step) (RNN_DP_FAULT)", exitCode: RNNDPError.runtimeFailure)
+                }
+            }
 
             if config.training.checkEvery > 0 && step % config.training.checkEvery == 0 && step != steps {
                 try verifyReplicas(step: step)
@@ -159,6 +166,7 @@ public final class Trainer {
         }
 
         try verifyReplicas(step: steps)
+        console.info("replicas: parameters bitwise identical on all \(comm.size) rank\(comm.size == 1 ? "" : "s") at step \(steps) (checksum \(String(net.parameters.checksum(), radix: 16)))")
         validation = try evaluate()
         if let v = validation {
             console.info(describeValidation(v))

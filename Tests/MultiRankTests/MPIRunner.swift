@@ -1,0 +1,79 @@
+import Foundation
+import XCTest
+
+/// Launches the built `rnn-dp` executable, under `mpirun -np N` or alone, and collects its
+/// output. The executable sits next to the test bundle.
+enum MPIRunner {
+    struct Outcome {
+        let status: Int32
+        let stdout: String
+        let stderr: String
+        let seconds: Double
+    }
+
+    /// The test runner is `.build/<config>/<package>PackageTests.xctest`; rnn-dp is its sibling.
+    static var executable: String {
+        URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
+            .appendingPathComponent("rnn-dp").path
+    }
+
+    static var projectRoot: URL {
+        URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    }
+
+    static func sharedData(_ name: String) -> String {
+        projectRoot.deletingLastPathComponent().appendingPathComponent("shared/data/\(name)").path
+    }
+
+    static func tempDir() -> String {
+        let d = FileManager.default.temporaryDirectory.appendingPathComponent("rnn-dp-mpi-\(UUID().uuidString)").path
+        try! FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
+        return d
+    }
+
+    static func write(_ text: String, to path: String) {
+        _ = FileManager.default.createFile(atPath: path, contents: Data(text.utf8))
+    }
+
+    /// Runs `rnn-dp args` on `np` ranks (np = 0: a plain process without mpirun). Kills the job
+    /// and records a failure after `timeout` seconds, so a hang fails the test instead of CI.
+    static func run(np: Int, _ args: [String], env extra: [String: String] = [:], timeout: Double = 120,
+                    file: StaticString = #filePath, line: UInt = #line) throws -> Outcome {
+        let p = Process()
+        if np > 0 {
+            p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+            p.arguments = ["mpirun", "-np", String(np), "--oversubscribe", "--bind-to", "none", executable] + args
+        } else {
+            p.executableURL = URL(fileURLWithPath: executable)
+            p.arguments = args
+        }
+        var env = ProcessInfo.processInfo.environment
+        if getuid() == 0 {
+            env["OMPI_ALLOW_RUN_AS_ROOT"] = "1"
+            env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
+        }
+        env["OMPI_MCA_btl_base_warn_component_unused"] = "0"
+        for (k, v) in extra { env[k] = v }
+        p.environment = env
+        let outURL = URL(fileURLWithPath: tempDir()).appendingPathComponent("out")
+        let errURL = outURL.deletingLastPathComponent().appendingPathComponent("err")
+        _ = FileManager.default.createFile(atPath: outURL.path, contents: nil)
+        _ = FileManager.default.createFile(atPath: errURL.path, contents: nil)
+        p.standardOutput = try FileHandle(forWritingTo: outURL)
+        p.standardError = try FileHandle(forWritingTo: errURL)
+        p.standardInput = FileHandle.nullDevice
+        let start = Date()
+        try p.run()
+        while p.isRunning && Date().timeIntervalSince(start) < timeout { usleep(20_000) }
+        if p.isRunning {
+            p.terminate()
+            usleep(500_000)
+            if p.isRunning { kill(p.processIdentifier, SIGKILL) }
+            XCTFail("rnn-dp \(args.joined(separator: " ")) on \(np) ranks did not finish within \(timeout) s", file: file, line: line)
+        }
+        p.waitUntilExit()
+        let out = (try? String(contentsOf: outURL, encoding: .utf8)) ?? ""
+        let err = (try? String(contentsOf: errURL, encoding: .utf8)) ?? ""
+        return Outcome(status: p.terminationStatus, stdout: out, stderr: err, seconds: Date().timeIntervalSince(start))
+    }
+}

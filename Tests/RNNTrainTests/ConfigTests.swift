@@ -1,0 +1,99 @@
+import XCTest
+@testable import RNNTrain
+import RNN
+
+final class ConfigTests: XCTestCase {
+    let minimal = """
+    data:
+      kind: synthetic
+      length: 8
+    """
+
+    func parse(_ yaml: String, _ sets: [String] = []) throws -> TrainConfig {
+        try ConfigLoader.parse(yaml: yaml, name: "c.yaml", overrides: sets)
+    }
+
+    func error(_ yaml: String, _ sets: [String] = []) -> String {
+        do {
+            _ = try parse(yaml, sets)
+            return "no error"
+        } catch {
+            return "\(error)"
+        }
+    }
+
+    func testDefaultsAndDerivedValues() throws {
+        let c = try parse(minimal)
+        XCTAssertEqual(c.data.kind, "synthetic")
+        XCTAssertEqual(c.training.sequenceLength, 8)
+        XCTAssertEqual(c.model.output, .lastStep)
+        XCTAssertEqual(c.training.loss, .mse)
+        XCTAssertEqual(c.training.globalBatchSize, 32)
+        XCTAssertNil(c.training.clipNorm)
+        XCTAssertTrue(c.resolved.contains { $0.key == "model.hidden_size" && $0.value == .int(128) })
+        let t = try parse("data: {kind: text, path: x.txt}")
+        XCTAssertEqual(t.model.output, .everyStep)
+        XCTAssertEqual(t.training.loss, .crossEntropy)
+    }
+
+    func testSetOverridesAnyKey() throws {
+        let c = try parse(minimal, ["training.steps=7", "training.clip_norm=2.5", "model.activation=relu", "output.directory=/tmp/x"])
+        XCTAssertEqual(c.training.steps, 7)
+        XCTAssertEqual(c.training.clipNorm, 2.5)
+        XCTAssertEqual(c.model.activation, .relu)
+        XCTAssertEqual(c.output.directory, "/tmp/x")
+        let d = try parse(minimal + "\ntraining:\n  clip_norm: 3\n", ["training.clip_norm=null"])
+        XCTAssertNil(d.training.clipNorm)
+    }
+
+    func testUnknownKeysAreNamedWithASuggestion() {
+        XCTAssertEqual(error(minimal + "\ntraining:\n  optimizer:\n    learnig_rate: 0.1\n"),
+                       "c.yaml:6: training.optimizer.learnig_rate: unknown key (did you mean training.optimizer.learning_rate?)")
+        XCTAssertEqual(error(minimal + "\nmodle:\n  layers: 2\n"), "c.yaml:4: modle: unknown key (did you mean model?)")
+        XCTAssertEqual(error(minimal + "\nzzzzzz: 1\n"), "c.yaml:4: zzzzzz: unknown key")
+        XCTAssertEqual(error(minimal, ["training.stepz=3"]), "--set training.stepz: unknown key (did you mean training.steps?)")
+        XCTAssertEqual(error(minimal, ["training.steps"]), "--set training.steps: expected key.path=value")
+    }
+
+    func testWrongTypesAndRanges() {
+        XCTAssertEqual(error(minimal + "\nmodel:\n  hidden_size: many\n"), "c.yaml:5: model.hidden_size: expected an integer >= 1, got 'many'")
+        XCTAssertEqual(error(minimal + "\nmodel:\n  hidden_size: 0\n"), "c.yaml:5: model.hidden_size: expected an integer >= 1, got '0'")
+        XCTAssertEqual(error(minimal + "\nmodel:\n  activation: softplus\n"), "c.yaml:5: model.activation: expected one of tanh, sigmoid, relu, got 'softplus'")
+        XCTAssertEqual(error(minimal, ["training.optimizer.learning_rate=0"]), "--set: training.optimizer.learning_rate: expected a number > 0.0, got '0'")
+        XCTAssertEqual(error(minimal, ["training.optimizer.momentum=1"]), "--set: training.optimizer.momentum: expected a number >= 0.0 and < 1.0, got '1'")
+        XCTAssertEqual(error(minimal, ["training.average_over_time=maybe"]), "--set: training.average_over_time: expected true or false, got 'maybe'")
+        XCTAssertEqual(error(minimal + "\nmodel:\n  layers: [1, 2]\n"), "c.yaml:5: model.layers: expected a single value, got a list")
+        XCTAssertEqual(error(minimal + "\nmodel: 3\n"), "c.yaml:4: model: is a section, expected keys under it (cell, activation, hidden_size, layers, output)")
+        XCTAssertEqual(error(minimal, ["model.hidden_size=null"]), "--set: model.hidden_size: expected an integer >= 1, got 'null'")
+    }
+
+    func testCrossKeyRules() {
+        XCTAssertEqual(error("seed: 1\n"), "c.yaml: data.kind: required (text, csv or synthetic)")
+        XCTAssertEqual(error("data:\n  kind: text\n"), "c.yaml: data.path: required when data.kind is text")
+        XCTAssertEqual(error("data:\n  kind: text\n  path: a\n  length: 3\n"), "c.yaml: data.length: applies only when data.kind is synthetic (it is text)")
+        XCTAssertEqual(error("data: {kind: text, path: a}\ntraining: {loss: mse}\n"), "c.yaml: training.loss: text data predicts characters: use cross_entropy")
+        XCTAssertEqual(error(minimal + "\nmodel: {output: every_step}\n"), "c.yaml: model.output: the adding problem has one target per sequence: use last_step")
+        XCTAssertEqual(error(minimal + "\n  path: x\n"), "c.yaml: data.path: not used when data.kind is synthetic")
+    }
+
+    func testMalformedYAMLAndDuplicates() {
+        XCTAssertTrue(error("data: [unclosed\n").hasPrefix("c.yaml: invalid YAML:"), error("data: [unclosed\n"))
+        XCTAssertFalse(error("data: [unclosed\n").contains("\n"))
+        XCTAssertEqual(error("- 1\n- 2\n"), "c.yaml: the config must be a mapping of keys (like 'model: {hidden_size: 64}')")
+        XCTAssertEqual(error(minimal + "\nseed: 1\nseed: 2\n"), "c.yaml:5: seed: given twice")
+    }
+
+    func testMissingConfigFile() {
+        XCTAssertThrowsError(try ConfigLoader.load(path: "/nonexistent/c.yaml")) {
+            XCTAssertEqual("\($0)", "/nonexistent/c.yaml: no such config file")
+        }
+    }
+
+    func testEveryShippedConfigParses() throws {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let dir = root.appendingPathComponent("configs")
+        let files = try FileManager.default.contentsOfDirectory(atPath: dir.path).filter { $0.hasSuffix(".yaml") }
+        XCTAssertGreaterThanOrEqual(files.count, 3)
+        for f in files { XCTAssertNoThrow(try ConfigLoader.load(path: dir.appendingPathComponent(f).path), f) }
+    }
+}

@@ -1,0 +1,82 @@
+import Foundation
+import XCTest
+import RNN
+import RNNDistributed
+import RNNData
+@testable import RNNTrain
+
+final class TrainerTests: XCTestCase {
+    func outputDir() -> String {
+        FileManager.default.temporaryDirectory.appendingPathComponent("rnn-dp-train-\(UUID().uuidString)").path
+    }
+
+    func train(_ yaml: String, _ sets: [String] = []) throws -> (TrainResult, Trainer) {
+        let config = try ConfigLoader.parse(yaml: yaml, name: "test.yaml", overrides: sets + ["output.directory=\(outputDir())"])
+        let comm = SingleProcessCommunicator()
+        let trainer = Trainer(config: config, comm: comm, console: Console(rank: 1, size: 1))  // rank 1: quiet
+        return (try trainer.run(), trainer)
+    }
+
+    /// The adding problem at length 10 is learned far below the 0.167 baseline.
+    func testAddingProblemIsLearnedBelowTheBaseline() throws {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let yaml = try String(contentsOfFile: root.appendingPathComponent("configs/adding.yaml").path, encoding: .utf8)
+        let (result, _) = try train(yaml, ["training.threads=1"])
+        let v = try XCTUnwrap(result.validationLoss)
+        XCTAssertLessThan(v, 0.05, "validation MSE \(v) vs baseline 0.167")
+    }
+
+    func testOutputsMetricsAndModelWithPyTorchNames() throws {
+        let dir = outputDir()
+        let config = try ConfigLoader.parse(yaml: "data: {kind: synthetic, length: 5}\nmodel: {hidden_size: 8, layers: 2}\ntraining: {steps: 12, global_batch_size: 4}\noutput: {log_every: 5}\n",
+                                            name: "t.yaml", overrides: ["output.directory=\(dir)"])
+        let trainer = Trainer(config: config, comm: SingleProcessCommunicator(), console: Console(rank: 1, size: 1))
+        try trainer.run()
+        let lines = try String(contentsOfFile: "\(dir)/metrics.jsonl", encoding: .utf8).split(separator: "\n")
+        let records = try lines.map { try JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any] }
+        XCTAssertEqual(records.compactMap { $0["loss"] as? Double }.count, 3)  // steps 5, 10, 12
+        XCTAssertEqual(records.compactMap { $0["step"] as? Int }, [5, 10, 12, 12])
+        XCTAssertNotNil(records.last?["val_loss"] as? Double)
+        let model = try SafeTensors.read(path: "\(dir)/model.safetensors")
+        XCTAssertEqual(model.tensors.map(\.name).sorted(), trainer.network.layout.views.map(\.name).sorted())
+        XCTAssertEqual(model.tensor("rnn.weight_ih_l0")?.shape, [8, 2])
+        XCTAssertEqual(model.tensor("head.weight")?.shape, [1, 8])
+        for v in trainer.network.layout.views {
+            XCTAssertEqual(model.tensor(v.name)?.values, Array(trainer.network.parameters.buffer[v.range]), v.name)
+        }
+        XCTAssertEqual(model.metadata["step"], "12")
+        XCTAssertTrue(model.metadata["config"]?.contains("model.hidden_size: 8") ?? false)
+    }
+
+    func testTextRunGeneratesFromTheVocabulary() throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("rnn-dp-text-\(UUID().uuidString).txt").path
+        _ = FileManager.default.createFile(atPath: path, contents: Data(String(repeating: "abcabcabd\n", count: 200).utf8))
+        let (result, trainer) = try train("data: {kind: text, path: \(path)}\nmodel: {hidden_size: 16}\ntraining: {steps: 30, sequence_length: 8, global_batch_size: 8, optimizer: {learning_rate: 0.5}}\n")
+        XCTAssertLessThan(result.finalLoss, log(5.0))
+        let vocab = (trainer.dataset as! TextDataset).vocabulary
+        let s = trainer.generate(vocab, length: 50, temperature: 0.8)
+        XCTAssertEqual(s.unicodeScalars.count, 50)
+        XCTAssertTrue(s.unicodeScalars.allSatisfy { "abcd\n".unicodeScalars.contains($0) })
+    }
+
+    func testGlobalBatchSmallerThanRanksIsAnError() throws {
+        // A communicator that claims 4 ranks; the check happens before any collective.
+        final class FourRanks: Communicator {
+            var rank: Int { 0 }; var size: Int { 4 }; var localSize: Int { 4 }; var name: String { "fake" }
+            func barrier() throws {}
+            func allreduceSum(_ b: UnsafeMutableBufferPointer<Float>) throws {}
+            func allreduceSum(_ b: UnsafeMutableBufferPointer<Double>) throws {}
+            func allreduceSum(_ b: UnsafeMutableBufferPointer<Int64>) throws {}
+            func allreduceMax(_ b: UnsafeMutableBufferPointer<Double>) throws {}
+            func broadcast(_ b: UnsafeMutableBufferPointer<Float>, root: Int) throws {}
+            func broadcast(_ b: UnsafeMutableBufferPointer<UInt8>, root: Int) throws {}
+            func allgather(_ v: UInt64) throws -> [UInt64] { [v, v, v, v] }
+            func abort(code: Int32) -> Never { fatalError() }
+            func finalize() {}
+        }
+        let config = try ConfigLoader.parse(yaml: "data: {kind: synthetic, length: 4}\ntraining: {global_batch_size: 3}\n", name: "t.yaml")
+        XCTAssertThrowsError(try Trainer(config: config, comm: FourRanks(), console: Console(rank: 1, size: 4)).run()) {
+            XCTAssertEqual("\($0)", "t.yaml: training.global_batch_size 3 is smaller than the number of ranks 4: every rank needs at least one sample")
+        }
+    }
+}
