@@ -11,21 +11,100 @@ enum Kernels {
         return e / (1 + e)
     }
 
-    static func activationForward<S: BinaryFloatingPoint & ElementaryFunctions>(_ act: Activation, _ z: UnsafeMutablePointer<S>, _ n: Int) {
+    static func activationForward<S: BinaryFloatingPoint & ElementaryFunctions>(_ act: Activation, _ slope: S, _ z: UnsafeMutablePointer<S>, _ n: Int) {
         switch act {
         case .tanh: for i in 0..<n { z[i] = S.tanhf(z[i]) }
         case .sigmoid: for i in 0..<n { z[i] = sigmoid(z[i]) }
         case .relu: for i in 0..<n { z[i] = z[i] > 0 ? z[i] : 0 }
+        case .leakyRelu: for i in 0..<n { z[i] = z[i] > 0 ? z[i] : slope * z[i] }
         }
     }
 
     /// d <- d * act'(z) with act' expressed through y = act(z):
-    /// tanh' = 1 - y^2, sigmoid' = y (1 - y), relu' = [y > 0].
-    static func activationBackward<S: BinaryFloatingPoint & ElementaryFunctions>(_ act: Activation, _ y: UnsafePointer<S>, _ d: UnsafeMutablePointer<S>, _ n: Int) {
+    /// tanh' = 1 - y^2, sigmoid' = y (1 - y), relu' = [y > 0], leaky relu' = [y > 0] + slope [y <= 0]
+    /// (for slope > 0 the sign of y is the sign of z).
+    static func activationBackward<S: BinaryFloatingPoint & ElementaryFunctions>(_ act: Activation, _ slope: S, _ y: UnsafePointer<S>, _ d: UnsafeMutablePointer<S>, _ n: Int) {
         switch act {
         case .tanh: for i in 0..<n { d[i] *= 1 - y[i] * y[i] }
         case .sigmoid: for i in 0..<n { d[i] *= y[i] * (1 - y[i]) }
         case .relu: for i in 0..<n { d[i] = y[i] > 0 ? d[i] : 0 }
+        case .leakyRelu: for i in 0..<n { d[i] = y[i] > 0 ? d[i] : slope * d[i] }
+        }
+    }
+
+    /// One LSTM step (PyTorch's nn.LSTM) for `rows` samples of width H. On entry `gates` (B, 4H)
+    /// holds the pre-activations [i | f | g | o]; on exit their activations
+    /// i = sigmoid, f = sigmoid, g = tanh, o = sigmoid. Then c = f * cPrev + i * g, h = o * tanh(c).
+    static func lstmForward<S: BinaryFloatingPoint & ElementaryFunctions>(_ gates: UnsafeMutablePointer<S>, _ cPrev: UnsafePointer<S>, _ c: UnsafeMutablePointer<S>, _ h: UnsafeMutablePointer<S>, _ rows: Int, _ H: Int) {
+        for b in 0..<rows {
+            let z = gates + b &* 4 &* H
+            let cp = cPrev + b &* H, cb = c + b &* H, hb = h + b &* H
+            for j in 0..<H {
+                let i = sigmoid(z[j]), f = sigmoid(z[H &+ j]), g = S.tanhf(z[2 &* H &+ j]), o = sigmoid(z[3 &* H &+ j])
+                z[j] = i; z[H &+ j] = f; z[2 &* H &+ j] = g; z[3 &* H &+ j] = o
+                let cj = f * cp[j] + i * g
+                cb[j] = cj
+                hb[j] = o * S.tanhf(cj)
+            }
+        }
+    }
+
+    /// The backward twin of lstmForward. dh: dL/dh_t (B, H); dc: on entry dL/dc_t from step t+1,
+    /// on exit dL/dc_{t-1}; gates: the activations; dz (B, 4H): dL/d(pre-activations).
+    static func lstmBackward<S: BinaryFloatingPoint & ElementaryFunctions>(_ dh: UnsafePointer<S>, _ dc: UnsafeMutablePointer<S>, _ gates: UnsafePointer<S>, _ c: UnsafePointer<S>, _ cPrev: UnsafePointer<S>, _ dz: UnsafeMutablePointer<S>, _ rows: Int, _ H: Int) {
+        for b in 0..<rows {
+            let a = gates + b &* 4 &* H, d = dz + b &* 4 &* H
+            let dhb = dh + b &* H, dcb = dc + b &* H, cb = c + b &* H, cp = cPrev + b &* H
+            for j in 0..<H {
+                let i = a[j], f = a[H &+ j], g = a[2 &* H &+ j], o = a[3 &* H &+ j]
+                let tc = S.tanhf(cb[j])
+                let dC = dcb[j] + dhb[j] * o * (1 - tc * tc)
+                d[j] = dC * g * i * (1 - i)
+                d[H &+ j] = dC * cp[j] * f * (1 - f)
+                d[2 &* H &+ j] = dC * i * (1 - g * g)
+                d[3 &* H &+ j] = dhb[j] * tc * o * (1 - o)
+                dcb[j] = dC * f
+            }
+        }
+    }
+
+    /// One GRU step (PyTorch's nn.GRU). On entry `gates` (B, 3H) holds W_ih x + b_ih as [r | z | n]
+    /// and hh (B, 3H) holds W_hh h_{t-1} + b_hh. Computes r = sigmoid(x_r + hh_r),
+    /// z = sigmoid(x_z + hh_z), n = tanh(x_n + r * hh_n), h = (1 - z) * n + z * hPrev; stores the
+    /// activations r, z, n in `gates` and hh_n in hn (B, H) for the backward pass.
+    static func gruForward<S: BinaryFloatingPoint & ElementaryFunctions>(_ gates: UnsafeMutablePointer<S>, _ hh: UnsafePointer<S>, _ hPrev: UnsafePointer<S>, _ h: UnsafeMutablePointer<S>, _ hn: UnsafeMutablePointer<S>, _ rows: Int, _ H: Int) {
+        for b in 0..<rows {
+            let x = gates + b &* 3 &* H, u = hh + b &* 3 &* H
+            let hp = hPrev + b &* H, hb = h + b &* H, hnb = hn + b &* H
+            for j in 0..<H {
+                let r = sigmoid(x[j] + u[j])
+                let z = sigmoid(x[H &+ j] + u[H &+ j])
+                let un = u[2 &* H &+ j]
+                let n = S.tanhf(x[2 &* H &+ j] + r * un)
+                x[j] = r; x[H &+ j] = z; x[2 &* H &+ j] = n
+                hnb[j] = un
+                hb[j] = (1 - z) * n + z * hp[j]
+            }
+        }
+    }
+
+    /// The backward twin of gruForward. From dh (B, H) computes the gradients of the input-side
+    /// pre-activations dxi = [dr | dz | dn] and the hidden-side ones dhh = [dr | dz | r * dn]
+    /// (B, 3H each), and adds z * dh, the direct path, into dhPrev (B, H).
+    static func gruBackward<S: BinaryFloatingPoint & ElementaryFunctions>(_ dh: UnsafePointer<S>, _ gates: UnsafePointer<S>, _ hn: UnsafePointer<S>, _ hPrev: UnsafePointer<S>, _ dxi: UnsafeMutablePointer<S>, _ dhh: UnsafeMutablePointer<S>, _ dhPrev: UnsafeMutablePointer<S>, _ rows: Int, _ H: Int) {
+        for b in 0..<rows {
+            let a = gates + b &* 3 &* H, dx = dxi + b &* 3 &* H, du = dhh + b &* 3 &* H
+            let dhb = dh + b &* H, hnb = hn + b &* H, hp = hPrev + b &* H, dhp = dhPrev + b &* H
+            for j in 0..<H {
+                let r = a[j], z = a[H &+ j], n = a[2 &* H &+ j]
+                let d = dhb[j]
+                let dn = d * (1 - z) * (1 - n * n)
+                let dz = d * (hp[j] - n) * z * (1 - z)
+                let dr = dn * hnb[j] * r * (1 - r)
+                dx[j] = dr; dx[H &+ j] = dz; dx[2 &* H &+ j] = dn
+                du[j] = dr; du[H &+ j] = dz; du[2 &* H &+ j] = dn * r
+                dhp[j] += d * z
+            }
         }
     }
 
@@ -71,16 +150,17 @@ enum Kernels {
             var mx = z[0]
             var arg = 0
             for j in 1..<max(classes, 1) where z[j] > mx { mx = z[j]; arg = j }
+            let t = Int(targets[r])
+            let shifted = z[t] - mx  // log of the target's unnormalized probability
             var sum: S = 0
             for j in 0..<classes {
                 let e = S.expf(z[j] - mx)
                 z[j] = e
                 sum += e
             }
-            let t = Int(targets[r])
             if arg == t { correct += 1 }
-            // -log p_t = log(sum) - (z_t - max); z[t] now holds exp(z_t - max).
-            loss += Double(S.logf(sum)) - Double(S.logf(z[t]))
+            // -log p_t = log(sum) - (z_t - max): finite even when exp(z_t - max) underflows.
+            loss += Double(S.logf(sum)) - Double(shifted)
             let inv = scale / sum
             for j in 0..<classes { z[j] *= inv }
             z[t] -= scale

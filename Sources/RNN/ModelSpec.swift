@@ -3,13 +3,29 @@
 // V vocabulary, O outputs, L layers.
 
 public enum CellKind: String, CaseIterable, Sendable {
+    /// Elman: h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh).
     case rnn
+    /// PyTorch's nn.LSTM, gate order i, f, g, o.
+    case lstm
+    /// PyTorch's nn.GRU, gate order r, z, n, with n = tanh(W_in x + b_in + r * (W_hn h + b_hn)).
+    case gru
     /// Gates per cell: the first dimension of weight_ih / weight_hh is gates * H.
-    public var gates: Int { 1 }
+    public var gates: Int {
+        switch self {
+        case .rnn: return 1
+        case .lstm: return 4
+        case .gru: return 3
+        }
+    }
+    /// Tensors of recurrent state per layer: (h, c) for LSTM, h otherwise.
+    public var stateTensors: Int { self == .lstm ? 2 : 1 }
 }
 
+/// The Elman cell's activation (LSTM and GRU use their fixed sigmoid/tanh gates).
 public enum Activation: String, CaseIterable, Sendable {
     case tanh, sigmoid, relu
+    /// max(z, slope * z), slope from ModelSpec.leakySlope.
+    case leakyRelu = "leaky_relu"
 }
 
 public enum OutputMode: String, CaseIterable, Sendable {
@@ -50,6 +66,11 @@ public struct ModelSpec: Equatable, Sendable {
     public var loss: LossKind
     /// Divide the gradient of every parameter shared across time steps by T (see Network).
     public var averageOverTime: Bool
+    /// Negative-side slope of leaky_relu.
+    public var leakySlope: Double = 0.01
+    /// The initial state is a trained parameter per layer (rnn.h0_l{k}, and rnn.c0_l{k} for
+    /// LSTM), shared by every sample, instead of zeros.
+    public var learnedInitialState = false
 
     public init(cell: CellKind = .rnn, activation: Activation = .tanh, input: InputKind, hiddenSize: Int,
                 layers: Int = 1, outputSize: Int, output: OutputMode = .everyStep, loss: LossKind,

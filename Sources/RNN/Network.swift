@@ -1,9 +1,10 @@
-/// A stack of recurrent layers with a dense head, its loss, and backpropagation through time.
+/// A stack of recurrent layers (Elman, LSTM or GRU) with a dense head, its loss, and
+/// backpropagation through time.
 ///
 /// Computation (the cuDNN formulation): for layer k the input projection of all time steps is one
 /// matrix product, (T*B, I_k) x (I_k, G*H), or a column gather of W_ih for token input; each time
-/// step then adds only the recurrent product h_{t-1} W_hh^T and applies the activation. The
-/// backward sweep turns dL/dh_t into the pre-activation gradients in place and, after the sweep,
+/// step then adds only the recurrent product h_{t-1} W_hh^T and applies the cell's elementwise
+/// step. The backward sweep turns dL/dh_t into gate pre-activation gradients and, after the sweep,
 /// forms every weight gradient of all steps in one product.
 ///
 /// Objective. With per-term losses l (see LossStats) the gradient accumulated by `lossAndGradient`
@@ -21,15 +22,34 @@ public final class Network<S: RNNScalar> {
     /// The flat gradient buffer, same layout. `lossAndGradient` adds into it.
     public let gradients: Buffer<S>
 
+    /// Per-layer activations kept for the backward pass.
+    final class LayerStore {
+        var h: Buffer<S>  // (T, B, H): outputs h_t (Elman: pre-activations before the activation pass)
+        var gates: Buffer<S>  // (T, B, G*H): LSTM i,f,g,o / GRU r,z,n activations (empty for Elman)
+        var cell: Buffer<S>  // (T, B, H): LSTM c_t (empty otherwise)
+        var hn: Buffer<S>  // (T, B, H): GRU W_hn h_{t-1} + b_hn (empty otherwise)
+        init(_ tb: Int, _ H: Int, _ cell: CellKind) {
+            h = Buffer(count: tb * H)
+            gates = Buffer(count: cell == .rnn ? 0 : tb * cell.gates * H)
+            self.cell = Buffer(count: cell == .lstm ? tb * H : 0)
+            hn = Buffer(count: cell == .gru ? tb * H : 0)
+        }
+    }
+
     // Workspaces, sized for the largest (T, B) seen so far; reallocated only when that grows.
     private var capacity = 0  // T*B the workspaces hold
-    private var hidden: [Buffer<S>] = []  // per layer: (T, B, H) outputs h_t (pre-activations before the activation pass)
-    private var delta = Buffer<S>(count: 0)  // (T, B, H): dL/dh of the current layer, then its dL/dz in place
+    private var batchCapacity = 0  // B the per-step workspaces hold
+    private var store: [LayerStore] = []
+    private var delta = Buffer<S>(count: 0)  // (T, B, H): dL/dh of the current layer (Elman: then dL/dz in place)
     private var deltaBelow = Buffer<S>(count: 0)  // (T, B, H): dL/dh of the layer below
+    private var dxi = Buffer<S>(count: 0)  // (T, B, G*H): dL/d(input-side pre-activations), LSTM and GRU
+    private var dhh = Buffer<S>(count: 0)  // (T, B, G*H): dL/d(hidden-side pre-activations), GRU
     private var dense = Buffer<S>(count: 0)  // (T, B, I): dense input converted to S
     private var head = Buffer<S>(count: 0)  // (T*B or B, O): outputs, then dL/d outputs
-    private var h0 = Buffer<S>(count: 0)  // (L, B, H): initial state of the current forward, if any
-    private var hasInitialState = false
+    private var state0 = Buffer<S>(count: 0)  // (L, C, B, H): initial state of this forward (h, then c for LSTM)
+    private var dState0 = Buffer<S>(count: 0)  // (L, C, B, H): its gradient after backward
+    private var hh = Buffer<S>(count: 0)  // (B, G*H): GRU per-step W_hh h + b_hh
+    private var dc = Buffer<S>(count: 0)  // (B, H): LSTM dL/dc carried backward
     private var T = 0
     private var B = 0
 
@@ -41,24 +61,40 @@ public final class Network<S: RNNScalar> {
     }
 
     private var H: Int { spec.hiddenSize }
+    private var G: Int { spec.cell.gates }
     private var O: Int { spec.outputSize }
+    private var C: Int { spec.cell.stateTensors }
     private var headRows: Int { spec.output == .everyStep ? T * B : B }
+    private var slope: S { S(spec.leakySlope) }
 
     private func reserve(steps: Int, batch: Int) {
         T = steps
         B = batch
         let need = steps * batch
-        guard need > capacity else { return }
-        capacity = need
-        hidden = (0..<spec.layers).map { _ in Buffer(count: need * spec.cell.gates * H) }
-        delta = Buffer(count: need * H)
-        deltaBelow = Buffer(count: need * H)
-        if case .dense(let f) = spec.input { dense = Buffer(count: need * f) }
-        head = Buffer(count: need * O)
+        if need > capacity {
+            capacity = need
+            store = (0..<spec.layers).map { _ in LayerStore(need, H, spec.cell) }
+            delta = Buffer(count: need * H)
+            deltaBelow = Buffer(count: need * H)
+            dxi = Buffer(count: spec.cell == .rnn ? 0 : need * G * H)
+            dhh = Buffer(count: spec.cell == .gru ? need * G * H : 0)
+            if case .dense(let f) = spec.input { dense = Buffer(count: need * f) }
+            head = Buffer(count: need * O)
+        }
+        if batch > batchCapacity {
+            batchCapacity = batch
+            state0 = Buffer(count: spec.layers * C * batch * H)
+            dState0 = Buffer(count: spec.layers * C * batch * H)
+            hh = Buffer(count: spec.cell == .gru ? batch * G * H : 0)
+            dc = Buffer(count: spec.cell == .lstm ? batch * H : 0)
+        }
     }
 
     @inline(__always) private func p(_ v: ParamView) -> UnsafeMutablePointer<S> { parameters.pointer + v.offset }
     @inline(__always) private func g(_ v: ParamView) -> UnsafeMutablePointer<S> { gradients.pointer + v.offset }
+    /// Initial state of layer k, tensor c (0: h, 1: LSTM cell), (B, H).
+    @inline(__always) private func s0(_ k: Int, _ c: Int) -> UnsafeMutablePointer<S> { state0.pointer + (k * C + c) * B * H }
+    @inline(__always) private func ds0(_ k: Int, _ c: Int) -> UnsafeMutablePointer<S> { dState0.pointer + (k * C + c) * B * H }
 
     /// The head's outputs after `forward`: (T*B, O) for every_step, (B, O) for last_step;
     /// logits for cross-entropy, predictions for MSE.
@@ -66,19 +102,18 @@ public final class Network<S: RNNScalar> {
         UnsafeMutableBufferPointer(start: head.pointer, count: headRows * O)
     }
 
+    /// Number of state tensors per layer and sample: (L, C, B, H) is the shape of a state.
+    public var stateCount: Int { spec.layers * C * H }
+
     // MARK: forward
 
-    /// - initialState: (L, B, H) hidden state before step 0 (nil: zeros), e.g. `finalState` of the
-    ///   previous chunk when generating text or carrying state across chunks.
+    /// - initialState: (L, C, B, H) state before step 0: h (and c for LSTM) of every layer, e.g.
+    ///   `finalState` of the previous chunk. nil: the learned initial state if the model has one,
+    ///   else zeros.
     public func forward(_ batch: Batch, initialState: UnsafePointer<S>? = nil) {
         reserve(steps: batch.steps, batch: batch.batchSize)
         let TB = T * B
-        hasInitialState = initialState != nil
-        if let initialState {
-            let n = spec.layers * B * H
-            if h0.count < n { h0 = Buffer(count: n) }
-            h0.pointer.update(from: initialState, count: n)
-        }
+        setInitialState(initialState)
         if case .dense(let f) = spec.input {
             precondition(batch.features.count == TB * f, "features must be (T, B, I)")
             batch.features.withUnsafeBufferPointer { S.fromFloat($0.baseAddress!, into: dense.pointer, TB * f) }
@@ -91,45 +126,98 @@ public final class Network<S: RNNScalar> {
         forwardHead()
     }
 
-    /// Layer k: hidden[k] (T, B, H) = act(X W_ih^T + b_ih + b_hh + h_{t-1} W_hh^T), h_{-1} = 0.
-    private func forwardLayer(_ k: Int, tokens: UnsafePointer<Int32>?) {
-        let (wih, whh, bih, bhh) = layout.layer(k)
-        let out = hidden[k].pointer  // (T, B, H)
-        let TB = T * B
-        if k == 0, case .tokens(let V) = spec.input {
-            out.update(repeating: 0, count: TB * H)
-            S.gatherColumns(p(wih), ldw: V, cols: H, tokens: tokens!, rows: TB, into: out)
-        } else {
-            let (x, width): (UnsafeMutablePointer<S>, Int) = k == 0 ? (dense.pointer, spec.input.width) : (hidden[k - 1].pointer, H)
-            S.gemm(transA: false, transB: true, m: TB, n: H, k: width, alpha: 1, a: x, lda: width,
-                   b: p(wih), ldb: width, beta: 0, c: out, ldc: H)
+    private func setInitialState(_ given: UnsafePointer<S>?) {
+        let n = spec.layers * C * B * H
+        if let given {
+            state0.pointer.update(from: given, count: n)
+            return
         }
-        S.addBiasRows(out, rows: TB, cols: H, p(bih), p(bhh))
-        for t in 0..<T {
-            let ht = out + t * B * H  // (B, H)
-            let prev: UnsafeMutablePointer<S>? = t > 0 ? ht - B * H : (hasInitialState ? h0.pointer + k * B * H : nil)
-            if let prev {
-                S.gemm(transA: false, transB: true, m: B, n: H, k: H, alpha: 1, a: prev, lda: H,
-                       b: p(whh), ldb: H, beta: 1, c: ht, ldc: H)
+        state0.pointer.update(repeating: 0, count: n)
+        for k in 0..<spec.layers {
+            let l = layout.layer(k)
+            for (c, view) in [l.h0, l.c0].enumerated() {
+                guard let view else { continue }
+                for b in 0..<B { (s0(k, c) + b * H).update(from: p(view), count: H) }
             }
-            S.activationForward(spec.activation, ht, B * H)
+        }
+    }
+
+    /// The input of layer k: (pointer, width) of a (T, B, width) matrix; nil for token input.
+    private func layerInput(_ k: Int) -> (UnsafeMutablePointer<S>, Int)? {
+        if k > 0 { return (store[k - 1].h.pointer, H) }
+        if case .dense(let f) = spec.input { return (dense.pointer, f) }
+        return nil
+    }
+
+    /// Layer k, all steps. Pre-activations of all steps: X W_ih^T + b_ih (+ b_hh for Elman and
+    /// LSTM), then per step the recurrent product and the cell's elementwise step.
+    private func forwardLayer(_ k: Int, tokens: UnsafePointer<Int32>?) {
+        let l = layout.layer(k)
+        let st = store[k]
+        let TB = T * B
+        let GH = G * H
+        // Elman keeps its pre-activations in h (activated in place); gated cells in `gates`.
+        let z = spec.cell == .rnn ? st.h.pointer : st.gates.pointer  // (T, B, G*H)
+        if let (x, width) = layerInput(k) {
+            S.gemm(transA: false, transB: true, m: TB, n: GH, k: width, alpha: 1, a: x, lda: width,
+                   b: p(l.wih), ldb: width, beta: 0, c: z, ldc: GH)
+        } else {
+            guard case .tokens(let V) = spec.input else { preconditionFailure() }
+            z.update(repeating: 0, count: TB * GH)
+            S.gatherColumns(p(l.wih), ldw: V, cols: GH, tokens: tokens!, rows: TB, into: z)
+        }
+        S.addBiasRows(z, rows: TB, cols: GH, p(l.bih), spec.cell == .gru ? nil : p(l.bhh))
+        for t in 0..<T {
+            let hPrev = t > 0 ? st.h.pointer + (t - 1) * B * H : s0(k, 0)  // (B, H)
+            let zt = z + t * B * GH  // (B, G*H)
+            switch spec.cell {
+            case .rnn:
+                S.gemm(transA: false, transB: true, m: B, n: H, k: H, alpha: 1, a: hPrev, lda: H,
+                       b: p(l.whh), ldb: H, beta: 1, c: zt, ldc: H)
+                S.activationForward(spec.activation, slope: slope, zt, B * H)
+            case .lstm:
+                S.gemm(transA: false, transB: true, m: B, n: GH, k: H, alpha: 1, a: hPrev, lda: H,
+                       b: p(l.whh), ldb: H, beta: 1, c: zt, ldc: GH)
+                let cPrev = t > 0 ? st.cell.pointer + (t - 1) * B * H : s0(k, 1)
+                S.lstmForward(gates: zt, cPrev: cPrev, c: st.cell.pointer + t * B * H, h: st.h.pointer + t * B * H,
+                              rows: B, hidden: H)
+            case .gru:
+                for b in 0..<B { (hh.pointer + b * GH).update(from: p(l.bhh), count: GH) }
+                S.gemm(transA: false, transB: true, m: B, n: GH, k: H, alpha: 1, a: hPrev, lda: H,
+                       b: p(l.whh), ldb: H, beta: 1, c: hh.pointer, ldc: GH)
+                S.gruForward(gates: zt, hh: hh.pointer, hPrev: hPrev, h: st.h.pointer + t * B * H,
+                             hn: st.hn.pointer + t * B * H, rows: B, hidden: H)
+            }
         }
     }
 
     /// head (rows, O) = h_top W^T + b over every step or the last step.
     private func forwardHead() {
-        let top = hidden[spec.layers - 1].pointer
+        let top = store[spec.layers - 1].h.pointer
         let input = spec.output == .everyStep ? top : top + (T - 1) * B * H
         S.gemm(transA: false, transB: true, m: headRows, n: O, k: H, alpha: 1, a: input, lda: H,
                b: p(layout.headWeight), ldb: H, beta: 0, c: head.pointer, ldc: O)
         S.addBiasRows(head.pointer, rows: headRows, cols: O, p(layout.headBias), nil)
     }
 
-    /// Copies the hidden state after the last step of the latest forward, (L, B, H), into `out`.
+    /// Copies the state after the last step of the latest forward, (L, C, B, H), into `out`.
     public func finalState(into out: UnsafeMutablePointer<S>) {
         for k in 0..<spec.layers {
-            (out + k * B * H).update(from: hidden[k].pointer + (T - 1) * B * H, count: B * H)
+            (out + (k * C) * B * H).update(from: store[k].h.pointer + (T - 1) * B * H, count: B * H)
+            if spec.cell == .lstm {
+                (out + (k * C + 1) * B * H).update(from: store[k].cell.pointer + (T - 1) * B * H, count: B * H)
+            }
         }
+    }
+
+    /// Layer k's outputs h_t after `forward`, (T, B, H).
+    public func hiddenStates(layer k: Int) -> UnsafeBufferPointer<S> {
+        UnsafeBufferPointer(start: store[k].h.pointer, count: T * B * H)
+    }
+
+    /// Layer k's gate activations after `forward`, (T, B, G*H); empty for Elman.
+    public func gateActivations(layer k: Int) -> UnsafeBufferPointer<S> {
+        UnsafeBufferPointer(start: store[k].gates.pointer, count: spec.cell == .rnn ? 0 : T * B * G * H)
     }
 
     // MARK: loss
@@ -167,13 +255,18 @@ public final class Network<S: RNNScalar> {
     public func lossAndGradient(_ batch: Batch, initialState: UnsafePointer<S>? = nil) -> LossStats {
         forward(batch, initialState: initialState)
         let stats = applyLoss(batch, scale: 1)
-        backward(batch)
+        backward(batch, learnState: initialState == nil)
         return stats
     }
 
-    private func backward(_ batch: Batch) {
+    /// The gradient with respect to the initial state of the latest backward, (L, C, B, H).
+    public var initialStateGradient: UnsafeBufferPointer<S> {
+        UnsafeBufferPointer(start: dState0.pointer, count: spec.layers * C * B * H)
+    }
+
+    private func backward(_ batch: Batch, learnState: Bool) {
         let TB = T * B
-        let top = hidden[spec.layers - 1].pointer
+        let top = store[spec.layers - 1].h.pointer
         // Head: dW += dOut^T h, db += sum dOut, dh = dOut W.
         let input = spec.output == .everyStep ? top : top + (T - 1) * B * H
         S.gemm(transA: true, transB: false, m: O, n: H, k: headRows, alpha: 1, a: head.pointer, lda: O,
@@ -187,50 +280,76 @@ public final class Network<S: RNNScalar> {
             S.gemm(transA: false, transB: false, m: B, n: H, k: O, alpha: 1, a: head.pointer, lda: O,
                    b: p(layout.headWeight), ldb: H, beta: 0, c: delta.pointer + (T - 1) * B * H, ldc: H)
         }
+        dState0.pointer.update(repeating: 0, count: spec.layers * C * B * H)
         batch.tokens.withUnsafeBufferPointer { tokens in
             for k in stride(from: spec.layers - 1, through: 0, by: -1) {
                 backwardLayer(k, tokens: tokens.baseAddress)
+                if learnState { accumulateInitialStateGradient(k) }
                 if k > 0 { swap(&delta, &deltaBelow) }
             }
         }
     }
 
-    /// The backward twin of forwardLayer. On entry `delta` holds dL/dh of layer k (T, B, H); on
-    /// exit it holds dL/dz (pre-activation), and for k > 0 `deltaBelow` holds dL/dh of layer k-1.
+    /// The backward twin of forwardLayer. On entry `delta` holds dL/dh of layer k (T, B, H) from
+    /// above; for k > 0, on exit `deltaBelow` holds dL/dh of layer k-1. Fills dState0 for layer k.
     private func backwardLayer(_ k: Int, tokens: UnsafePointer<Int32>?) {
-        let (wih, whh, bih, bhh) = layout.layer(k)
-        let h = hidden[k].pointer  // (T, B, H)
-        let d = delta.pointer  // (T, B, H)
+        let l = layout.layer(k)
+        let st = store[k]
         let TB = T * B
+        let GH = G * H
+        let d = delta.pointer  // (T, B, H)
+        // dz: gradients of the input-side pre-activations, dU: of the hidden-side ones (T, B, G*H).
+        let dz: UnsafeMutablePointer<S> = spec.cell == .rnn ? d : dxi.pointer
+        let dU: UnsafeMutablePointer<S> = spec.cell == .gru ? dhh.pointer : dz
+        if spec.cell == .lstm { dc.pointer.update(repeating: 0, count: B * H) }
         for t in stride(from: T - 1, through: 0, by: -1) {
-            let dt = d + t * B * H
-            S.activationBackward(spec.activation, y: h + t * B * H, d: dt, B * H)  // dz_t
-            if t > 0 {  // dh_{t-1} += dz_t W_hh
-                S.gemm(transA: false, transB: false, m: B, n: H, k: H, alpha: 1, a: dt, lda: H,
-                       b: p(whh), ldb: H, beta: 1, c: dt - B * H, ldc: H)
+            let dht = d + t * B * H  // dL/dh_t, complete once step t+1 has added its share
+            let dPrev = t > 0 ? d + (t - 1) * B * H : ds0(k, 0)  // where dL/dh_{t-1} accumulates
+            let hPrev = t > 0 ? st.h.pointer + (t - 1) * B * H : s0(k, 0)
+            switch spec.cell {
+            case .rnn:
+                S.activationBackward(spec.activation, slope: slope, y: st.h.pointer + t * B * H, d: dht, B * H)
+            case .lstm:
+                let cPrev = t > 0 ? st.cell.pointer + (t - 1) * B * H : s0(k, 1)
+                S.lstmBackward(dh: dht, dc: dc.pointer, gates: st.gates.pointer + t * B * GH, c: st.cell.pointer + t * B * H,
+                               cPrev: cPrev, dz: dz + t * B * GH, rows: B, hidden: H)
+            case .gru:
+                S.gruBackward(dh: dht, gates: st.gates.pointer + t * B * GH, hn: st.hn.pointer + t * B * H, hPrev: hPrev,
+                              dxi: dz + t * B * GH, dhh: dU + t * B * GH, dhPrev: dPrev, rows: B, hidden: H)
             }
+            // dL/dh_{t-1} += dU_t W_hh
+            S.gemm(transA: false, transB: false, m: B, n: H, k: GH, alpha: 1, a: dU + t * B * GH, lda: GH,
+                   b: p(l.whh), ldb: H, beta: 1, c: dPrev, ldc: H)
         }
-        // dW_hh += sum_{t>=1} dz_t^T h_{t-1}: one product over (T-1)*B rows.
+        if spec.cell == .lstm { ds0(k, 1).update(from: dc.pointer, count: B * H) }
+        // dW_hh += sum_t dU_t^T h_{t-1}: one product over steps 1..T-1, one for step 0's h_{-1}.
         if T > 1 {
-            S.gemm(transA: true, transB: false, m: H, n: H, k: (T - 1) * B, alpha: 1, a: d + B * H, lda: H,
-                   b: h, ldb: H, beta: 1, c: g(whh), ldc: H)
+            S.gemm(transA: true, transB: false, m: GH, n: H, k: (T - 1) * B, alpha: 1, a: dU + B * GH, lda: GH,
+                   b: st.h.pointer, ldb: H, beta: 1, c: g(l.whh), ldc: H)
         }
-        if hasInitialState {  // the t = 0 term, dz_0^T h_{-1}
-            S.gemm(transA: true, transB: false, m: H, n: H, k: B, alpha: 1, a: d, lda: H,
-                   b: h0.pointer + k * B * H, ldb: H, beta: 1, c: g(whh), ldc: H)
-        }
-        S.sumRows(d, rows: TB, cols: H, into: g(bih))
-        S.sumRows(d, rows: TB, cols: H, into: g(bhh))
-        if k == 0, case .tokens(let V) = spec.input {
-            S.scatterAddColumns(d, rows: TB, cols: H, tokens: tokens!, into: g(wih), ldw: V)
+        S.gemm(transA: true, transB: false, m: GH, n: H, k: B, alpha: 1, a: dU, lda: GH,
+               b: s0(k, 0), ldb: H, beta: 1, c: g(l.whh), ldc: H)
+        S.sumRows(dz, rows: TB, cols: GH, into: g(l.bih))
+        S.sumRows(dU, rows: TB, cols: GH, into: g(l.bhh))
+        if let (x, width) = layerInput(k) {
+            S.gemm(transA: true, transB: false, m: GH, n: width, k: TB, alpha: 1, a: dz, lda: GH,
+                   b: x, ldb: width, beta: 1, c: g(l.wih), ldc: width)
+            if k > 0 {  // dL/dh_{k-1} = dz W_ih
+                S.gemm(transA: false, transB: false, m: TB, n: H, k: GH, alpha: 1, a: dz, lda: GH,
+                       b: p(l.wih), ldb: H, beta: 0, c: deltaBelow.pointer, ldc: H)
+            }
         } else {
-            let (x, width): (UnsafeMutablePointer<S>, Int) = k == 0 ? (dense.pointer, spec.input.width) : (hidden[k - 1].pointer, H)
-            S.gemm(transA: true, transB: false, m: H, n: width, k: TB, alpha: 1, a: d, lda: H,
-                   b: x, ldb: width, beta: 1, c: g(wih), ldc: width)
+            guard case .tokens(let V) = spec.input else { preconditionFailure() }
+            S.scatterAddColumns(dz, rows: TB, cols: GH, tokens: tokens!, into: g(l.wih), ldw: V)
         }
-        if k > 0 {  // dL/dh_{k-1} = dz W_ih
-            S.gemm(transA: false, transB: false, m: TB, n: H, k: H, alpha: 1, a: d, lda: H,
-                   b: p(wih), ldb: H, beta: 0, c: deltaBelow.pointer, ldc: H)
+    }
+
+    /// A learned initial state is shared by every sample: its gradient is the sum over the batch.
+    private func accumulateInitialStateGradient(_ k: Int) {
+        let l = layout.layer(k)
+        for (c, view) in [l.h0, l.c0].enumerated() {
+            guard let view else { continue }
+            S.sumRows(ds0(k, c), rows: B, cols: H, into: g(view))
         }
     }
 

@@ -11,11 +11,21 @@ public struct ParamView: Equatable, Sendable {
 
 /// The layout of the one flat parameter buffer (and, identically, the flat gradient buffer).
 ///
-/// Order: layer 0 (weight_ih, weight_hh, bias_ih, bias_hh), layer 1, ..., then head.weight,
-/// head.bias. Layer k's input width is I for k = 0 and H above.
+/// Order: layer 0 (weight_ih, weight_hh, bias_ih, bias_hh, and with a learned initial state
+/// h0 and for LSTM c0), layer 1, ..., then head.weight, head.bias. Layer k's input width is I for
+/// k = 0 and H above. The learned initial states (rnn.h0_l{k}, rnn.c0_l{k}, shape (H)) are rnn-dp's
+/// own; PyTorch's modules have none (load with strict=False or pass them as h_0).
 public struct ParameterLayout: Equatable, Sendable {
     public let views: [ParamView]
     public let count: Int
+
+    /// The views of one recurrent layer.
+    public struct Layer: Equatable, Sendable {
+        public let wih: ParamView, whh: ParamView, bih: ParamView, bhh: ParamView
+        /// Learned initial h and (LSTM) c, when the model has them.
+        public let h0: ParamView?, c0: ParamView?
+    }
+    public let layers: [Layer]
 
     public init(spec: ModelSpec) {
         var views: [ParamView] = []
@@ -26,26 +36,36 @@ public struct ParameterLayout: Equatable, Sendable {
             offset += v.count
         }
         let gh = spec.cell.gates * spec.hiddenSize
+        var layers: [Layer] = []
         for k in 0..<spec.layers {
             let inWidth = k == 0 ? spec.input.width : spec.hiddenSize
             add("rnn.weight_ih_l\(k)", [gh, inWidth])  // (G*H, I_k)
             add("rnn.weight_hh_l\(k)", [gh, spec.hiddenSize])  // (G*H, H)
             add("rnn.bias_ih_l\(k)", [gh])  // (G*H)
             add("rnn.bias_hh_l\(k)", [gh])  // (G*H)
+            let base = views.count - 4
+            var h0: ParamView?, c0: ParamView?
+            if spec.learnedInitialState {
+                add("rnn.h0_l\(k)", [spec.hiddenSize])  // (H)
+                h0 = views.last
+                if spec.cell == .lstm {
+                    add("rnn.c0_l\(k)", [spec.hiddenSize])  // (H)
+                    c0 = views.last
+                }
+            }
+            layers.append(Layer(wih: views[base], whh: views[base + 1], bih: views[base + 2], bhh: views[base + 3], h0: h0, c0: c0))
         }
         add("head.weight", [spec.outputSize, spec.hiddenSize])  // (O, H)
         add("head.bias", [spec.outputSize])  // (O)
         self.views = views
+        self.layers = layers
         self.count = offset
     }
 
     public func view(_ name: String) -> ParamView? { views.first { $0.name == name } }
 
-    /// The views of recurrent layer k, in order weight_ih, weight_hh, bias_ih, bias_hh.
-    public func layer(_ k: Int) -> (wih: ParamView, whh: ParamView, bih: ParamView, bhh: ParamView) {
-        let base = 4 * k
-        return (views[base], views[base + 1], views[base + 2], views[base + 3])
-    }
+    /// The views of recurrent layer k.
+    public func layer(_ k: Int) -> Layer { layers[k] }
 
     public var headWeight: ParamView { views[views.count - 2] }
     public var headBias: ParamView { views[views.count - 1] }

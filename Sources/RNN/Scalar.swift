@@ -23,10 +23,23 @@ public protocol RNNScalar: BinaryFloatingPoint, Sendable {
     /// x *= alpha over n elements.
     static func scale(n: Int, alpha: Self, x: UnsafeMutablePointer<Self>)
 
-    /// In place: z <- act(z) over n elements.
-    static func activationForward(_ act: Activation, _ z: UnsafeMutablePointer<Self>, _ n: Int)
+    /// In place: z <- act(z) over n elements (slope: leaky_relu's negative slope).
+    static func activationForward(_ act: Activation, slope: Self, _ z: UnsafeMutablePointer<Self>, _ n: Int)
     /// In place: d <- d * act'(z), written in terms of the output y = act(z).
-    static func activationBackward(_ act: Activation, y: UnsafePointer<Self>, d: UnsafeMutablePointer<Self>, _ n: Int)
+    static func activationBackward(_ act: Activation, slope: Self, y: UnsafePointer<Self>, d: UnsafeMutablePointer<Self>, _ n: Int)
+    /// One LSTM step over B rows (see Kernels.lstmForward).
+    static func lstmForward(gates: UnsafeMutablePointer<Self>, cPrev: UnsafePointer<Self>, c: UnsafeMutablePointer<Self>,
+                            h: UnsafeMutablePointer<Self>, rows: Int, hidden: Int)
+    /// The backward twin of lstmForward (see Kernels.lstmBackward).
+    static func lstmBackward(dh: UnsafePointer<Self>, dc: UnsafeMutablePointer<Self>, gates: UnsafePointer<Self>,
+                             c: UnsafePointer<Self>, cPrev: UnsafePointer<Self>, dz: UnsafeMutablePointer<Self>, rows: Int, hidden: Int)
+    /// One GRU step over B rows (see Kernels.gruForward).
+    static func gruForward(gates: UnsafeMutablePointer<Self>, hh: UnsafePointer<Self>, hPrev: UnsafePointer<Self>,
+                           h: UnsafeMutablePointer<Self>, hn: UnsafeMutablePointer<Self>, rows: Int, hidden: Int)
+    /// The backward twin of gruForward (see Kernels.gruBackward).
+    static func gruBackward(dh: UnsafePointer<Self>, gates: UnsafePointer<Self>, hn: UnsafePointer<Self>, hPrev: UnsafePointer<Self>,
+                            dxi: UnsafeMutablePointer<Self>, dhh: UnsafeMutablePointer<Self>, dhPrev: UnsafeMutablePointer<Self>,
+                            rows: Int, hidden: Int)
     /// rows x cols matrix p: p[r, :] += bias1 + bias2.
     static func addBiasRows(_ p: UnsafeMutablePointer<Self>, rows: Int, cols: Int,
                             _ bias1: UnsafePointer<Self>, _ bias2: UnsafePointer<Self>?)
@@ -68,8 +81,12 @@ extension Float: RNNScalar {
         cblas_saxpy(Int32(n), alpha, x, 1, y, 1)
     }
     public static func scale(n: Int, alpha: Float, x: UnsafeMutablePointer<Float>) { cblas_sscal(Int32(n), alpha, x, 1) }
-    public static func activationForward(_ act: Activation, _ z: UnsafeMutablePointer<Float>, _ n: Int) { Kernels.activationForward(act, z, n) }
-    public static func activationBackward(_ act: Activation, y: UnsafePointer<Float>, d: UnsafeMutablePointer<Float>, _ n: Int) { Kernels.activationBackward(act, y, d, n) }
+    public static func activationForward(_ act: Activation, slope: Float, _ z: UnsafeMutablePointer<Float>, _ n: Int) { Kernels.activationForward(act, slope, z, n) }
+    public static func activationBackward(_ act: Activation, slope: Float, y: UnsafePointer<Float>, d: UnsafeMutablePointer<Float>, _ n: Int) { Kernels.activationBackward(act, slope, y, d, n) }
+    public static func lstmForward(gates: UnsafeMutablePointer<Float>, cPrev: UnsafePointer<Float>, c: UnsafeMutablePointer<Float>, h: UnsafeMutablePointer<Float>, rows: Int, hidden: Int) { Kernels.lstmForward(gates, cPrev, c, h, rows, hidden) }
+    public static func lstmBackward(dh: UnsafePointer<Float>, dc: UnsafeMutablePointer<Float>, gates: UnsafePointer<Float>, c: UnsafePointer<Float>, cPrev: UnsafePointer<Float>, dz: UnsafeMutablePointer<Float>, rows: Int, hidden: Int) { Kernels.lstmBackward(dh, dc, gates, c, cPrev, dz, rows, hidden) }
+    public static func gruForward(gates: UnsafeMutablePointer<Float>, hh: UnsafePointer<Float>, hPrev: UnsafePointer<Float>, h: UnsafeMutablePointer<Float>, hn: UnsafeMutablePointer<Float>, rows: Int, hidden: Int) { Kernels.gruForward(gates, hh, hPrev, h, hn, rows, hidden) }
+    public static func gruBackward(dh: UnsafePointer<Float>, gates: UnsafePointer<Float>, hn: UnsafePointer<Float>, hPrev: UnsafePointer<Float>, dxi: UnsafeMutablePointer<Float>, dhh: UnsafeMutablePointer<Float>, dhPrev: UnsafeMutablePointer<Float>, rows: Int, hidden: Int) { Kernels.gruBackward(dh, gates, hn, hPrev, dxi, dhh, dhPrev, rows, hidden) }
     public static func addBiasRows(_ p: UnsafeMutablePointer<Float>, rows: Int, cols: Int, _ b1: UnsafePointer<Float>, _ b2: UnsafePointer<Float>?) { Kernels.addBiasRows(p, rows, cols, b1, b2) }
     public static func sumRows(_ p: UnsafePointer<Float>, rows: Int, cols: Int, into out: UnsafeMutablePointer<Float>) { Kernels.sumRows(p, rows, cols, out) }
     public static func gatherColumns(_ w: UnsafePointer<Float>, ldw: Int, cols: Int, tokens: UnsafePointer<Int32>, rows: Int, into out: UnsafeMutablePointer<Float>) { Kernels.gatherColumns(w, ldw, cols, tokens, rows, out) }
@@ -93,8 +110,12 @@ extension Double: RNNScalar {
         cblas_daxpy(Int32(n), alpha, x, 1, y, 1)
     }
     public static func scale(n: Int, alpha: Double, x: UnsafeMutablePointer<Double>) { cblas_dscal(Int32(n), alpha, x, 1) }
-    public static func activationForward(_ act: Activation, _ z: UnsafeMutablePointer<Double>, _ n: Int) { Kernels.activationForward(act, z, n) }
-    public static func activationBackward(_ act: Activation, y: UnsafePointer<Double>, d: UnsafeMutablePointer<Double>, _ n: Int) { Kernels.activationBackward(act, y, d, n) }
+    public static func activationForward(_ act: Activation, slope: Double, _ z: UnsafeMutablePointer<Double>, _ n: Int) { Kernels.activationForward(act, slope, z, n) }
+    public static func activationBackward(_ act: Activation, slope: Double, y: UnsafePointer<Double>, d: UnsafeMutablePointer<Double>, _ n: Int) { Kernels.activationBackward(act, slope, y, d, n) }
+    public static func lstmForward(gates: UnsafeMutablePointer<Double>, cPrev: UnsafePointer<Double>, c: UnsafeMutablePointer<Double>, h: UnsafeMutablePointer<Double>, rows: Int, hidden: Int) { Kernels.lstmForward(gates, cPrev, c, h, rows, hidden) }
+    public static func lstmBackward(dh: UnsafePointer<Double>, dc: UnsafeMutablePointer<Double>, gates: UnsafePointer<Double>, c: UnsafePointer<Double>, cPrev: UnsafePointer<Double>, dz: UnsafeMutablePointer<Double>, rows: Int, hidden: Int) { Kernels.lstmBackward(dh, dc, gates, c, cPrev, dz, rows, hidden) }
+    public static func gruForward(gates: UnsafeMutablePointer<Double>, hh: UnsafePointer<Double>, hPrev: UnsafePointer<Double>, h: UnsafeMutablePointer<Double>, hn: UnsafeMutablePointer<Double>, rows: Int, hidden: Int) { Kernels.gruForward(gates, hh, hPrev, h, hn, rows, hidden) }
+    public static func gruBackward(dh: UnsafePointer<Double>, gates: UnsafePointer<Double>, hn: UnsafePointer<Double>, hPrev: UnsafePointer<Double>, dxi: UnsafeMutablePointer<Double>, dhh: UnsafeMutablePointer<Double>, dhPrev: UnsafeMutablePointer<Double>, rows: Int, hidden: Int) { Kernels.gruBackward(dh, gates, hn, hPrev, dxi, dhh, dhPrev, rows, hidden) }
     public static func addBiasRows(_ p: UnsafeMutablePointer<Double>, rows: Int, cols: Int, _ b1: UnsafePointer<Double>, _ b2: UnsafePointer<Double>?) { Kernels.addBiasRows(p, rows, cols, b1, b2) }
     public static func sumRows(_ p: UnsafePointer<Double>, rows: Int, cols: Int, into out: UnsafeMutablePointer<Double>) { Kernels.sumRows(p, rows, cols, out) }
     public static func gatherColumns(_ w: UnsafePointer<Double>, ldw: Int, cols: Int, tokens: UnsafePointer<Int32>, rows: Int, into out: UnsafeMutablePointer<Double>) { Kernels.gatherColumns(w, ldw, cols, tokens, rows, out) }

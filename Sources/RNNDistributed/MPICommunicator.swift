@@ -77,6 +77,12 @@ public enum Launch {
             if force == "0" { return SingleProcessCommunicator() }
             if force == "1" { return try MPICommunicator() }
         }
-        return underMPILauncher ? try MPICommunicator() : SingleProcessCommunicator()
+        if underMPILauncher { return try MPICommunicator() }
+        // srun without an MPI plugin starts N independent processes: each would train alone and
+        // all would write the same output directory.
+        if let n = getenv("SLURM_NTASKS").flatMap({ Int(String(cString: $0)) }), n > 1, getenv("SLURM_STEP_ID") != nil {
+            throw CommunicatorError(operation: "launch", message: "started by srun with \(n) tasks but without MPI; use srun --mpi=pmix or mpirun (or RNN_DP_MPI=0 to run each task alone)")
+        }
+        return SingleProcessCommunicator()
     }
 }

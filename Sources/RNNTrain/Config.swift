@@ -59,37 +59,67 @@ struct KeySpec {
 }
 
 /// Every config key rnn-dp knows. A key missing from here is an error in a config file.
+/// Keys with a nil default are required or derived (see TrainConfig.init).
+let initChoices = ["default", "xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal", "orthogonal"]
 let configSchema: [KeySpec] = [
     KeySpec("seed", .int(min: 0), .int(1234), "seed of every random stream (parameters, data order, sampling)"),
     KeySpec("data.kind", .choice(["text", "csv", "synthetic"]), nil, "text: character LM; csv: a numeric column as a series; synthetic: generated task"),
     KeySpec("data.path", .string, nil, "input file (text, csv)"),
     KeySpec("data.column", .intOrString, nil, "csv: column name or 0-based index (default: the second of two columns)"),
-    KeySpec("data.validation_fraction", .double(min: 0, max: 1, maxExclusive: true), .double(0.1), "the last fraction of the file used for validation (text, csv)"),
+    KeySpec("data.validation_fraction", .double(min: 0, max: 1, maxExclusive: true), nil, "text, csv: the last fraction of the file used for validation (default 0.1)"),
     KeySpec("data.interpolate_missing", .bool, nil, "csv: fill empty values by linear interpolation instead of failing"),
     KeySpec("data.task", .choice(["adding"]), nil, "synthetic: the task (adding problem)"),
-    KeySpec("data.length", .int(min: 2), nil, "synthetic: sequence length (default training.sequence_length)"),
-    KeySpec("model.cell", .choice(CellKind.allCases.map(\.rawValue)), .string("rnn"), "recurrent cell"),
+    KeySpec("data.length", .int(min: 2, max: 1_000_000), nil, "synthetic: sequence length (the same as training.sequence_length)"),
+    KeySpec("model.cell", .choice(CellKind.allCases.map(\.rawValue)), .string("rnn"), "recurrent cell: rnn (Elman), lstm, gru"),
     KeySpec("model.activation", .choice(Activation.allCases.map(\.rawValue)), .string("tanh"), "Elman cell activation"),
-    KeySpec("model.hidden_size", .int(min: 1), .int(128), "H: hidden units per layer"),
+    KeySpec("model.leaky_slope", .double(min: 0, max: 1, minExclusive: true, maxExclusive: true), .double(0.01), "negative slope of leaky_relu"),
+    KeySpec("model.hidden_size", .int(min: 1, max: 65536), .int(128), "H: hidden units per layer"),
     KeySpec("model.layers", .int(min: 1, max: 64), .int(1), "L: stacked recurrent layers"),
     KeySpec("model.output", .choice(OutputMode.allCases.map(\.rawValue)), nil, "every_step (many-to-many) or last_step (many-to-one); default every_step for text, last_step otherwise"),
+    KeySpec("model.initial_state", .choice(["zeros", "learned"]), .string("zeros"), "initial hidden state: zeros, or a trained parameter per layer"),
+    KeySpec("model.init.input_weights", .choice(initChoices), .string("default"), "initializer of weight_ih (default: PyTorch's U(-1/sqrt(H), 1/sqrt(H)))"),
+    KeySpec("model.init.recurrent_weights", .choice(initChoices + ["identity"]), .string("default"), "initializer of weight_hh (identity: Le et al. 2015, for relu RNNs)"),
+    KeySpec("model.init.head_weights", .choice(initChoices), .string("default"), "initializer of head.weight"),
+    KeySpec("model.init.biases", .choice(["default", "zeros"]), .string("default"), "initializer of every bias"),
+    KeySpec("model.init.forget_bias", .double(min: -100, max: 100), .null, nullable: true, "LSTM: set the forget-gate part of bias_ih to this (and of bias_hh to 0)"),
     KeySpec("training.loss", .choice(LossKind.allCases.map(\.rawValue)), nil, "default cross_entropy for text, mse otherwise"),
-    KeySpec("training.global_batch_size", .int(min: 1), .int(32), "B: samples per step summed over all ranks"),
-    KeySpec("training.sequence_length", .int(min: 1), .int(64), "T: time steps per sample (text, csv)"),
-    KeySpec("training.steps", .int(min: 0), .int(1000), "optimizer steps"),
-    KeySpec("training.optimizer.name", .choice(["sgd"]), .string("sgd"), "optimizer"),
-    KeySpec("training.optimizer.learning_rate", .double(min: 0, minExclusive: true), .double(0.01), "learning rate"),
-    KeySpec("training.optimizer.momentum", .double(min: 0, max: 1, maxExclusive: true), .double(0), "SGD momentum"),
+    KeySpec("training.global_batch_size", .int(min: 1, max: 10_000_000), .int(32), "B: samples per step summed over all ranks"),
+    KeySpec("training.sequence_length", .int(min: 1, max: 1_000_000), .int(64), "T: time steps per sample"),
+    KeySpec("training.steps", .int(min: 0, max: 1_000_000_000), .int(1000), "optimizer steps"),
+    KeySpec("training.optimizer.name", .choice(OptimizerSettings.Kind.allCases.map(\.rawValue)), .string("sgd"), "optimizer (PyTorch's update rules)"),
+    KeySpec("training.optimizer.learning_rate", .double(min: 0, max: 1e6, minExclusive: true), nil, "base learning rate (default: PyTorch's for the optimizer)"),
+    KeySpec("training.optimizer.momentum", .double(min: 0, max: 1, maxExclusive: true), nil, "sgd, rmsprop: momentum (default 0)"),
+    KeySpec("training.optimizer.nesterov", .bool, nil, "sgd: Nesterov momentum"),
+    KeySpec("training.optimizer.dampening", .double(min: 0, max: 1), nil, "sgd: momentum dampening"),
+    KeySpec("training.optimizer.weight_decay", .double(min: 0, max: 1e3), nil, "L2 penalty (adamw: decoupled decay; default 0.01 for adamw, 0 otherwise)"),
+    KeySpec("training.optimizer.beta1", .double(min: 0, max: 1, maxExclusive: true), nil, "adam, adamw (default 0.9)"),
+    KeySpec("training.optimizer.beta2", .double(min: 0, max: 1, maxExclusive: true), nil, "adam, adamw (default 0.999)"),
+    KeySpec("training.optimizer.eps", .double(min: 0, max: 1, minExclusive: true), nil, "adam, adamw, rmsprop (default 1e-8), adagrad (1e-10)"),
+    KeySpec("training.optimizer.alpha", .double(min: 0, max: 1), nil, "rmsprop: smoothing constant (default 0.99)"),
+    KeySpec("training.optimizer.centered", .bool, nil, "rmsprop: centered variant"),
+    KeySpec("training.optimizer.lr_decay", .double(min: 0), nil, "adagrad: learning-rate decay"),
+    KeySpec("training.optimizer.initial_accumulator_value", .double(min: 0), nil, "adagrad: initial sum of squares"),
+    KeySpec("training.schedule.name", .choice(Schedule.names), .string("constant"), "learning-rate schedule"),
+    KeySpec("training.schedule.step_size", .int(min: 1), nil, "step: decay every N steps; triangular: steps from base to max_lr"),
+    KeySpec("training.schedule.gamma", .double(min: 0, max: 1, minExclusive: true), nil, "step, exponential: decay factor (default 0.1 for step, 0.99 for exponential)"),
+    KeySpec("training.schedule.warmup_steps", .int(min: 0), nil, "cosine: linear warmup steps (default 0)"),
+    KeySpec("training.schedule.min_lr", .double(min: 0), nil, "cosine: final rate; plateau: lower bound (default 0)"),
+    KeySpec("training.schedule.max_lr", .double(min: 0, minExclusive: true), nil, "triangular: peak rate"),
+    KeySpec("training.schedule.factor", .double(min: 0, max: 1, minExclusive: true, maxExclusive: true), nil, "plateau: multiply the rate by this (default 0.1)"),
+    KeySpec("training.schedule.patience", .int(min: 0), nil, "plateau: evaluations without improvement before reducing (default 10)"),
+    KeySpec("training.schedule.threshold", .double(min: 0, max: 1), nil, "plateau: relative improvement that counts (default 1e-4)"),
+    KeySpec("training.schedule.cooldown", .int(min: 0), nil, "plateau: evaluations to wait after a reduction (default 0)"),
     KeySpec("training.clip_norm", .double(min: 0, minExclusive: true), .null, nullable: true, "clip the gradient to this global L2 norm (null: off)"),
+    KeySpec("training.clip_value", .double(min: 0, minExclusive: true), .null, nullable: true, "clamp every gradient element to [-v, v] (null: off)"),
     KeySpec("training.average_over_time", .bool, .bool(true), "divide gradients accumulated over time steps by T"),
     KeySpec("training.check_every", .int(min: 0), .int(100), "compare a parameter checksum across ranks every N steps (0: only at start and end)"),
     KeySpec("training.eval_every", .int(min: 0), .int(0), "validation loss every N steps (0: only at the end)"),
-    KeySpec("training.eval_samples", .int(min: 0), .int(512), "at most this many validation samples"),
-    KeySpec("training.threads", .int(min: 0), .int(0), "BLAS threads per rank (0: cores / ranks on the node)"),
+    KeySpec("training.eval_samples", .int(min: 0, max: 100_000_000), .int(512), "at most this many validation samples"),
+    KeySpec("training.threads", .int(min: 0, max: 1024), .int(0), "BLAS threads per rank (0: cores / ranks on the node)"),
     KeySpec("output.directory", .string, .string("runs/default"), "where metrics.jsonl and model.safetensors go"),
     KeySpec("output.log_every", .int(min: 1), .int(10), "print and record a metrics line every N steps"),
-    KeySpec("output.sample_length", .int(min: 0), .int(0), "text: characters to generate at the end (0: none)"),
-    KeySpec("output.sample_temperature", .double(min: 0, minExclusive: true), .double(0.8), "text: sampling temperature"),
+    KeySpec("output.sample_length", .int(min: 0, max: 1_000_000), .int(0), "text: characters to generate at the end (0: none)"),
+    KeySpec("output.sample_temperature", .double(min: 0, max: 100, minExclusive: true), .double(0.8), "text: sampling temperature"),
 ]
 
 /// A raw value as read from the file or from --set, with where it came from.
@@ -187,8 +217,14 @@ public struct ConfigLoader {
         }
     }
 
+    /// The direct children of a section, in schema order: "cell, activation, ..., init".
     static func childKeys(of section: String) -> String {
-        configSchema.filter { $0.path.hasPrefix(section + ".") }.map { String($0.path.dropFirst(section.count + 1)) }.joined(separator: ", ")
+        var seen: [String] = []
+        for spec in configSchema where spec.path.hasPrefix(section + ".") {
+            let child = String(spec.path.dropFirst(section.count + 1).split(separator: ".")[0])
+            if !seen.contains(child) { seen.append(child) }
+        }
+        return seen.joined(separator: ", ")
     }
 
     /// " (did you mean X?)" for the closest known key, by edit distance on the last component.
@@ -259,24 +295,27 @@ public struct TrainConfig: Sendable {
         public var validationFraction: Double
         public var interpolateMissing: Bool
         public var task: String
-        public var length: Int
     }
     public struct Model: Sendable {
         public var cell: CellKind
         public var activation: Activation
+        public var leakySlope: Double
         public var hiddenSize: Int
         public var layers: Int
         public var output: OutputMode
+        public var learnedInitialState: Bool
+        public var initialization: InitSettings
     }
     public struct Training: Sendable {
         public var loss: LossKind
         public var globalBatchSize: Int
         public var sequenceLength: Int
         public var steps: Int
-        public var optimizer: String
+        public var optimizer: OptimizerSettings
         public var learningRate: Double
-        public var momentum: Double
+        public var schedule: Schedule
         public var clipNorm: Double?
+        public var clipValue: Double?
         public var averageOverTime: Bool
         public var checkEvery: Int
         public var evalEvery: Int
@@ -300,55 +339,172 @@ public struct TrainConfig: Sendable {
     public let source: String
 
     init(values: [String: ConfigValue], given: Set<String>, source: String) throws {
+        var v = values
         func err(_ key: String, _ msg: String) -> RNNDPError { RNNDPError("\(source): \(key): \(msg)", collective: true) }
-        func int(_ k: String) -> Int { if case .int(let v)? = values[k] { return v }; return 0 }
+        func int(_ k: String) -> Int? { if case .int(let x)? = v[k] { return x }; return nil }
         func dbl(_ k: String) -> Double? {
-            switch values[k] { case .double(let v)?: return v; case .int(let v)?: return Double(v); default: return nil }
+            switch v[k] { case .double(let x)?: return x; case .int(let x)?: return Double(x); default: return nil }
         }
-        func str(_ k: String) -> String? { if case .string(let v)? = values[k] { return v }; return nil }
-        func bool(_ k: String) -> Bool? { if case .bool(let v)? = values[k] { return v }; return nil }
+        func str(_ k: String) -> String? { if case .string(let x)? = v[k] { return x }; return nil }
+        func bool(_ k: String) -> Bool? { if case .bool(let x)? = v[k] { return x }; return nil }
+        func setDefault(_ k: String, _ x: ConfigValue) { if v[k] == nil { v[k] = x } }
+        /// Keys that mean something only for some values of a selector key.
+        func only(_ keys: [String], when selector: String, in allowed: [String]) throws {
+            let current = str(selector) ?? ""
+            for key in keys where given.contains(key) && !allowed.contains(current) {
+                throw err(key, "applies only when \(selector) is \(allowed.joined(separator: " or ")) (it is \(current))")
+            }
+        }
 
         guard let kind = str("data.kind") else { throw err("data.kind", "required (text, csv or synthetic)") }
-        var vals = values
-        // Keys that belong to one data kind only.
-        let only: [(String, String)] = [("data.column", "csv"), ("data.interpolate_missing", "csv"), ("data.task", "synthetic"), ("data.length", "synthetic")]
-        for (key, k) in only where given.contains(key) && kind != k {
-            throw err(key, "applies only when data.kind is \(k) (it is \(kind))")
-        }
-        if given.contains("data.path") && kind == "synthetic" { throw err("data.path", "not used when data.kind is synthetic") }
+        try only(["data.column", "data.interpolate_missing"], when: "data.kind", in: ["csv"])
+        try only(["data.task", "data.length"], when: "data.kind", in: ["synthetic"])
+        try only(["data.path", "data.validation_fraction"], when: "data.kind", in: ["text", "csv"])
         if kind != "synthetic" && str("data.path") == nil { throw err("data.path", "required when data.kind is \(kind)") }
-        // Defaults that depend on the data kind.
-        if vals["model.output"] == nil { vals["model.output"] = .string(kind == "text" ? "every_step" : "last_step") }
-        if vals["training.loss"] == nil { vals["training.loss"] = .string(kind == "text" ? "cross_entropy" : "mse") }
         if kind == "synthetic" {
-            if vals["data.task"] == nil { vals["data.task"] = .string("adding") }
-            if vals["data.length"] == nil { vals["data.length"] = .int(int("training.sequence_length")) }
+            if let length = int("data.length") {
+                if given.contains("training.sequence_length") && int("training.sequence_length") != length {
+                    throw err("data.length", "\(length) differs from training.sequence_length \(int("training.sequence_length")!); give one of them")
+                }
+                v["training.sequence_length"] = .int(length)
+            }
+            setDefault("data.task", .string("adding"))
         }
-        if kind == "csv" && vals["data.interpolate_missing"] == nil { vals["data.interpolate_missing"] = .bool(false) }
-        let loss = LossKind(rawValue: { if case .string(let s)? = vals["training.loss"] { return s }; return "" }())!
-        let output = OutputMode(rawValue: { if case .string(let s)? = vals["model.output"] { return s }; return "" }())!
+        if kind != "synthetic" { setDefault("data.validation_fraction", .double(0.1)) }
+        if kind == "csv" { setDefault("data.interpolate_missing", .bool(false)) }
+        // Defaults that depend on the data kind.
+        setDefault("model.output", .string(kind == "text" ? "every_step" : "last_step"))
+        setDefault("training.loss", .string(kind == "text" ? "cross_entropy" : "mse"))
+        let loss = LossKind(rawValue: str("training.loss")!)!
+        let output = OutputMode(rawValue: str("model.output")!)!
         if kind == "text" && loss != .crossEntropy { throw err("training.loss", "text data predicts characters: use cross_entropy") }
         if kind != "text" && loss != .mse { throw err("training.loss", "\(kind) data has real-valued targets: use mse") }
         if kind == "synthetic" && output != .lastStep { throw err("model.output", "the adding problem has one target per sequence: use last_step") }
 
-        seed = UInt64(int("seed"))
+        // Model.
+        let cell = CellKind(rawValue: str("model.cell")!)!
+        try only(["model.activation", "model.leaky_slope"], when: "model.cell", in: ["rnn"])
+        try only(["model.leaky_slope"], when: "model.activation", in: ["leaky_relu"])
+        try only(["model.init.forget_bias"], when: "model.cell", in: ["lstm"])
+        let recurrentInit = str("model.init.recurrent_weights")!
+        if recurrentInit == "identity" && cell != .rnn {
+            throw err("model.init.recurrent_weights", "identity applies to the Elman cell (model.cell: rnn), not \(cell.rawValue)")
+        }
+        let initialization = InitSettings(inputWeights: InitSettings.Method(rawValue: str("model.init.input_weights")!)!,
+                                          recurrentWeights: InitSettings.Method(rawValue: recurrentInit)!,
+                                          headWeights: InitSettings.Method(rawValue: str("model.init.head_weights")!)!,
+                                          zeroBiases: str("model.init.biases") == "zeros",
+                                          forgetBias: dbl("model.init.forget_bias"))
+
+        // Optimizer: PyTorch's defaults, and keys that belong to other optimizers are errors.
+        let optName = str("training.optimizer.name")!
+        try only(["training.optimizer.nesterov", "training.optimizer.dampening"], when: "training.optimizer.name", in: ["sgd"])
+        try only(["training.optimizer.momentum"], when: "training.optimizer.name", in: ["sgd", "rmsprop"])
+        try only(["training.optimizer.beta1", "training.optimizer.beta2"], when: "training.optimizer.name", in: ["adam", "adamw"])
+        try only(["training.optimizer.eps"], when: "training.optimizer.name", in: ["adam", "adamw", "rmsprop", "adagrad"])
+        try only(["training.optimizer.alpha", "training.optimizer.centered"], when: "training.optimizer.name", in: ["rmsprop"])
+        try only(["training.optimizer.lr_decay", "training.optimizer.initial_accumulator_value"], when: "training.optimizer.name", in: ["adagrad"])
+        var opt = OptimizerSettings(kind: OptimizerSettings.Kind(rawValue: optName)!)
+        setDefault("training.optimizer.learning_rate", .double(OptimizerSettings.defaultLearningRate(opt.kind)))
+        setDefault("training.optimizer.weight_decay", .double(OptimizerSettings.defaultWeightDecay(opt.kind)))
+        switch opt.kind {
+        case .sgd:
+            setDefault("training.optimizer.momentum", .double(0))
+            setDefault("training.optimizer.nesterov", .bool(false))
+            setDefault("training.optimizer.dampening", .double(0))
+        case .adam, .adamw:
+            setDefault("training.optimizer.beta1", .double(0.9))
+            setDefault("training.optimizer.beta2", .double(0.999))
+            setDefault("training.optimizer.eps", .double(1e-8))
+        case .rmsprop:
+            setDefault("training.optimizer.momentum", .double(0))
+            setDefault("training.optimizer.alpha", .double(0.99))
+            setDefault("training.optimizer.eps", .double(1e-8))
+            setDefault("training.optimizer.centered", .bool(false))
+        case .adagrad:
+            setDefault("training.optimizer.eps", .double(1e-10))
+            setDefault("training.optimizer.lr_decay", .double(0))
+            setDefault("training.optimizer.initial_accumulator_value", .double(0))
+        }
+        opt.momentum = dbl("training.optimizer.momentum") ?? 0
+        opt.nesterov = bool("training.optimizer.nesterov") ?? false
+        opt.dampening = dbl("training.optimizer.dampening") ?? 0
+        opt.weightDecay = dbl("training.optimizer.weight_decay") ?? 0
+        opt.beta1 = dbl("training.optimizer.beta1") ?? 0.9
+        opt.beta2 = dbl("training.optimizer.beta2") ?? 0.999
+        opt.eps = dbl("training.optimizer.eps")
+        opt.alpha = dbl("training.optimizer.alpha") ?? 0.99
+        opt.centered = bool("training.optimizer.centered") ?? false
+        opt.lrDecay = dbl("training.optimizer.lr_decay") ?? 0
+        opt.initialAccumulator = dbl("training.optimizer.initial_accumulator_value") ?? 0
+        if opt.nesterov && (opt.momentum <= 0 || opt.dampening != 0) {
+            throw err("training.optimizer.nesterov", "needs momentum > 0 and dampening 0 (as in PyTorch)")
+        }
+
+        // Schedule.
+        let schedName = str("training.schedule.name")!
+        try only(["training.schedule.step_size"], when: "training.schedule.name", in: ["step", "triangular"])
+        try only(["training.schedule.gamma"], when: "training.schedule.name", in: ["step", "exponential"])
+        try only(["training.schedule.warmup_steps"], when: "training.schedule.name", in: ["cosine"])
+        try only(["training.schedule.min_lr"], when: "training.schedule.name", in: ["cosine", "plateau"])
+        try only(["training.schedule.max_lr"], when: "training.schedule.name", in: ["triangular"])
+        try only(["training.schedule.factor", "training.schedule.patience", "training.schedule.threshold", "training.schedule.cooldown"],
+                 when: "training.schedule.name", in: ["plateau"])
+        let steps = int("training.steps")!
+        let schedule: Schedule
+        switch schedName {
+        case "step":
+            guard let size = int("training.schedule.step_size") else { throw err("training.schedule.step_size", "required for the step schedule") }
+            setDefault("training.schedule.gamma", .double(0.1))
+            schedule = .step(stepSize: size, gamma: dbl("training.schedule.gamma")!)
+        case "exponential":
+            setDefault("training.schedule.gamma", .double(0.99))
+            schedule = .exponential(gamma: dbl("training.schedule.gamma")!)
+        case "cosine":
+            setDefault("training.schedule.warmup_steps", .int(0))
+            setDefault("training.schedule.min_lr", .double(0))
+            schedule = .cosine(warmup: int("training.schedule.warmup_steps")!, total: steps, minLR: dbl("training.schedule.min_lr")!)
+        case "triangular":
+            guard let size = int("training.schedule.step_size") else { throw err("training.schedule.step_size", "required for the triangular schedule") }
+            guard let maxLR = dbl("training.schedule.max_lr") else { throw err("training.schedule.max_lr", "required for the triangular schedule") }
+            schedule = .triangular(maxLR: maxLR, stepSizeUp: size)
+        case "plateau":
+            setDefault("training.schedule.factor", .double(0.1))
+            setDefault("training.schedule.patience", .int(10))
+            setDefault("training.schedule.threshold", .double(1e-4))
+            setDefault("training.schedule.cooldown", .int(0))
+            setDefault("training.schedule.min_lr", .double(0))
+            schedule = .plateau(factor: dbl("training.schedule.factor")!, patience: int("training.schedule.patience")!,
+                                threshold: dbl("training.schedule.threshold")!, cooldown: int("training.schedule.cooldown")!,
+                                minLR: dbl("training.schedule.min_lr")!)
+        default:
+            schedule = .constant
+        }
+
+        seed = UInt64(int("seed")!)
         data = Data(kind: kind, path: str("data.path"), column: str("data.column"),
-                    validationFraction: dbl("data.validation_fraction") ?? 0.1,
-                    interpolateMissing: { if case .bool(let b)? = vals["data.interpolate_missing"] { return b }; return false }(),
-                    task: { if case .string(let s)? = vals["data.task"] { return s }; return "adding" }(),
-                    length: { if case .int(let v)? = vals["data.length"] { return v }; return int("training.sequence_length") }())
-        model = Model(cell: CellKind(rawValue: str("model.cell")!)!, activation: Activation(rawValue: str("model.activation")!)!,
-                      hiddenSize: int("model.hidden_size"), layers: int("model.layers"), output: output)
-        training = Training(loss: loss, globalBatchSize: int("training.global_batch_size"),
-                            sequenceLength: kind == "synthetic" ? { if case .int(let v)? = vals["data.length"] { return v }; return 0 }() : int("training.sequence_length"),
-                            steps: int("training.steps"), optimizer: str("training.optimizer.name")!,
-                            learningRate: dbl("training.optimizer.learning_rate")!, momentum: dbl("training.optimizer.momentum")!,
-                            clipNorm: dbl("training.clip_norm"), averageOverTime: bool("training.average_over_time")!,
-                            checkEvery: int("training.check_every"), evalEvery: int("training.eval_every"),
-                            evalSamples: int("training.eval_samples"), threads: int("training.threads"))
-        self.output = Output(directory: str("output.directory")!, logEvery: int("output.log_every"),
-                             sampleLength: int("output.sample_length"), sampleTemperature: dbl("output.sample_temperature")!)
-        resolved = configSchema.compactMap { s in vals[s.path].map { (s.path, $0) } }
+                    validationFraction: dbl("data.validation_fraction") ?? 0, interpolateMissing: bool("data.interpolate_missing") ?? false,
+                    task: str("data.task") ?? "")
+        model = Model(cell: cell, activation: Activation(rawValue: str("model.activation")!)!, leakySlope: dbl("model.leaky_slope")!,
+                      hiddenSize: int("model.hidden_size")!, layers: int("model.layers")!, output: output,
+                      learnedInitialState: str("model.initial_state") == "learned", initialization: initialization)
+        training = Training(loss: loss, globalBatchSize: int("training.global_batch_size")!, sequenceLength: int("training.sequence_length")!,
+                            steps: steps, optimizer: opt, learningRate: dbl("training.optimizer.learning_rate")!, schedule: schedule,
+                            clipNorm: dbl("training.clip_norm"), clipValue: dbl("training.clip_value"),
+                            averageOverTime: bool("training.average_over_time")!,
+                            checkEvery: int("training.check_every")!, evalEvery: int("training.eval_every")!,
+                            evalSamples: int("training.eval_samples")!, threads: int("training.threads")!)
+        self.output = Output(directory: str("output.directory")!, logEvery: int("output.log_every")!,
+                             sampleLength: int("output.sample_length")!, sampleTemperature: dbl("output.sample_temperature")!)
+        // Keys of other cells, optimizers and schedules are left out of the resolved listing.
+        var hidden: Set<String> = cell == .rnn ? [] : ["model.activation", "model.leaky_slope"]
+        if str("model.activation") != "leaky_relu" { hidden.insert("model.leaky_slope") }
+        if cell != .lstm { hidden.insert("model.init.forget_bias") }
+        let final = v
+        resolved = configSchema.compactMap { s in
+            guard let value = final[s.path], !hidden.contains(s.path) else { return nil }
+            return (s.path, value)
+        }
         self.source = source
     }
 

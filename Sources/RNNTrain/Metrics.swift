@@ -16,11 +16,15 @@ public final class MetricsLog {
     deinit { try? handle.close() }
 
     /// Writes one record. Non-finite numbers become null (JSON has no NaN).
-    public func write(_ fields: [(String, Any?)]) {
+    public func write(_ fields: [(String, Any?)]) throws {
         let body = fields.map { key, value -> String in
             "\"\(key)\":\(MetricsLog.json(value))"
         }.joined(separator: ",")
-        handle.write(Data("{\(body)}\n".utf8))
+        do {
+            try handle.write(contentsOf: Data("{\(body)}\n".utf8))
+        } catch {
+            throw RNNDPError("\(path): cannot write metrics (\(error.localizedDescription))", exitCode: RNNDPError.runtimeFailure)
+        }
     }
 
     static func json(_ v: Any?) -> String {

@@ -17,7 +17,7 @@ public func makeDataset(_ config: TrainConfig) throws -> Dataset {
                                      interpolateMissing: d.interpolateMissing, steps: t.sequenceLength,
                                      output: config.model.output, seed: config.seed, maxValidation: t.evalSamples)
         default:
-            return try AddingProblem(length: d.length, seed: config.seed, validationSamples: t.evalSamples)
+            return try AddingProblem(length: t.sequenceLength, seed: config.seed, validationSamples: t.evalSamples)
         }
     } catch let e as DataError {
         throw RNNDPError("data: \(e.message)")
@@ -26,10 +26,13 @@ public func makeDataset(_ config: TrainConfig) throws -> Dataset {
 
 /// The model a config and its dataset describe.
 public func makeModelSpec(_ config: TrainConfig, dataset: Dataset) -> ModelSpec {
-    ModelSpec(cell: config.model.cell, activation: config.model.activation, input: dataset.input,
-              hiddenSize: config.model.hiddenSize, layers: config.model.layers, outputSize: dataset.outputSize,
-              output: config.model.output, loss: config.training.loss,
-              averageOverTime: config.training.averageOverTime)
+    var spec = ModelSpec(cell: config.model.cell, activation: config.model.activation, input: dataset.input,
+                         hiddenSize: config.model.hiddenSize, layers: config.model.layers, outputSize: dataset.outputSize,
+                         output: config.model.output, loss: config.training.loss,
+                         averageOverTime: config.training.averageOverTime)
+    spec.leakySlope = config.model.leakySlope
+    spec.learnedInitialState = config.model.learnedInitialState
+    return spec
 }
 
 /// What a finished run reports (also used by tests).
@@ -48,7 +51,8 @@ public final class Trainer {
     let console: Console
     public private(set) var dataset: Dataset!
     public private(set) var network: Network<Float>!
-    var optimizer: SGD<Float>!
+    var optimizer: (any Optimizer<Float>)!
+    var schedule = LearningRateSchedule(base: 0, schedule: .constant)
     var metrics: MetricsLog?
 
     public init(config: TrainConfig, comm: Communicator, console: Console) {
@@ -98,17 +102,18 @@ public final class Trainer {
         if let text = dataset as? TextDataset, text.droppedValidationCharacters > 0 {
             console.warn("\(text.droppedValidationCharacters) validation characters do not occur in the training part and were dropped")
         }
-        console.info("model: \(spec.layers) x \(spec.cell.rawValue)(\(spec.activation.rawValue)) H=\(spec.hiddenSize), input \(spec.input), \(spec.outputSize) outputs \(spec.output.rawValue), \(net.layout.count) parameters")
+        let cellName = spec.cell == .rnn ? "rnn(\(spec.activation.rawValue))" : spec.cell.rawValue
+        console.info("model: \(spec.layers) x \(cellName) H=\(spec.hiddenSize), input \(spec.input), \(spec.outputSize) outputs \(spec.output.rawValue), \(net.layout.count) parameters")
         let shardRows = comm.shard(of: B)
         console.info("batch: \(B) samples per step, T=\(dataset.steps); rank 0 takes rows \(shardRows.lowerBound)..<\(shardRows.upperBound)")
 
         // Identical replicas: rank 0's initialization, broadcast, then verified.
-        net.initializeParameters(seed: config.seed)
+        net.initializeParameters(seed: config.seed, settings: config.model.initialization)
         try comm.broadcast(net.parameters.buffer, root: 0)
         try verifyReplicas(step: 0)
 
-        optimizer = SGD(count: net.layout.count, learningRate: Float(config.training.learningRate),
-                        momentum: Float(config.training.momentum))
+        optimizer = makeOptimizer(config.training.optimizer, count: net.layout.count, as: Float.self)
+        schedule = LearningRateSchedule(base: config.training.learningRate, schedule: config.training.schedule)
         let T = dataset.steps
         let steps = config.training.steps
         var lastLoss = Double.nan
@@ -117,8 +122,10 @@ public final class Trainer {
         let runStart = intervalStart
         var validation: Double?
         let fault = FaultInjection.fromEnvironment()
+        let text = config.data.kind == "text"
 
         for step in 1...max(steps, 1) where steps > 0 {
+            let lr = schedule.learningRate(step: step - 1)
             let batch = dataset.trainingBatch(step: step - 1, globalBatch: B, rows: shardRows)
             net.gradients.zero()
             let local = net.lossAndGradient(batch)
@@ -134,7 +141,8 @@ public final class Trainer {
                                  exitCode: RNNDPError.runtimeFailure, collective: true)
             }
             let norm = clipGradientNorm(net.gradients, maxNorm: config.training.clipNorm)
-            optimizer.step(parameters: net.parameters, gradients: net.gradients)
+            if let c = config.training.clipValue { clipGradientValue(net.gradients, clip: c) }
+            optimizer.step(parameters: net.parameters, gradients: net.gradients, learningRate: lr)
             intervalSteps += 1
             if let f = fault, f.rank == comm.rank, f.step == step {
                 switch f.kind {
@@ -143,35 +151,36 @@ public final class Trainer {
                 }
             }
 
-            if config.training.checkEvery > 0 && step % config.training.checkEvery == 0 && step != steps {
+            if step == steps || (config.training.checkEvery > 0 && step % config.training.checkEvery == 0) {
                 try verifyReplicas(step: step)
             }
-            let evalNow = config.training.evalEvery > 0 && step % config.training.evalEvery == 0 && step != steps
-            if evalNow { validation = try evaluate() }
+            let evalNow = step == steps || (config.training.evalEvery > 0 && step % config.training.evalEvery == 0)
+            if evalNow {
+                validation = try evaluate()
+                if let v = validation { schedule.observe(validationLoss: v) }
+            }
             if step % config.output.logEvery == 0 || step == steps || evalNow {
                 let now = monotonicSeconds()
                 let stepTime = (now - intervalStart) / Double(max(intervalSteps, 1))
                 intervalStart = now
                 intervalSteps = 0
-                let perSecond = Double(B * (config.data.kind == "text" ? T : 1)) / stepTime
-                let unit = config.data.kind == "text" ? "tok/s" : "samples/s"
+                let perSecond = Double(B * (text ? T : 1)) / stepTime
                 var line = String(format: "step %d/%d | loss %.4f | grad norm %.4f | lr %.3g | %.1f ms/step | %.0f %@",
-                                  step, steps, lastLoss, norm, config.training.learningRate, stepTime * 1000, perSecond, unit)
+                                  step, steps, lastLoss, norm, lr, stepTime * 1000, perSecond, text ? "tok/s" : "samples/s")
                 if evalNow, let v = validation { line += String(format: " | val loss %.4f", v) }
                 console.info(line)
-                metrics?.write([("step", step), ("loss", lastLoss), ("grad_norm", norm), ("lr", config.training.learningRate),
-                                ("step_time", stepTime), (config.data.kind == "text" ? "tokens_per_s" : "samples_per_s", perSecond),
-                                ("elapsed", now - runStart), ("val_loss", evalNow ? validation : nil)])
+                try metrics?.write([("step", step), ("loss", lastLoss), ("grad_norm", norm), ("lr", lr),
+                                    ("step_time", stepTime), (text ? "tokens_per_s" : "samples_per_s", perSecond),
+                                    ("elapsed", now - runStart), ("val_loss", evalNow ? validation : nil)])
             }
         }
-
-        try verifyReplicas(step: steps)
-        console.info("replicas: parameters bitwise identical on all \(comm.size) rank\(comm.size == 1 ? "" : "s") at step \(steps) (checksum \(String(net.parameters.checksum(), radix: 16)))")
-        validation = try evaluate()
-        if let v = validation {
-            console.info(describeValidation(v))
-            metrics?.write([("step", steps), ("val_loss", v), ("elapsed", monotonicSeconds() - runStart)])
+        if steps == 0 {
+            try verifyReplicas(step: 0)
+            validation = try evaluate()
+            try metrics?.write([("step", 0), ("val_loss", validation), ("elapsed", monotonicSeconds() - runStart)])
         }
+        console.info("replicas: parameters bitwise identical on all \(comm.size) rank\(comm.size == 1 ? "" : "s") at step \(steps) (checksum \(String(net.parameters.checksum(), radix: 16)))")
+        if let v = validation { console.info(describeValidation(v)) }
         if comm.rank == 0 {
             try writeModel(path: "\(outDir)/model.safetensors", step: steps)
             console.info("wrote \(outDir)/model.safetensors and \(outDir)/metrics.jsonl")
@@ -185,13 +194,18 @@ public final class Trainer {
                            parameterChecksum: net.parameters.checksum())
     }
 
-    /// Compares a checksum of the parameters across ranks; a mismatch stops every rank.
+    /// Compares a checksum of the parameters across ranks; a mismatch stops every rank. Once the
+    /// replicas are known to be identical, a non-finite parameter is a decision every rank makes alike.
     func verifyReplicas(step: Int) throws {
         let sums = try comm.allgather(network.parameters.checksum())
         let differ = sums.indices.filter { sums[$0] != sums[0] }
         guard differ.isEmpty else {
             throw RNNDPError("replicas diverged at step \(step): parameters of rank\(differ.count > 1 ? "s" : "") \(differ.map(String.init).joined(separator: ", ")) differ from rank 0's (checksums \(differ.map { String(sums[$0], radix: 16) }.joined(separator: ", ")) vs \(String(sums[0], radix: 16)))",
                              exitCode: RNNDPError.replicasDiverged, collective: true)
+        }
+        guard Float.allFinite(network.parameters.pointer, network.parameters.count) else {
+            throw RNNDPError("step \(step): the parameters are no longer finite; lower training.optimizer.learning_rate or set training.clip_norm",
+                             exitCode: RNNDPError.runtimeFailure, collective: true)
         }
     }
 
@@ -254,13 +268,17 @@ public final class Trainer {
         let spec = network.spec
         let sampler = Network<Float>(spec: spec)
         sampler.parameters.copy(from: network.parameters)
-        var state = [Float](repeating: 0, count: spec.layers * spec.hiddenSize)
+        var state = [Float](repeating: 0, count: sampler.stateCount)
         var rng = Xoshiro256(seed: config.seed, stream: RandomStream.sampling.rawValue)
         var token: Int32 = vocab.token("\n") ?? 0
         var out: [Int32] = []
         for _ in 0..<length {
             let batch = Batch(batchSize: 1, steps: 1, tokens: [token])
-            state.withUnsafeBufferPointer { sampler.forward(batch, initialState: $0.baseAddress) }
+            if out.isEmpty {
+                sampler.forward(batch)  // the model's own initial state (zeros or learned)
+            } else {
+                state.withUnsafeBufferPointer { sampler.forward(batch, initialState: $0.baseAddress) }
+            }
             state.withUnsafeMutableBufferPointer { sampler.finalState(into: $0.baseAddress!) }
             let logits = sampler.outputs.map { Double($0) / temperature }
             let m = logits.max() ?? 0

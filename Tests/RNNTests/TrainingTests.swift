@@ -8,7 +8,7 @@ final class TrainingTests: XCTestCase {
         let net = Network<Float>(spec: spec)
         net.initializeParameters(seed: 11)
         let batch = GradientCheckTests.batch(spec, T: 8, B: 4, seed: 5)
-        let sgd = SGD<Float>(count: net.layout.count, learningRate: 0.5, momentum: 0.9)
+        let sgd = SGD<Float>(count: net.layout.count, momentum: 0.9)
         let first = net.loss(batch).mean
         XCTAssertEqual(first, log(6.0), accuracy: 0.3)
         var last = first
@@ -17,7 +17,7 @@ final class TrainingTests: XCTestCase {
             last = net.lossAndGradient(batch).mean
             net.normalizeGradients(globalSamples: 4, steps: 8)
             clipGradientNorm(net.gradients, maxNorm: 5)
-            sgd.step(parameters: net.parameters, gradients: net.gradients)
+            sgd.step(parameters: net.parameters, gradients: net.gradients, learningRate: 0.5)
         }
         XCTAssertLessThan(net.loss(batch).mean, 0.05, "started at \(first), last step \(last)")
     }
@@ -49,13 +49,39 @@ final class TrainingTests: XCTestCase {
         }
     }
 
-    /// Rows `rows` of a time-major every_step batch.
+    func testSplitBatchIdentityForLastStepDenseInput() {
+        for cell in CellKind.allCases {
+            let spec = ModelSpec(cell: cell, input: .dense(features: 3), hiddenSize: 5, layers: 2, outputSize: 2,
+                                 output: .lastStep, loss: .mse)
+            let B = 5
+            let full = GradientCheckTests.batch(spec, T: 4, B: B, seed: 3)
+            let net = Network<Double>(spec: spec)
+            net.initializeParameters(seed: 4)
+            net.gradients.zero()
+            net.lossAndGradient(full)
+            let reference = net.gradients.array
+            net.gradients.zero()
+            for rows in [0..<2, 2..<5] { net.lossAndGradient(Self.rows(full, rows, spec: spec)) }
+            let g = net.gradients.array
+            for i in 0..<g.count { XCTAssertEqual(g[i], reference[i], accuracy: 1e-12, "\(cell) element \(i)") }
+        }
+    }
+
+    /// Rows `rows` of a time-major batch (inputs and targets of either kind).
     static func rows(_ b: Batch, _ rows: Range<Int>, spec: ModelSpec) -> Batch {
         var out = Batch(batchSize: rows.count, steps: b.steps)
+        let I = spec.input.width, O = spec.outputSize
+        let targetRows = spec.output == .everyStep ? b.steps : 1
         for t in 0..<b.steps {
             for r in rows {
-                out.tokens.append(b.tokens[t * b.batchSize + r])
-                out.targetClasses.append(b.targetClasses[t * b.batchSize + r])
+                if !b.tokens.isEmpty { out.tokens.append(b.tokens[t * b.batchSize + r]) }
+                if !b.features.isEmpty { out.features += b.features[((t * b.batchSize + r) * I)..<((t * b.batchSize + r + 1) * I)] }
+            }
+        }
+        for t in 0..<targetRows {
+            for r in rows {
+                if !b.targetClasses.isEmpty { out.targetClasses.append(b.targetClasses[t * b.batchSize + r]) }
+                if !b.targetValues.isEmpty { out.targetValues += b.targetValues[((t * b.batchSize + r) * O)..<((t * b.batchSize + r + 1) * O)] }
             }
         }
         return out
@@ -63,10 +89,10 @@ final class TrainingTests: XCTestCase {
 
     func testSGDMomentumMatchesTheDocumentedRule() {
         let p = Buffer<Double>([1, 2]), g = Buffer<Double>([0.5, -1])
-        let sgd = SGD<Double>(count: 2, learningRate: 0.1, momentum: 0.9)
-        sgd.step(parameters: p, gradients: g)  // v = g
+        let sgd = SGD<Double>(count: 2, momentum: 0.9)
+        sgd.step(parameters: p, gradients: g, learningRate: 0.1)  // v = g
         XCTAssertEqual(p.array, [1 - 0.05, 2 + 0.1])
-        sgd.step(parameters: p, gradients: g)  // v = 0.9 g + g = 1.9 g
+        sgd.step(parameters: p, gradients: g, learningRate: 0.1)  // v = 0.9 g + g = 1.9 g
         XCTAssertEqual(p[0], 1 - 0.05 - 0.1 * 0.95, accuracy: 1e-15)
         XCTAssertEqual(p[1], 2 + 0.1 + 0.1 * 1.9, accuracy: 1e-15)
     }

@@ -56,15 +56,15 @@ final class ConfigTests: XCTestCase {
     }
 
     func testWrongTypesAndRanges() {
-        XCTAssertEqual(error(minimal + "\nmodel:\n  hidden_size: many\n"), "c.yaml:5: model.hidden_size: expected an integer >= 1, got 'many'")
-        XCTAssertEqual(error(minimal + "\nmodel:\n  hidden_size: 0\n"), "c.yaml:5: model.hidden_size: expected an integer >= 1, got '0'")
-        XCTAssertEqual(error(minimal + "\nmodel:\n  activation: softplus\n"), "c.yaml:5: model.activation: expected one of tanh, sigmoid, relu, got 'softplus'")
-        XCTAssertEqual(error(minimal, ["training.optimizer.learning_rate=0"]), "--set: training.optimizer.learning_rate: expected a number > 0.0, got '0'")
+        XCTAssertEqual(error(minimal + "\nmodel:\n  hidden_size: many\n"), "c.yaml:5: model.hidden_size: expected an integer in 1...65536, got 'many'")
+        XCTAssertEqual(error(minimal + "\nmodel:\n  hidden_size: 0\n"), "c.yaml:5: model.hidden_size: expected an integer in 1...65536, got '0'")
+        XCTAssertEqual(error(minimal + "\nmodel:\n  activation: softplus\n"), "c.yaml:5: model.activation: expected one of tanh, sigmoid, relu, leaky_relu, got 'softplus'")
+        XCTAssertEqual(error(minimal, ["training.optimizer.learning_rate=0"]), "--set: training.optimizer.learning_rate: expected a number > 0.0 and <= 1000000.0, got '0'")
         XCTAssertEqual(error(minimal, ["training.optimizer.momentum=1"]), "--set: training.optimizer.momentum: expected a number >= 0.0 and < 1.0, got '1'")
         XCTAssertEqual(error(minimal, ["training.average_over_time=maybe"]), "--set: training.average_over_time: expected true or false, got 'maybe'")
         XCTAssertEqual(error(minimal + "\nmodel:\n  layers: [1, 2]\n"), "c.yaml:5: model.layers: expected a single value, got a list")
-        XCTAssertEqual(error(minimal + "\nmodel: 3\n"), "c.yaml:4: model: is a section, expected keys under it (cell, activation, hidden_size, layers, output)")
-        XCTAssertEqual(error(minimal, ["model.hidden_size=null"]), "--set: model.hidden_size: expected an integer >= 1, got 'null'")
+        XCTAssertEqual(error(minimal + "\nmodel: 3\n"), "c.yaml:4: model: is a section, expected keys under it (cell, activation, leaky_slope, hidden_size, layers, output, initial_state, init)")
+        XCTAssertEqual(error(minimal, ["model.hidden_size=null"]), "--set: model.hidden_size: expected an integer in 1...65536, got 'null'")
     }
 
     func testCrossKeyRules() {
@@ -73,7 +73,7 @@ final class ConfigTests: XCTestCase {
         XCTAssertEqual(error("data:\n  kind: text\n  path: a\n  length: 3\n"), "c.yaml: data.length: applies only when data.kind is synthetic (it is text)")
         XCTAssertEqual(error("data: {kind: text, path: a}\ntraining: {loss: mse}\n"), "c.yaml: training.loss: text data predicts characters: use cross_entropy")
         XCTAssertEqual(error(minimal + "\nmodel: {output: every_step}\n"), "c.yaml: model.output: the adding problem has one target per sequence: use last_step")
-        XCTAssertEqual(error(minimal + "\n  path: x\n"), "c.yaml: data.path: not used when data.kind is synthetic")
+        XCTAssertEqual(error(minimal + "\n  path: x\n"), "c.yaml: data.path: applies only when data.kind is text or csv (it is synthetic)")
     }
 
     func testMalformedYAMLAndDuplicates() {

@@ -35,8 +35,9 @@ final class TrainerTests: XCTestCase {
         let lines = try String(contentsOfFile: "\(dir)/metrics.jsonl", encoding: .utf8).split(separator: "\n")
         let records = try lines.map { try JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any] }
         XCTAssertEqual(records.compactMap { $0["loss"] as? Double }.count, 3)  // steps 5, 10, 12
-        XCTAssertEqual(records.compactMap { $0["step"] as? Int }, [5, 10, 12, 12])
-        XCTAssertNotNil(records.last?["val_loss"] as? Double)
+        XCTAssertEqual(records.compactMap { $0["step"] as? Int }, [5, 10, 12])
+        XCTAssertNil(records[0]["val_loss"] as? Double)
+        XCTAssertNotNil(records.last?["val_loss"] as? Double)  // the final step carries the validation loss
         let model = try SafeTensors.read(path: "\(dir)/model.safetensors")
         XCTAssertEqual(model.tensors.map(\.name).sorted(), trainer.network.layout.views.map(\.name).sorted())
         XCTAssertEqual(model.tensor("rnn.weight_ih_l0")?.shape, [8, 2])
@@ -52,7 +53,7 @@ final class TrainerTests: XCTestCase {
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("rnn-dp-text-\(UUID().uuidString).txt").path
         _ = FileManager.default.createFile(atPath: path, contents: Data(String(repeating: "abcabcabd\n", count: 200).utf8))
         let (result, trainer) = try train("data: {kind: text, path: \(path)}\nmodel: {hidden_size: 16}\ntraining: {steps: 30, sequence_length: 8, global_batch_size: 8, optimizer: {learning_rate: 0.5}}\n")
-        XCTAssertLessThan(result.finalLoss, log(5.0))
+        XCTAssertLessThan(result.finalLoss, 0.9)  // from ln 5 = 1.61; the text is nearly periodic
         let vocab = (trainer.dataset as! TextDataset).vocabulary
         let s = trainer.generate(vocab, length: 50, temperature: 0.8)
         XCTAssertEqual(s.unicodeScalars.count, 50)
