@@ -52,6 +52,14 @@ public final class Network<S: RNNScalar> {
     private var dc = Buffer<S>(count: 0)  // (B, H): LSTM dL/dc carried backward
     private var T = 0
     private var B = 0
+    /// (T, B) of the latest forward.
+    public var lastSteps: Int { T }
+    public var lastBatch: Int { B }
+
+    /// When set, the backward pass records sum over the batch of ||dL/dh_t||^2 per layer and step
+    /// in `dhNormSquares` (L, T), for Diagnostics. Off by default: it costs a pass over dL/dh.
+    public var collectDiagnostics = false
+    public private(set) var dhNormSquares: [Double] = []
 
     public init(spec: ModelSpec) {
         self.spec = spec
@@ -281,6 +289,7 @@ public final class Network<S: RNNScalar> {
                    b: p(layout.headWeight), ldb: H, beta: 0, c: delta.pointer + (T - 1) * B * H, ldc: H)
         }
         dState0.pointer.update(repeating: 0, count: spec.layers * C * B * H)
+        if collectDiagnostics { dhNormSquares = [Double](repeating: 0, count: spec.layers * T) }
         batch.tokens.withUnsafeBufferPointer { tokens in
             for k in stride(from: spec.layers - 1, through: 0, by: -1) {
                 backwardLayer(k, tokens: tokens.baseAddress)
@@ -306,6 +315,7 @@ public final class Network<S: RNNScalar> {
             let dht = d + t * B * H  // dL/dh_t, complete once step t+1 has added its share
             let dPrev = t > 0 ? d + (t - 1) * B * H : ds0(k, 0)  // where dL/dh_{t-1} accumulates
             let hPrev = t > 0 ? st.h.pointer + (t - 1) * B * H : s0(k, 0)
+            if collectDiagnostics { dhNormSquares[k * T + t] = S.sumOfSquares(dht, B * H) }
             switch spec.cell {
             case .rnn:
                 S.activationBackward(spec.activation, slope: slope, y: st.h.pointer + t * B * H, d: dht, B * H)

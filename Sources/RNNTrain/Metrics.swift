@@ -34,6 +34,11 @@ public final class MetricsLog {
         case let f as Float: return f.isFinite ? String(f) : "null"
         case let i as Int: return String(i)
         case let b as Bool: return b ? "true" : "false"
+        case let pairs as [(String, Any?)]:
+            return "{" + pairs.map { "\"\($0.0)\":\(json($0.1))" }.joined(separator: ",") + "}"
+        case let a as [Double]: return "[" + a.map { json($0) }.joined(separator: ",") + "]"
+        case let a as [Double?]: return "[" + a.map { json($0) }.joined(separator: ",") + "]"
+        case let a as [[Double]]: return "[" + a.map { json($0) }.joined(separator: ",") + "]"
         case let s as String:
             let data = try? JSONSerialization.data(withJSONObject: [s], options: [.withoutEscapingSlashes])
             return data.map { String(decoding: $0.dropFirst().dropLast(), as: UTF8.self) } ?? "\"\""

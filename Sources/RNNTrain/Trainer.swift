@@ -127,6 +127,8 @@ public final class Trainer {
         for step in 1...max(steps, 1) where steps > 0 {
             let lr = schedule.learningRate(step: step - 1)
             let batch = dataset.trainingBatch(step: step - 1, globalBatch: B, rows: shardRows)
+            let logNow = step % config.output.logEvery == 0 || step == steps
+            net.collectDiagnostics = logNow
             net.gradients.zero()
             let local = net.lossAndGradient(batch)
             // The exchange: sum of per-sample gradients over ranks, then divide by the global count.
@@ -139,6 +141,15 @@ public final class Trainer {
             guard lastLoss.isFinite, Float.allFinite(net.gradients.pointer, net.gradients.count) else {
                 throw RNNDPError("step \(step): the loss or the gradient is not finite (loss \(lastLoss)); lower training.optimizer.learning_rate or set training.clip_norm",
                                  exitCode: RNNDPError.runtimeFailure, collective: true)
+            }
+            // Diagnostics on log steps, from values summed across ranks (N-independent).
+            var diagnostics: Diagnostics?
+            var tensorGradNorms: [(name: String, norm: Double)] = []
+            if logNow {
+                var sums = net.diagnosticSums()
+                try comm.allreduceSum(&sums)
+                diagnostics = Diagnostics(sums: sums, spec: net.spec, steps: T)
+                tensorGradNorms = tensorNorms(net.gradients, layout: net.layout)
             }
             let norm = clipGradientNorm(net.gradients, maxNorm: config.training.clipNorm)
             if let c = config.training.clipValue { clipGradientValue(net.gradients, clip: c) }
@@ -159,7 +170,7 @@ public final class Trainer {
                 validation = try evaluate()
                 if let v = validation { schedule.observe(validationLoss: v) }
             }
-            if step % config.output.logEvery == 0 || step == steps || evalNow {
+            if logNow || evalNow {
                 let now = monotonicSeconds()
                 let stepTime = (now - intervalStart) / Double(max(intervalSteps, 1))
                 intervalStart = now
@@ -169,9 +180,16 @@ public final class Trainer {
                                   step, steps, lastLoss, norm, lr, stepTime * 1000, perSecond, text ? "tok/s" : "samples/s")
                 if evalNow, let v = validation { line += String(format: " | val loss %.4f", v) }
                 console.info(line)
-                try metrics?.write([("step", step), ("loss", lastLoss), ("grad_norm", norm), ("lr", lr),
-                                    ("step_time", stepTime), (text ? "tokens_per_s" : "samples_per_s", perSecond),
-                                    ("elapsed", now - runStart), ("val_loss", evalNow ? validation : nil)])
+                var record: [(String, Any?)] = [("step", step), ("loss", lastLoss), ("grad_norm", norm), ("lr", lr),
+                                                ("step_time", stepTime), (text ? "tokens_per_s" : "samples_per_s", perSecond),
+                                                ("elapsed", now - runStart), ("val_loss", evalNow ? validation : nil)]
+                if let d = diagnostics {
+                    console.info("  " + describe(d))
+                    record.append(("diagnostics", [("grad_norms", tensorGradNorms.map { ($0.name, $0.norm as Any?) }),
+                                                   ("dh_ratio", d.dhRatio), ("dh_norms", d.dhNorms), ("saturated", d.saturated),
+                                                   ("near_dead", d.nearDead), ("dead_units", d.deadUnits)] as [(String, Any?)]))
+                }
+                try metrics?.write(record)
             }
         }
         if steps == 0 {
@@ -192,6 +210,18 @@ public final class Trainer {
         }
         return TrainResult(steps: steps, finalLoss: lastLoss, validationLoss: validation,
                            parameterChecksum: net.parameters.checksum())
+    }
+
+    /// One line: per layer the vanishing/exploding ratio and the saturation or dead-unit fraction.
+    func describe(_ d: Diagnostics) -> String {
+        let layers = (0..<d.dhNorms.count).map { k -> String in
+            var s = String(format: "L%d |dL/dh_0|/|dL/dh_T-1| %.3g", k, d.dhRatio[k])
+            if let sat = d.saturated[k] { s += String(format: ", saturated %.1f%%", sat * 100) }
+            if let nd = d.nearDead[k] { s += String(format: ", near-dead %.1f%%", nd * 100) }
+            if let dead = d.deadUnits[k] { s += String(format: ", dead units %.1f%%", dead * 100) }
+            return s
+        }
+        return "diagnostics: " + layers.joined(separator: "; ")
     }
 
     /// Compares a checksum of the parameters across ranks; a mismatch stops every rank. Once the

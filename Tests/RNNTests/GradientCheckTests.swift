@@ -32,14 +32,18 @@ final class GradientCheckTests: XCTestCase {
     /// Returns the worst relative error over all parameters.
     /// - corrupt: alters the analytic gradient before the comparison (to prove the check can fail).
     static func check(_ spec: ModelSpec, T: Int = 4, B: Int = 3, seed: UInt64 = 1, initialState: Bool = false,
-                      scaleInit: Double = 1, settings: InitSettings = InitSettings(),
+                      scaleInit: Double = 1, settings: InitSettings = InitSettings(), perturbInitialState: Bool = false,
                       corrupt: ((inout [Double], ParameterLayout) -> Void)? = nil) -> (worst: Double, name: String) {
         let net = Network<Double>(spec: spec)
         net.initializeParameters(seed: seed, settings: settings)
         if scaleInit != 1 { for i in 0..<net.layout.count { net.parameters[i] *= scaleInit } }
+        if perturbInitialState {
+            var r = Xoshiro256(seed: seed + 3)
+            for l in net.layout.layers { for v in [l.h0, l.c0].compactMap({ $0 }) { for i in v.range { net.parameters[i] = r.nextDouble() - 0.5 } } }
+        }
         let batch = batch(spec, T: T, B: B, seed: seed + 100)
         var rng = Xoshiro256(seed: seed + 7)
-        let h0: [Double]? = initialState ? (0..<(spec.layers * B * spec.hiddenSize)).map { _ in rng.nextDouble() - 0.5 } : nil
+        let h0: [Double]? = initialState ? (0..<(spec.layers * spec.cell.stateTensors * B * spec.hiddenSize)).map { _ in rng.nextDouble() - 0.5 } : nil
         net.gradients.zero()
         if let h0 { h0.withUnsafeBufferPointer { _ = net.lossAndGradient(batch, initialState: $0.baseAddress) } } else { net.lossAndGradient(batch) }
         net.normalizeGradients(globalSamples: B, steps: T)
@@ -97,11 +101,71 @@ final class GradientCheckTests: XCTestCase {
         }
     }
 
+    func testLSTMAndGRUEveryOutputLossDepthAndAveraging() {
+        var cases = 0
+        for cell in [CellKind.lstm, .gru] {
+            for output in OutputMode.allCases {
+                for loss in LossKind.allCases {
+                    for layers in [1, 2] {
+                        for avg in [true, false] {
+                            let input: InputKind = loss == .crossEntropy ? .tokens(vocabulary: 5) : .dense(features: 3)
+                            let spec = ModelSpec(cell: cell, input: input, hiddenSize: 4, layers: layers,
+                                                 outputSize: loss == .crossEntropy ? 5 : 2, output: output, loss: loss,
+                                                 averageOverTime: avg)
+                            let r = Self.check(spec, seed: UInt64(cases + 101))
+                            XCTAssertLessThan(r.worst, 1e-6, "\(cell) \(output) \(loss) L=\(layers) avg=\(avg): \(r.name)")
+                            cases += 1
+                        }
+                    }
+                }
+            }
+        }
+        XCTAssertEqual(cases, 32)
+    }
+
+    /// Larger weights drive the gates into saturation, where mistakes in the derivatives of
+    /// sigmoid and tanh at their tails would show.
+    func testSaturatedGates() {
+        for cell in CellKind.allCases {
+            let spec = ModelSpec(cell: cell, input: .dense(features: 3), hiddenSize: 5, layers: 2, outputSize: 2, loss: .mse)
+            let r = Self.check(spec, T: 6, scaleInit: 6)
+            XCTAssertLessThan(r.worst, 1e-6, "\(cell): \(r.name)")
+        }
+    }
+
     func testGivenInitialState() {
-        for output in OutputMode.allCases {
-            let spec = ModelSpec(input: .dense(features: 3), hiddenSize: 4, layers: 2, outputSize: 2, output: output, loss: .mse)
-            let r = Self.check(spec, initialState: true)
-            XCTAssertLessThan(r.worst, 1e-6, "\(output): \(r.name)")
+        for cell in CellKind.allCases {
+            for output in OutputMode.allCases {
+                let spec = ModelSpec(cell: cell, input: .dense(features: 3), hiddenSize: 4, layers: 2, outputSize: 2, output: output, loss: .mse)
+                let r = Self.check(spec, initialState: true)
+                XCTAssertLessThan(r.worst, 1e-6, "\(cell) \(output): \(r.name)")
+            }
+        }
+    }
+
+    /// Learned initial state (rnn.h0_l{k}, rnn.c0_l{k}): the check covers those parameters too.
+    /// They start at zero, so they are perturbed first to make the check meaningful.
+    func testLearnedInitialState() {
+        for cell in CellKind.allCases {
+            for output in OutputMode.allCases {
+                var spec = ModelSpec(cell: cell, input: .tokens(vocabulary: 4), hiddenSize: 4, layers: 2, outputSize: 3,
+                                     output: output, loss: .crossEntropy)
+                spec.learnedInitialState = true
+                let layout = ParameterLayout(spec: spec)
+                XCTAssertNotNil(layout.view("rnn.h0_l1"))
+                XCTAssertEqual(layout.view("rnn.c0_l1") != nil, cell == .lstm)
+                let r = Self.check(spec, perturbInitialState: true)
+                XCTAssertLessThan(r.worst, 1e-6, "\(cell) \(output): \(r.name)")
+            }
+        }
+    }
+
+    func testLeakyReluSlopes() {
+        for slope in [0.01, 0.3] {
+            var spec = ModelSpec(activation: .leakyRelu, input: .dense(features: 3), hiddenSize: 4, layers: 2, outputSize: 2, loss: .mse)
+            spec.leakySlope = slope
+            let r = Self.check(spec)
+            XCTAssertLessThan(r.worst, 1e-6, "slope \(slope): \(r.name)")
         }
     }
 
