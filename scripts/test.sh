@@ -6,12 +6,15 @@ cd "$(dirname "$0")/.."
 source scripts/setup.sh
 rnn_dp_setup
 
+# Tests run optimized (the learning tests train real models; -O keeps Swift's safety checks),
+# with -enable-testing for @testable imports. The mpirun tests launch the rnn-dp built beside them.
+BUILD=(-c release -Xswiftc -enable-testing)
 echo "== build"
-swift build --build-tests
+swift build "${BUILD[@]}" --build-tests
 echo "== tests"
 # Every test is XCTest; Swift 6 toolchains also run an (empty) Swift Testing pass, which we skip.
 if swift test --help 2>/dev/null | grep -q -- --disable-swift-testing; then
-    swift test --skip-build --disable-swift-testing
+    swift test "${BUILD[@]}" --skip-build --disable-swift-testing
 else
-    swift test --skip-build
+    swift test "${BUILD[@]}" --skip-build
 fi

@@ -63,8 +63,16 @@ struct KeySpec {
 let initChoices = ["default", "xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal", "orthogonal"]
 let configSchema: [KeySpec] = [
     KeySpec("seed", .int(min: 0), .int(1234), "seed of every random stream (parameters, data order, sampling)"),
-    KeySpec("data.kind", .choice(["text", "csv", "synthetic"]), nil, "text: character LM; csv: a numeric column as a series; synthetic: generated task"),
-    KeySpec("data.path", .string, nil, "input file (text, csv)"),
+    KeySpec("data.kind", .choice(["text", "csv", "synthetic", "npy", "ts"]), nil, "text: character LM; csv: a numeric column as a series; synthetic: generated task; npy: arrays; ts: sequence classification (.ts files)"),
+    KeySpec("data.path", .string, nil, "input file (text, csv; ts: the training .ts file)"),
+    KeySpec("data.validation_path", .string, nil, "ts: the validation .ts file"),
+    KeySpec("data.inputs", .string, nil, "npy: inputs.npy, (N, T) token ids or (N, T, I) float32"),
+    KeySpec("data.targets", .string, nil, "npy: targets.npy, (N, T) or (N,) class ids, or (N, T, O) / (N, O) / (N, T) floats"),
+    KeySpec("data.validation_inputs", .string, nil, "npy: validation inputs (else validation_fraction of the samples)"),
+    KeySpec("data.validation_targets", .string, nil, "npy: validation targets"),
+    KeySpec("data.shuffle", .bool, nil, "npy, ts: visit samples in a seeded random order per epoch (default true); false: step k uses samples k*B .. k*B+B-1 (mod N) in file order"),
+    KeySpec("data.vocabulary", .int(min: 1, max: 10_000_000), nil, "npy: number of token ids (default: largest id + 1)"),
+    KeySpec("data.classes", .int(min: 1, max: 10_000_000), nil, "npy: number of classes (default: largest class id + 1)"),
     KeySpec("data.column", .intOrString, nil, "csv: column name or 0-based index (default: the second of two columns)"),
     KeySpec("data.validation_fraction", .double(min: 0, max: 1, maxExclusive: true), nil, "text, csv: the last fraction of the file used for validation (default 0.1)"),
     KeySpec("data.interpolate_missing", .bool, nil, "csv: fill empty values by linear interpolation instead of failing"),
@@ -82,6 +90,7 @@ let configSchema: [KeySpec] = [
     KeySpec("model.init.head_weights", .choice(initChoices), .string("default"), "initializer of head.weight"),
     KeySpec("model.init.biases", .choice(["default", "zeros"]), .string("default"), "initializer of every bias"),
     KeySpec("model.init.forget_bias", .double(min: -100, max: 100), .null, nullable: true, "LSTM: set the forget-gate part of bias_ih to this (and of bias_hh to 0)"),
+    KeySpec("model.init_from", .string, .null, nullable: true, "start from the parameters of this safetensors file (PyTorch names and shapes)"),
     KeySpec("training.loss", .choice(LossKind.allCases.map(\.rawValue)), nil, "default cross_entropy for text, mse otherwise"),
     KeySpec("training.global_batch_size", .int(min: 1, max: 10_000_000), .int(32), "B: samples per step summed over all ranks"),
     KeySpec("training.sequence_length", .int(min: 1, max: 1_000_000), .int(64), "T: time steps per sample"),
@@ -295,6 +304,14 @@ public struct TrainConfig: Sendable {
         public var validationFraction: Double
         public var interpolateMissing: Bool
         public var task: String
+        public var validationPath: String?
+        public var inputs: String?
+        public var targets: String?
+        public var validationInputs: String?
+        public var validationTargets: String?
+        public var shuffle: Bool
+        public var vocabulary: Int?
+        public var classes: Int?
     }
     public struct Model: Sendable {
         public var cell: CellKind
@@ -302,12 +319,15 @@ public struct TrainConfig: Sendable {
         public var leakySlope: Double
         public var hiddenSize: Int
         public var layers: Int
-        public var output: OutputMode
+        /// nil: from the data (npy).
+        public var output: OutputMode?
         public var learnedInitialState: Bool
         public var initialization: InitSettings
+        public var initFrom: String?
     }
     public struct Training: Sendable {
-        public var loss: LossKind
+        /// nil: from the data (npy).
+        public var loss: LossKind?
         public var globalBatchSize: Int
         public var sequenceLength: Int
         public var steps: Int
@@ -348,19 +368,46 @@ public struct TrainConfig: Sendable {
         func str(_ k: String) -> String? { if case .string(let x)? = v[k] { return x }; return nil }
         func bool(_ k: String) -> Bool? { if case .bool(let x)? = v[k] { return x }; return nil }
         func setDefault(_ k: String, _ x: ConfigValue) { if v[k] == nil { v[k] = x } }
-        /// Keys that mean something only for some values of a selector key.
-        func only(_ keys: [String], when selector: String, in allowed: [String]) throws {
+        /// Keys that mean something only for some values of a selector key: an error, or with
+        /// `warn` (settings of another optimizer or schedule, which a --set of the name leaves
+        /// behind) a warning that they are ignored.
+        var warnings: [String] = []
+        func only(_ keys: [String], when selector: String, in allowed: [String], warn: Bool = false) throws {
             let current = str(selector) ?? ""
             for key in keys where given.contains(key) && !allowed.contains(current) {
-                throw err(key, "applies only when \(selector) is \(allowed.joined(separator: " or ")) (it is \(current))")
+                let message = "applies only when \(selector) is \(allowed.joined(separator: " or ")) (it is \(current))"
+                guard warn else { throw err(key, message) }
+                warnings.append("\(source): \(key): ignored: \(message)")
+                v[key] = configSchema.first { $0.path == key }?.defaultValue  // as if not given
             }
         }
 
-        guard let kind = str("data.kind") else { throw err("data.kind", "required (text, csv or synthetic)") }
+        guard let kind = str("data.kind") else { throw err("data.kind", "required (text, csv, synthetic, npy or ts)") }
         try only(["data.column", "data.interpolate_missing"], when: "data.kind", in: ["csv"])
         try only(["data.task", "data.length"], when: "data.kind", in: ["synthetic"])
-        try only(["data.path", "data.validation_fraction"], when: "data.kind", in: ["text", "csv"])
-        if kind != "synthetic" && str("data.path") == nil { throw err("data.path", "required when data.kind is \(kind)") }
+        try only(["data.path"], when: "data.kind", in: ["text", "csv", "ts"])
+        try only(["data.validation_fraction"], when: "data.kind", in: ["text", "csv", "npy"])
+        try only(["data.validation_path"], when: "data.kind", in: ["ts"])
+        try only(["data.inputs", "data.targets", "data.validation_inputs", "data.validation_targets", "data.vocabulary", "data.classes"],
+                 when: "data.kind", in: ["npy"])
+        try only(["data.shuffle"], when: "data.kind", in: ["npy", "ts"])
+        let fromFiles = kind == "npy" || kind == "ts"  // sequence length, loss and output come from the data
+        if fromFiles {
+            for key in ["training.sequence_length"] where given.contains(key) {
+                throw err(key, "comes from the data when data.kind is \(kind); remove it")
+            }
+            setDefault("data.shuffle", .bool(true))
+        }
+        if ["text", "csv", "ts"].contains(kind) && str("data.path") == nil { throw err("data.path", "required when data.kind is \(kind)") }
+        if kind == "npy" {
+            for key in ["data.inputs", "data.targets"] where str(key) == nil { throw err(key, "required when data.kind is npy") }
+            if (str("data.validation_inputs") == nil) != (str("data.validation_targets") == nil) {
+                throw err(str("data.validation_inputs") == nil ? "data.validation_inputs" : "data.validation_targets", "give both validation_inputs and validation_targets, or neither")
+            }
+            if str("data.validation_inputs") != nil && given.contains("data.validation_fraction") {
+                throw err("data.validation_fraction", "not used when validation_inputs are given")
+            }
+        }
         if kind == "synthetic" {
             if let length = int("data.length") {
                 if given.contains("training.sequence_length") && int("training.sequence_length") != length {
@@ -370,20 +417,28 @@ public struct TrainConfig: Sendable {
             }
             setDefault("data.task", .string("adding"))
         }
-        if kind != "synthetic" { setDefault("data.validation_fraction", .double(0.1)) }
+        if kind == "text" || kind == "csv" { setDefault("data.validation_fraction", .double(0.1)) }
+        if kind == "npy" && str("data.validation_inputs") == nil { setDefault("data.validation_fraction", .double(0.1)) }
         if kind == "csv" { setDefault("data.interpolate_missing", .bool(false)) }
-        // Defaults that depend on the data kind.
-        setDefault("model.output", .string(kind == "text" ? "every_step" : "last_step"))
-        setDefault("training.loss", .string(kind == "text" ? "cross_entropy" : "mse"))
-        let loss = LossKind(rawValue: str("training.loss")!)!
-        let output = OutputMode(rawValue: str("model.output")!)!
+        // Defaults that depend on the data kind (npy and ts: from the data, checked when it is loaded).
+        if !fromFiles {
+            setDefault("model.output", .string(kind == "text" ? "every_step" : "last_step"))
+            setDefault("training.loss", .string(kind == "text" ? "cross_entropy" : "mse"))
+        } else if kind == "ts" {
+            setDefault("model.output", .string("last_step"))
+            setDefault("training.loss", .string("cross_entropy"))
+        }
+        let loss = str("training.loss").map { LossKind(rawValue: $0)! }
+        let output = str("model.output").map { OutputMode(rawValue: $0)! }
         if kind == "text" && loss != .crossEntropy { throw err("training.loss", "text data predicts characters: use cross_entropy") }
-        if kind != "text" && loss != .mse { throw err("training.loss", "\(kind) data has real-valued targets: use mse") }
+        if (kind == "csv" || kind == "synthetic") && loss != .mse { throw err("training.loss", "\(kind) data has real-valued targets: use mse") }
+        if kind == "ts" && loss != .crossEntropy { throw err("training.loss", "ts data has class labels: use cross_entropy") }
+        if kind == "ts" && output != .lastStep { throw err("model.output", "ts data has one label per sequence: use last_step") }
         if kind == "synthetic" && output != .lastStep { throw err("model.output", "the adding problem has one target per sequence: use last_step") }
 
         // Model.
         let cell = CellKind(rawValue: str("model.cell")!)!
-        try only(["model.activation", "model.leaky_slope"], when: "model.cell", in: ["rnn"])
+        try only(["model.activation", "model.leaky_slope"], when: "model.cell", in: ["rnn"], warn: true)
         try only(["model.leaky_slope"], when: "model.activation", in: ["leaky_relu"])
         try only(["model.init.forget_bias"], when: "model.cell", in: ["lstm"])
         let recurrentInit = str("model.init.recurrent_weights")!
@@ -398,12 +453,12 @@ public struct TrainConfig: Sendable {
 
         // Optimizer: PyTorch's defaults, and keys that belong to other optimizers are errors.
         let optName = str("training.optimizer.name")!
-        try only(["training.optimizer.nesterov", "training.optimizer.dampening"], when: "training.optimizer.name", in: ["sgd"])
-        try only(["training.optimizer.momentum"], when: "training.optimizer.name", in: ["sgd", "rmsprop"])
-        try only(["training.optimizer.beta1", "training.optimizer.beta2"], when: "training.optimizer.name", in: ["adam", "adamw"])
-        try only(["training.optimizer.eps"], when: "training.optimizer.name", in: ["adam", "adamw", "rmsprop", "adagrad"])
-        try only(["training.optimizer.alpha", "training.optimizer.centered"], when: "training.optimizer.name", in: ["rmsprop"])
-        try only(["training.optimizer.lr_decay", "training.optimizer.initial_accumulator_value"], when: "training.optimizer.name", in: ["adagrad"])
+        try only(["training.optimizer.nesterov", "training.optimizer.dampening"], when: "training.optimizer.name", in: ["sgd"], warn: true)
+        try only(["training.optimizer.momentum"], when: "training.optimizer.name", in: ["sgd", "rmsprop"], warn: true)
+        try only(["training.optimizer.beta1", "training.optimizer.beta2"], when: "training.optimizer.name", in: ["adam", "adamw"], warn: true)
+        try only(["training.optimizer.eps"], when: "training.optimizer.name", in: ["adam", "adamw", "rmsprop", "adagrad"], warn: true)
+        try only(["training.optimizer.alpha", "training.optimizer.centered"], when: "training.optimizer.name", in: ["rmsprop"], warn: true)
+        try only(["training.optimizer.lr_decay", "training.optimizer.initial_accumulator_value"], when: "training.optimizer.name", in: ["adagrad"], warn: true)
         var opt = OptimizerSettings(kind: OptimizerSettings.Kind(rawValue: optName)!)
         setDefault("training.optimizer.learning_rate", .double(OptimizerSettings.defaultLearningRate(opt.kind)))
         setDefault("training.optimizer.weight_decay", .double(OptimizerSettings.defaultWeightDecay(opt.kind)))
@@ -443,13 +498,13 @@ public struct TrainConfig: Sendable {
 
         // Schedule.
         let schedName = str("training.schedule.name")!
-        try only(["training.schedule.step_size"], when: "training.schedule.name", in: ["step", "triangular"])
-        try only(["training.schedule.gamma"], when: "training.schedule.name", in: ["step", "exponential"])
-        try only(["training.schedule.warmup_steps"], when: "training.schedule.name", in: ["cosine"])
-        try only(["training.schedule.min_lr"], when: "training.schedule.name", in: ["cosine", "plateau"])
-        try only(["training.schedule.max_lr"], when: "training.schedule.name", in: ["triangular"])
+        try only(["training.schedule.step_size"], when: "training.schedule.name", in: ["step", "triangular"], warn: true)
+        try only(["training.schedule.gamma"], when: "training.schedule.name", in: ["step", "exponential"], warn: true)
+        try only(["training.schedule.warmup_steps"], when: "training.schedule.name", in: ["cosine"], warn: true)
+        try only(["training.schedule.min_lr"], when: "training.schedule.name", in: ["cosine", "plateau"], warn: true)
+        try only(["training.schedule.max_lr"], when: "training.schedule.name", in: ["triangular"], warn: true)
         try only(["training.schedule.factor", "training.schedule.patience", "training.schedule.threshold", "training.schedule.cooldown"],
-                 when: "training.schedule.name", in: ["plateau"])
+                 when: "training.schedule.name", in: ["plateau"], warn: true)
         let steps = int("training.steps")!
         let schedule: Schedule
         switch schedName {
@@ -484,10 +539,14 @@ public struct TrainConfig: Sendable {
         seed = UInt64(int("seed")!)
         data = Data(kind: kind, path: str("data.path"), column: str("data.column"),
                     validationFraction: dbl("data.validation_fraction") ?? 0, interpolateMissing: bool("data.interpolate_missing") ?? false,
-                    task: str("data.task") ?? "")
+                    task: str("data.task") ?? "", validationPath: str("data.validation_path"),
+                    inputs: str("data.inputs"), targets: str("data.targets"),
+                    validationInputs: str("data.validation_inputs"), validationTargets: str("data.validation_targets"),
+                    shuffle: bool("data.shuffle") ?? true, vocabulary: int("data.vocabulary"), classes: int("data.classes"))
         model = Model(cell: cell, activation: Activation(rawValue: str("model.activation")!)!, leakySlope: dbl("model.leaky_slope")!,
                       hiddenSize: int("model.hidden_size")!, layers: int("model.layers")!, output: output,
-                      learnedInitialState: str("model.initial_state") == "learned", initialization: initialization)
+                      learnedInitialState: str("model.initial_state") == "learned", initialization: initialization,
+                      initFrom: str("model.init_from"))
         training = Training(loss: loss, globalBatchSize: int("training.global_batch_size")!, sequenceLength: int("training.sequence_length")!,
                             steps: steps, optimizer: opt, learningRate: dbl("training.optimizer.learning_rate")!, schedule: schedule,
                             clipNorm: dbl("training.clip_norm"), clipValue: dbl("training.clip_value"),
@@ -506,7 +565,11 @@ public struct TrainConfig: Sendable {
             return (s.path, value)
         }
         self.source = source
+        self.warnings = warnings
     }
+
+    /// Keys that were given but do not apply (printed by rank 0 at start).
+    public let warnings: [String]
 
     /// The resolved config as YAML-like "key: value" lines (stored in safetensors metadata).
     public var resolvedText: String {

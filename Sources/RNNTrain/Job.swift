@@ -3,9 +3,10 @@ import RNNDistributed
 
 /// A failure every rank agreed on through `Job.collectively`: the job stops on all ranks with
 /// `exitCode`; `message` is set only on the rank that reports it.
-public struct JobFailed: Error {
+public struct JobFailed: Error, CustomStringConvertible {
     public let exitCode: Int32
     public let message: String?
+    public var description: String { message ?? "failed on another rank (exit code \(exitCode))" }
 }
 
 /// Runs a command's body on every rank and turns every error into one message and one exit code.

@@ -11,11 +11,19 @@ public func makeDataset(_ config: TrainConfig) throws -> Dataset {
         switch d.kind {
         case "text":
             return try TextDataset(path: d.path!, validationFraction: d.validationFraction, steps: t.sequenceLength,
-                                   output: config.model.output, seed: config.seed, maxValidation: t.evalSamples)
+                                   output: config.model.output ?? .everyStep, seed: config.seed, maxValidation: t.evalSamples)
         case "csv":
             return try SeriesDataset(path: d.path!, column: d.column, validationFraction: d.validationFraction,
                                      interpolateMissing: d.interpolateMissing, steps: t.sequenceLength,
-                                     output: config.model.output, seed: config.seed, maxValidation: t.evalSamples)
+                                     output: config.model.output ?? .lastStep, seed: config.seed, maxValidation: t.evalSamples)
+        case "npy":
+            return try ArrayDataset.fromNumpy(inputs: d.inputs!, targets: d.targets!, validationInputs: d.validationInputs,
+                                              validationTargets: d.validationTargets, validationFraction: d.validationFraction,
+                                              shuffle: d.shuffle, seed: config.seed, maxValidation: t.evalSamples,
+                                              vocabulary: d.vocabulary, classes: d.classes)
+        case "ts":
+            return try ArrayDataset.fromTS(path: d.path!, validationPath: d.validationPath, shuffle: d.shuffle,
+                                           seed: config.seed, maxValidation: t.evalSamples)
         default:
             return try AddingProblem(length: t.sequenceLength, seed: config.seed, validationSamples: t.evalSamples)
         }
@@ -24,15 +32,48 @@ public func makeDataset(_ config: TrainConfig) throws -> Dataset {
     }
 }
 
-/// The model a config and its dataset describe.
-public func makeModelSpec(_ config: TrainConfig, dataset: Dataset) -> ModelSpec {
+/// The model a config and its dataset describe. For npy data the loss and the output mode follow
+/// from the arrays' types and shapes; a config that says otherwise is an error.
+public func makeModelSpec(_ config: TrainConfig, dataset: Dataset) throws -> ModelSpec {
+    var loss = config.training.loss, output = config.model.output
+    if let a = dataset as? ArrayDataset {
+        func conflict(_ key: String, _ given: String, _ data: String) -> RNNDPError {
+            RNNDPError("\(config.source): \(key): \(given) does not match the data, whose targets call for \(data)", collective: true)
+        }
+        if let l = loss, l != a.loss { throw conflict("training.loss", l.rawValue, a.loss.rawValue) }
+        if let o = output, o != a.output { throw conflict("model.output", o.rawValue, a.output.rawValue) }
+        loss = a.loss
+        output = a.output
+    }
     var spec = ModelSpec(cell: config.model.cell, activation: config.model.activation, input: dataset.input,
                          hiddenSize: config.model.hiddenSize, layers: config.model.layers, outputSize: dataset.outputSize,
-                         output: config.model.output, loss: config.training.loss,
-                         averageOverTime: config.training.averageOverTime)
+                         output: output!, loss: loss!, averageOverTime: config.training.averageOverTime)
     spec.leakySlope = config.model.leakySlope
     spec.learnedInitialState = config.model.learnedInitialState
     return spec
+}
+
+/// Copies the tensors of a safetensors file into the parameters by PyTorch name, requiring every
+/// tensor of the layout, no other (optimizer state and metadata are ignored), and equal shapes.
+public func loadParameters(from path: String, into net: Network<Float>) throws {
+    let file: SafeTensors.File
+    do { file = try SafeTensors.read(path: path) } catch let e as SafeTensors.FormatError {
+        throw RNNDPError("model.init_from: \(e.message)")
+    }
+    let model = file.tensors.filter { !$0.name.hasPrefix("optimizer.") }
+    let names = Set(net.layout.views.map(\.name))
+    if let extra = model.first(where: { !names.contains($0.name) }) {
+        throw RNNDPError("model.init_from: \(path): tensor '\(extra.name)' \(extra.shape) is not a parameter of this model (\(net.layout.views.map(\.name).joined(separator: ", ")))")
+    }
+    for v in net.layout.views {
+        guard let t = file.tensor(v.name) else {
+            throw RNNDPError("model.init_from: \(path): no tensor '\(v.name)' (expected shape \(v.shape))")
+        }
+        guard t.shape == v.shape else {
+            throw RNNDPError("model.init_from: \(path): tensor '\(v.name)' has shape \(t.shape), this model needs \(v.shape)")
+        }
+        for (i, x) in t.values.enumerated() { net.parameters[v.offset + i] = x }
+    }
 }
 
 /// What a finished run reports (also used by tests).
@@ -53,6 +94,8 @@ public final class Trainer {
     public private(set) var network: Network<Float>!
     var optimizer: (any Optimizer<Float>)!
     var schedule = LearningRateSchedule(base: 0, schedule: .constant)
+    /// Fraction of validation terms whose arg-max is the target, after `evaluate` (cross-entropy).
+    public private(set) var validationAccuracy: Double?
     var metrics: MetricsLog?
 
     public init(config: TrainConfig, comm: Communicator, console: Console) {
@@ -89,7 +132,7 @@ public final class Trainer {
                 metrics = try MetricsLog(path: "\(outDir)/metrics.jsonl")
             }
         }
-        let spec = makeModelSpec(config, dataset: dataset)
+        let spec = try makeModelSpec(config, dataset: dataset)
         let net = Network<Float>(spec: spec)
         network = net
         let (threads, why) = chooseThreads()
@@ -97,6 +140,7 @@ public final class Trainer {
 
         console.info("rnn-dp train: \(config.source)")
         for (k, v) in config.resolved { console.info("  \(k): \(v)") }
+        for w in config.warnings { console.warn(w) }
         console.info("world: \(comm.name); \(threads) BLAS thread\(threads == 1 ? "" : "s") per rank (\(why))")
         console.info("data: \(dataset.summary)")
         if let text = dataset as? TextDataset, text.droppedValidationCharacters > 0 {
@@ -109,6 +153,10 @@ public final class Trainer {
 
         // Identical replicas: rank 0's initialization, broadcast, then verified.
         net.initializeParameters(seed: config.seed, settings: config.model.initialization)
+        if let from = config.model.initFrom {
+            try Job.collectively(comm) { if comm.rank == 0 { try loadParameters(from: from, into: net) } }
+            console.info("parameters: loaded from \(from)")
+        }
         try comm.broadcast(net.parameters.buffer, root: 0)
         try verifyReplicas(step: 0)
 
@@ -179,10 +227,12 @@ public final class Trainer {
                 var line = String(format: "step %d/%d | loss %.4f | grad norm %.4f | lr %.3g | %.1f ms/step | %.0f %@",
                                   step, steps, lastLoss, norm, lr, stepTime * 1000, perSecond, text ? "tok/s" : "samples/s")
                 if evalNow, let v = validation { line += String(format: " | val loss %.4f", v) }
+                if evalNow, !text, let acc = validationAccuracy { line += String(format: " | val acc %.1f%%", acc * 100) }
                 console.info(line)
                 var record: [(String, Any?)] = [("step", step), ("loss", lastLoss), ("grad_norm", norm), ("lr", lr),
                                                 ("step_time", stepTime), (text ? "tokens_per_s" : "samples_per_s", perSecond),
-                                                ("elapsed", now - runStart), ("val_loss", evalNow ? validation : nil)]
+                                                ("elapsed", now - runStart), ("val_loss", evalNow ? validation : nil),
+                                                ("val_accuracy", evalNow ? validationAccuracy : nil)]
                 if let d = diagnostics {
                     console.info("  " + describe(d))
                     record.append(("diagnostics", [("grad_norms", tensorGradNorms.map { ($0.name, $0.norm as Any?) }),
@@ -251,8 +301,9 @@ public final class Trainer {
             stats += network.loss(dataset.validationBatch(i..<j))
             i = j
         }
-        var sums = [stats.sum, Double(stats.count)]
+        var sums = [stats.sum, Double(stats.count), Double(stats.correct)]
         try comm.allreduceSum(&sums)
+        validationAccuracy = network.spec.loss == .crossEntropy ? sums[2] / sums[1] : nil
         return sums[0] / sums[1]
     }
 
@@ -262,8 +313,11 @@ public final class Trainer {
             return String(format: "validation: loss %.4f nats/char, perplexity %.3f, %.4f bits/char", v, exp(v), v / log(2))
         case let s as SeriesDataset:
             return String(format: "validation: MSE %.5f (normalized), RMSE %.5g in original units", v, v.squareRoot() * s.std)
-        default:
+        case is AddingProblem:
             return String(format: "validation: MSE %.5f (baseline 0.167 for the adding problem)", v)
+        default:
+            if let acc = validationAccuracy { return String(format: "validation: loss %.4f, accuracy %.2f%%", v, acc * 100) }
+            return String(format: "validation: MSE %.5f", v)
         }
     }
 

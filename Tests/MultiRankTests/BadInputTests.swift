@@ -91,9 +91,9 @@ final class BadInputTests: XCTestCase {
                           message: "\(dir)/s.csv:3: column 'value' has 'n/a', not a number")
     }
 
-    func testOptionOfAnotherOptimizer() throws {
-        try expectFailure(good(MPIRunner.tempDir()), sets: ["training.optimizer.beta1=0.8"],
-                          message: "training.optimizer.beta1: applies only when training.optimizer.name is adam or adamw (it is sgd)")
+    func testOptionOfAnotherDataKind() throws {
+        try expectFailure(good(MPIRunner.tempDir()), sets: ["data.column=value"],
+                          message: "data.column: applies only when data.kind is csv (it is synthetic)")
     }
 
     func testOutputDirectoryThatCannotBeCreated() throws {

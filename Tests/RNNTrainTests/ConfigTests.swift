@@ -63,17 +63,58 @@ final class ConfigTests: XCTestCase {
         XCTAssertEqual(error(minimal, ["training.optimizer.momentum=1"]), "--set: training.optimizer.momentum: expected a number >= 0.0 and < 1.0, got '1'")
         XCTAssertEqual(error(minimal, ["training.average_over_time=maybe"]), "--set: training.average_over_time: expected true or false, got 'maybe'")
         XCTAssertEqual(error(minimal + "\nmodel:\n  layers: [1, 2]\n"), "c.yaml:5: model.layers: expected a single value, got a list")
-        XCTAssertEqual(error(minimal + "\nmodel: 3\n"), "c.yaml:4: model: is a section, expected keys under it (cell, activation, leaky_slope, hidden_size, layers, output, initial_state, init)")
+        XCTAssertEqual(error(minimal + "\nmodel: 3\n"), "c.yaml:4: model: is a section, expected keys under it (cell, activation, leaky_slope, hidden_size, layers, output, initial_state, init, init_from)")
         XCTAssertEqual(error(minimal, ["model.hidden_size=null"]), "--set: model.hidden_size: expected an integer in 1...65536, got 'null'")
     }
 
     func testCrossKeyRules() {
-        XCTAssertEqual(error("seed: 1\n"), "c.yaml: data.kind: required (text, csv or synthetic)")
+        XCTAssertEqual(error("seed: 1\n"), "c.yaml: data.kind: required (text, csv, synthetic, npy or ts)")
         XCTAssertEqual(error("data:\n  kind: text\n"), "c.yaml: data.path: required when data.kind is text")
         XCTAssertEqual(error("data:\n  kind: text\n  path: a\n  length: 3\n"), "c.yaml: data.length: applies only when data.kind is synthetic (it is text)")
         XCTAssertEqual(error("data: {kind: text, path: a}\ntraining: {loss: mse}\n"), "c.yaml: training.loss: text data predicts characters: use cross_entropy")
         XCTAssertEqual(error(minimal + "\nmodel: {output: every_step}\n"), "c.yaml: model.output: the adding problem has one target per sequence: use last_step")
-        XCTAssertEqual(error(minimal + "\n  path: x\n"), "c.yaml: data.path: applies only when data.kind is text or csv (it is synthetic)")
+        XCTAssertEqual(error(minimal + "\n  path: x\n"), "c.yaml: data.path: applies only when data.kind is text or csv or ts (it is synthetic)")
+    }
+
+    /// Settings of another optimizer or schedule are ignored with a warning (a --set of the name
+    /// leaves them behind); they do not change the run.
+    func testSettingsOfAnotherOptimizerAreIgnoredWithAWarning() throws {
+        let c = try parse(minimal + "\ntraining:\n  optimizer: {name: sgd, momentum: 0.9}\n", ["training.optimizer.name=adam"])
+        XCTAssertEqual(c.training.optimizer.kind, .adam)
+        XCTAssertEqual(c.training.optimizer.momentum, 0)
+        XCTAssertEqual(c.training.learningRate, 1e-3)  // PyTorch's Adam default
+        XCTAssertEqual(c.warnings, ["c.yaml: training.optimizer.momentum: ignored: applies only when training.optimizer.name is sgd or rmsprop (it is adam)"])
+        XCTAssertEqual(try parse(minimal).warnings, [])
+    }
+
+    func testOptimizerAndScheduleDefaultsArePyTorchs() throws {
+        let adamw = try parse(minimal, ["training.optimizer.name=adamw"]).training
+        XCTAssertEqual(adamw.optimizer.weightDecay, 0.01)
+        XCTAssertEqual(adamw.optimizer.beta2, 0.999)
+        XCTAssertEqual(adamw.optimizer.resolvedEps, 1e-8)
+        let adagrad = try parse(minimal, ["training.optimizer.name=adagrad"]).training
+        XCTAssertEqual(adagrad.learningRate, 0.01)
+        XCTAssertEqual(adagrad.optimizer.resolvedEps, 1e-10)
+        let plateau = try parse(minimal, ["training.schedule.name=plateau"]).training.schedule
+        XCTAssertEqual(plateau, .plateau(factor: 0.1, patience: 10, threshold: 1e-4, cooldown: 0, minLR: 0))
+        XCTAssertEqual(error(minimal, ["training.schedule.name=step"]), "c.yaml: training.schedule.step_size: required for the step schedule")
+        XCTAssertEqual(try parse(minimal, ["training.schedule.name=cosine", "training.schedule.warmup_steps=5", "training.steps=50"]).training.schedule,
+                       .cosine(warmup: 5, total: 50, minLR: 0))
+        XCTAssertEqual(error(minimal, ["training.optimizer.nesterov=true"]), "c.yaml: training.optimizer.nesterov: needs momentum > 0 and dampening 0 (as in PyTorch)")
+    }
+
+    func testDataKindsFromFiles() throws {
+        let ts = try parse("data: {kind: ts, path: a.ts}\n")
+        XCTAssertEqual(ts.training.loss, .crossEntropy)
+        XCTAssertEqual(ts.model.output, .lastStep)
+        let npy = try parse("data: {kind: npy, inputs: x.npy, targets: y.npy}\n")
+        XCTAssertNil(npy.training.loss)  // from the arrays
+        XCTAssertEqual(npy.data.validationFraction, 0.1)
+        XCTAssertEqual(error("data: {kind: npy, inputs: x.npy}\n"), "c.yaml: data.targets: required when data.kind is npy")
+        XCTAssertEqual(error("data: {kind: npy, inputs: x.npy, targets: y.npy}\ntraining: {sequence_length: 5}\n"),
+                       "c.yaml: training.sequence_length: comes from the data when data.kind is npy; remove it")
+        XCTAssertEqual(error("data: {kind: npy, inputs: x.npy, targets: y.npy, validation_inputs: v.npy}\n"),
+                       "c.yaml: data.validation_targets: give both validation_inputs and validation_targets, or neither")
     }
 
     func testMalformedYAMLAndDuplicates() {

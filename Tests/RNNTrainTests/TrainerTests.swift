@@ -60,6 +60,55 @@ final class TrainerTests: XCTestCase {
         XCTAssertTrue(s.unicodeScalars.allSatisfy { "abcd\n".unicodeScalars.contains($0) })
     }
 
+    static var root: URL { URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent() }
+
+    /// The vanishing-gradient story in one test: on the adding problem at length 50 the tanh RNN
+    /// stays at the 0.167 baseline while LSTM and GRU learn it (CI-sized: 1000 Adam steps;
+    /// docs/EXPERIMENTS.md has the longer runs).
+    func testGatedCellsLearnTheLongAddingProblemAndTheTanhRNNDoesNot() throws {
+        let yaml = try String(contentsOfFile: Self.root.appendingPathComponent("configs/adding.yaml").path, encoding: .utf8)
+        var results: [String: Double] = [:]
+        for cell in ["rnn", "lstm", "gru"] {
+            var sets = ["model.cell=\(cell)", "data.length=50", "training.optimizer.name=adam", "training.optimizer.learning_rate=0.01",
+                        "training.steps=1000", "training.threads=1", "training.eval_samples=500"]
+            if cell == "lstm" { sets.append("model.init.forget_bias=1") }
+            results[cell] = try XCTUnwrap(train(yaml, sets).0.validationLoss)
+        }
+        XCTAssertGreaterThan(results["rnn"]!, 0.12, "\(results)")
+        XCTAssertLessThan(results["lstm"]!, 0.03, "\(results)")
+        XCTAssertLessThan(results["gru"]!, 0.03, "\(results)")
+    }
+
+    /// Many-to-one classification of the BasicMotions activity recordings (6 channels, 100 steps).
+    func testBasicMotionsClassification() throws {
+        let yaml = try String(contentsOfFile: Self.root.appendingPathComponent("configs/basicmotions-lstm.yaml").path, encoding: .utf8)
+            .replacingOccurrences(of: "../shared/data/", with: Self.root.deletingLastPathComponent().appendingPathComponent("shared/data").path + "/")
+        let (result, trainer) = try train(yaml, ["training.threads=1"])
+        XCTAssertLessThan(try XCTUnwrap(result.validationLoss), 0.5)
+        XCTAssertGreaterThan(try XCTUnwrap(trainer.validationAccuracy), 0.8)
+    }
+
+    func testInitFromLoadsByNameAndRejectsMismatches() throws {
+        let base = "data: {kind: synthetic, length: 5}\nmodel: {cell: gru, hidden_size: 6, layers: 2}\ntraining: {steps: 5, global_batch_size: 4}\n"
+        let (_, first) = try train(base)
+        let saved = first.config.output.directory + "/model.safetensors"
+        let (again, second) = try train(base, ["model.init_from=\(saved)", "training.steps=0"])
+        XCTAssertEqual(second.network.parameters.array, first.network.parameters.array)
+        XCTAssertEqual(again.parameterChecksum, first.network.parameters.checksum())
+        XCTAssertThrowsError(try train(base, ["model.init_from=\(saved)", "model.hidden_size=7"])) {
+            XCTAssertTrue("\($0)".contains("tensor 'rnn.weight_ih_l0' has shape [18, 2], this model needs [21, 2]"), "\($0)")
+        }
+        XCTAssertThrowsError(try train(base, ["model.init_from=\(saved)", "model.layers=3"])) {
+            XCTAssertTrue("\($0)".contains("no tensor 'rnn.weight_ih_l2'"), "\($0)")
+        }
+        XCTAssertThrowsError(try train(base, ["model.init_from=\(saved)", "model.layers=1"])) {
+            XCTAssertTrue("\($0)".contains("tensor 'rnn.bias_hh_l1' [18] is not a parameter of this model"), "\($0)")
+        }
+        XCTAssertThrowsError(try train(base, ["model.init_from=/nonexistent.safetensors"])) {
+            XCTAssertTrue("\($0)".contains("model.init_from: /nonexistent.safetensors: no such file"), "\($0)")
+        }
+    }
+
     func testGlobalBatchSmallerThanRanksIsAnError() throws {
         // A communicator that claims 4 ranks; the check happens before any collective.
         final class FourRanks: Communicator {

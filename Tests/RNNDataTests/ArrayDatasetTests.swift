@@ -1,0 +1,142 @@
+import Foundation
+import XCTest
+import RNN
+@testable import RNNData
+
+final class NumpyTests: XCTestCase {
+    func testRoundTripAndHeader() throws {
+        let a = NumpyArray(shape: [2, 3], values: .float([1, 2, 3, 4, 5, -6]))
+        let bytes = a.encoded()
+        XCTAssertEqual(bytes.count % 64, 24 % 64)  // 64-byte aligned header, 24 bytes of data
+        XCTAssertEqual(try NumpyArray.parse(bytes), a)
+        let b = NumpyArray(shape: [4], values: .int([0, -1, 7, 2]))
+        XCTAssertEqual(try NumpyArray.parse(b.encoded()), b)
+    }
+
+    /// A file written by numpy itself (np.save of np.arange(6, dtype='<i8').reshape(2, 3) and of a
+    /// float64 array), bytes spelled out: int64 and float64 are converted.
+    func testNumpyWrittenInt64AndFloat64() throws {
+        func npy(_ descr: String, _ shape: String, _ payload: [UInt8]) -> [UInt8] {
+            var header = "{'descr': '\(descr)', 'fortran_order': False, 'shape': \(shape), }"
+            while (10 + header.count + 1) % 64 != 0 { header += " " }
+            header += "\n"
+            return [0x93] + Array("NUMPY".utf8) + [1, 0, UInt8(header.count), 0] + Array(header.utf8) + payload
+        }
+        var ints: [UInt8] = []
+        for v in 0..<6 { withUnsafeBytes(of: Int64(v).littleEndian) { ints += $0 } }
+        XCTAssertEqual(try NumpyArray.parse(npy("<i8", "(2, 3)", ints)), NumpyArray(shape: [2, 3], values: .int([0, 1, 2, 3, 4, 5])))
+        var doubles: [UInt8] = []
+        for v in [0.5, -2.25] { withUnsafeBytes(of: v.bitPattern.littleEndian) { doubles += $0 } }
+        XCTAssertEqual(try NumpyArray.parse(npy("<f8", "(2,)", doubles)), NumpyArray(shape: [2], values: .float([0.5, -2.25])))
+    }
+
+    func testRejectsBadFiles() {
+        let good = NumpyArray(shape: [2, 3], values: .float([1, 2, 3, 4, 5, 6])).encoded()
+        XCTAssertThrowsError(try NumpyArray.parse(Array(good.dropLast(4)))) { XCTAssertTrue("\($0)".contains("data shorter"), "\($0)") }
+        XCTAssertThrowsError(try NumpyArray.parse([1, 2, 3]))
+        var complex = good
+        let at = (0..<(good.count - 3)).first { Array(good[$0..<($0 + 3)]) == Array("<f4".utf8) }!
+        complex.replaceSubrange(at..<(at + 3), with: Array("<c8".utf8))
+        XCTAssertThrowsError(try NumpyArray.parse(complex)) { XCTAssertTrue("\($0)".contains("unsupported dtype '<c8'"), "\($0)") }
+    }
+}
+
+final class ArrayDatasetTests: XCTestCase {
+    func write(_ a: NumpyArray, _ name: String, in dir: String) -> String {
+        let path = "\(dir)/\(name)"
+        _ = FileManager.default.createFile(atPath: path, contents: Data(a.encoded()))
+        return path
+    }
+
+    func dir() -> String {
+        let d = FileManager.default.temporaryDirectory.appendingPathComponent("rnn-dp-npy-\(UUID().uuidString)").path
+        try! FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
+        return d
+    }
+
+    /// shuffle: false means step k uses samples k*B .. k*B+B-1 (mod N), in file order.
+    func testSequentialOrderAndShapesForTokenInput() throws {
+        let d = dir()
+        let N = 5, T = 3
+        let x = write(NumpyArray(shape: [N, T], values: .int((0..<(N * T)).map { Int32($0 % 7) })), "x.npy", in: d)
+        let y = write(NumpyArray(shape: [N, T], values: .int((0..<(N * T)).map { Int32(($0 + 1) % 7) })), "y.npy", in: d)
+        let ds = try ArrayDataset.fromNumpy(inputs: x, targets: y, validationInputs: nil, validationTargets: nil, validationFraction: 0,
+                                            shuffle: false, seed: 1, maxValidation: 10, vocabulary: nil, classes: nil)
+        XCTAssertEqual(ds.input, .tokens(vocabulary: 7))
+        XCTAssertEqual(ds.outputSize, 7)
+        XCTAssertEqual(ds.output, .everyStep)
+        XCTAssertEqual(ds.loss, .crossEntropy)
+        // Step 1 with B = 4: samples 4, 0, 1, 2.
+        let b = ds.trainingBatch(step: 1, globalBatch: 4, rows: 0..<4)
+        let firstTokens = (0..<4).map { b.tokens[$0] }  // t = 0 of each sample
+        XCTAssertEqual(firstTokens, [4 * 3 % 7, 0, 3, 6].map(Int32.init))
+        let part = ds.trainingBatch(step: 1, globalBatch: 4, rows: 2..<4)
+        XCTAssertEqual((0..<2).map { part.tokens[$0] }, [3, 6])
+    }
+
+    func testShuffledEpochsArePermutations() throws {
+        let d = dir()
+        let N = 6
+        let x = write(NumpyArray(shape: [N, 2, 1], values: .float((0..<(N * 2)).map { Float($0 / 2) })), "x.npy", in: d)
+        let y = write(NumpyArray(shape: [N], values: .float((0..<N).map { Float($0) })), "y.npy", in: d)
+        let ds = try ArrayDataset.fromNumpy(inputs: x, targets: y, validationInputs: nil, validationTargets: nil, validationFraction: 0,
+                                            shuffle: true, seed: 3, maxValidation: 0, vocabulary: nil, classes: nil)
+        XCTAssertEqual(ds.output, .lastStep)
+        XCTAssertEqual(ds.loss, .mse)
+        // Three steps of B = 4 cover two epochs: each epoch visits every sample once.
+        var seen: [Int] = []
+        for step in 0..<3 { seen += ds.trainingBatch(step: step, globalBatch: 4, rows: 0..<4).targetValues.map { Int($0) } }
+        XCTAssertEqual(Set(seen[0..<6]), Set(0..<6))
+        XCTAssertEqual(Set(seen[6..<12]), Set(0..<6))
+        XCTAssertNotEqual(seen[0..<6].map { $0 }, Array(0..<6), "shuffled")
+    }
+
+    func testValidationFractionAndShapeErrors() throws {
+        let d = dir()
+        let x = write(NumpyArray(shape: [10, 4, 2], values: .float([Float](repeating: 0.5, count: 80))), "x.npy", in: d)
+        let y = write(NumpyArray(shape: [10, 4, 3], values: .float([Float](repeating: 1, count: 120))), "y.npy", in: d)
+        let ds = try ArrayDataset.fromNumpy(inputs: x, targets: y, validationInputs: nil, validationTargets: nil, validationFraction: 0.2,
+                                            shuffle: true, seed: 1, maxValidation: 100, vocabulary: nil, classes: nil)
+        XCTAssertEqual(ds.train.count, 8)
+        XCTAssertEqual(ds.validationCount, 2)
+        XCTAssertEqual(ds.outputSize, 3)
+        XCTAssertEqual(ds.validationBatch(0..<2).targetValues.count, 4 * 2 * 3)
+        let wrongN = write(NumpyArray(shape: [9], values: .int([Int32](repeating: 0, count: 9))), "wn.npy", in: d)
+        XCTAssertThrowsError(try ArrayDataset.fromNumpy(inputs: x, targets: wrongN, validationInputs: nil, validationTargets: nil, validationFraction: 0,
+                                                        shuffle: true, seed: 1, maxValidation: 0, vocabulary: nil, classes: nil)) {
+            XCTAssertTrue("\($0)".contains("has 9 samples, inputs have 10"), "\($0)")
+        }
+        let ids = write(NumpyArray(shape: [2, 3], values: .int([0, 1, 2, 3, 4, 9])), "ids.npy", in: d)
+        let cls = write(NumpyArray(shape: [2], values: .int([0, 1])), "cls.npy", in: d)
+        XCTAssertThrowsError(try ArrayDataset.fromNumpy(inputs: ids, targets: cls, validationInputs: nil, validationTargets: nil, validationFraction: 0,
+                                                        shuffle: true, seed: 1, maxValidation: 0, vocabulary: 5, classes: nil)) {
+            XCTAssertTrue("\($0)".contains("token id 9 outside 0..<5"), "\($0)")
+        }
+    }
+
+    func testBasicMotionsTSFiles() throws {
+        let ds = try ArrayDataset.fromTS(path: sharedData("BasicMotions_TRAIN.ts"), validationPath: sharedData("BasicMotions_TEST.ts"),
+                                         shuffle: true, seed: 1, maxValidation: 1000)
+        XCTAssertEqual(ds.train.count, 40)
+        XCTAssertEqual(ds.validationCount, 40)
+        XCTAssertEqual(ds.steps, 100)
+        XCTAssertEqual(ds.input, .dense(features: 6))
+        XCTAssertEqual(ds.outputSize, 4)
+        XCTAssertEqual(ds.classNames, ["Standing", "Running", "Walking", "Badminton"])
+        // Channels are z-scored with the training statistics.
+        guard case .features(let f, let w) = ds.train.inputs else { return XCTFail() }
+        for c in 0..<w {
+            let v = stride(from: c, to: f.count, by: w).map { Double(f[$0]) }
+            XCTAssertEqual(v.reduce(0, +) / Double(v.count), 0, accuracy: 1e-4)
+        }
+        let b = ds.validationBatch(0..<40)
+        XCTAssertEqual(Set(b.targetClasses), Set([0, 1, 2, 3]))
+    }
+
+    func testTSErrors() {
+        let path = temporaryFile("@classLabel true a b\n@data\n1,2,3:4,5,6:a\n1,2:3,4:b\n", name: "x.ts")
+        XCTAssertThrowsError(try ArrayDataset.readTS(path: path)) { XCTAssertTrue("\($0)".contains("x.ts:4: every sequence needs 2 dimensions of 3 values"), "\($0)") }
+        let bad = temporaryFile("@classLabel true a b\n@data\n1,2,3:4,5,6:c\n", name: "y.ts")
+        XCTAssertThrowsError(try ArrayDataset.readTS(path: bad)) { XCTAssertTrue("\($0)".contains("y.ts:3: expected dimensions separated by ':' and a class label"), "\($0)") }
+    }
+}
