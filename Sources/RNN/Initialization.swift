@@ -69,7 +69,8 @@ extension Network {
                     parameters[l.bhh.offset + j] = 0
                 }
             }
-            for v in [l.h0, l.c0].compactMap({ $0 }) { for i in v.range { parameters[i] = 0 } }
+            for v in [l.h0, l.c0, l.lnBias, l.bnBias].compactMap({ $0 }) { for i in v.range { parameters[i] = 0 } }
+            for v in [l.lnWeight, l.bnWeight].compactMap({ $0 }) { for i in v.range { parameters[i] = 1 } }
         }
         fill(layout.headWeight, settings.headWeights)
         for i in layout.headBias.range { parameters[i] = settings.zeroBiases ? 0 : S((rng.nextDouble() * 2 - 1) * bound) }

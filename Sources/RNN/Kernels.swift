@@ -197,3 +197,150 @@ enum Kernels {
         return acc == 0
     }
 }
+
+// MARK: normalization
+
+/// Normalization kernels. Layer norm normalizes each block of H values of a row (one gate of one
+/// sample at one step) over those H values; batch norm normalizes each column over all rows of the
+/// (global) batch. eps = 1e-5 as in PyTorch.
+extension Kernels {
+    static let normEps = 1e-5
+
+    /// sum[j] += sum_r x[r, j], sumsq[j] += sum_r x[r, j]^2 (in Double).
+    static func columnMoments<S: BinaryFloatingPoint>(_ x: UnsafePointer<S>, _ rows: Int, _ cols: Int, _ sum: UnsafeMutablePointer<Double>, _ sumsq: UnsafeMutablePointer<Double>) {
+        for r in 0..<rows {
+            let row = x + r &* cols
+            for j in 0..<cols { let v = Double(row[j]); sum[j] += v; sumsq[j] += v * v }
+        }
+    }
+
+    /// x <- gamma * (x - mean) * rstd + beta per column; xhat <- (x - mean) * rstd.
+    static func batchNormApply<S: BinaryFloatingPoint>(_ x: UnsafeMutablePointer<S>, _ rows: Int, _ cols: Int, _ mean: UnsafePointer<Double>, _ rstd: UnsafePointer<Double>, _ gamma: UnsafePointer<S>, _ beta: UnsafePointer<S>, _ xhat: UnsafeMutablePointer<S>) {
+        for r in 0..<rows {
+            let row = x + r &* cols, hat = xhat + r &* cols
+            for j in 0..<cols {
+                let h = S((Double(row[j]) - mean[j]) * rstd[j])
+                hat[j] = h
+                row[j] = gamma[j] * h + beta[j]
+            }
+        }
+    }
+
+    /// sumDy[j] += sum_r dy[r, j], sumDyXhat[j] += sum_r dy[r, j] xhat[r, j].
+    static func batchNormBackwardSums<S: BinaryFloatingPoint>(_ dy: UnsafePointer<S>, _ xhat: UnsafePointer<S>, _ rows: Int, _ cols: Int, _ sumDy: UnsafeMutablePointer<Double>, _ sumDyXhat: UnsafeMutablePointer<Double>) {
+        for r in 0..<rows {
+            let d = dy + r &* cols, h = xhat + r &* cols
+            for j in 0..<cols { sumDy[j] += Double(d[j]); sumDyXhat[j] += Double(d[j]) * Double(h[j]) }
+        }
+    }
+
+    /// dx = gamma * rstd * (dy - meanDy - xhat * meanDyXhat), in place over dy.
+    static func batchNormBackwardApply<S: BinaryFloatingPoint>(_ dy: UnsafeMutablePointer<S>, _ xhat: UnsafePointer<S>, _ rows: Int, _ cols: Int, _ gamma: UnsafePointer<S>, _ rstd: UnsafePointer<Double>, _ meanDy: UnsafePointer<Double>, _ meanDyXhat: UnsafePointer<Double>) {
+        for r in 0..<rows {
+            let d = dy + r &* cols, h = xhat + r &* cols
+            for j in 0..<cols {
+                d[j] = S(Double(gamma[j]) * rstd[j] * (Double(d[j]) - meanDy[j] - Double(h[j]) * meanDyXhat[j]))
+            }
+        }
+    }
+
+    /// Layer norm of one block of n values at z (stride 1): z <- gamma * xhat + beta.
+    @inline(__always)
+    static func layerNormBlock<S: BinaryFloatingPoint>(_ z: UnsafeMutablePointer<S>, _ n: Int, _ gamma: UnsafePointer<S>, _ beta: UnsafePointer<S>, _ xhat: UnsafeMutablePointer<S>) -> S {
+        var mean = 0.0
+        for j in 0..<n { mean += Double(z[j]) }
+        mean /= Double(n)
+        var v = 0.0
+        for j in 0..<n { let d = Double(z[j]) - mean; v += d * d }
+        let rstd = 1 / (v / Double(n) + normEps).squareRoot()
+        for j in 0..<n {
+            let h = S((Double(z[j]) - mean) * rstd)
+            xhat[j] = h
+            z[j] = gamma[j] * h + beta[j]
+        }
+        return S(rstd)
+    }
+
+    /// The backward twin of layerNormBlock: d (gradient w.r.t. the output) becomes the gradient
+    /// w.r.t. the input; dgamma += d * xhat, dbeta += d.
+    @inline(__always)
+    static func layerNormBlockBackward<S: BinaryFloatingPoint>(_ d: UnsafeMutablePointer<S>, _ n: Int, _ xhat: UnsafePointer<S>, _ rstd: S, _ gamma: UnsafePointer<S>, _ dgamma: UnsafeMutablePointer<S>, _ dbeta: UnsafeMutablePointer<S>) {
+        var meanG = 0.0, meanGX = 0.0
+        for j in 0..<n {
+            dgamma[j] += d[j] * xhat[j]
+            dbeta[j] += d[j]
+            let g = Double(d[j]) * Double(gamma[j])
+            meanG += g
+            meanGX += g * Double(xhat[j])
+        }
+        meanG /= Double(n)
+        meanGX /= Double(n)
+        let rs = Double(rstd)
+        for j in 0..<n {
+            d[j] = S(rs * (Double(d[j]) * Double(gamma[j]) - meanG - Double(xhat[j]) * meanGX))
+        }
+    }
+
+    /// Layer norm over each of the `blocks` blocks of H values in every row of z (rows, blocks*H).
+    static func layerNormForward<S: BinaryFloatingPoint>(_ z: UnsafeMutablePointer<S>, _ rows: Int, _ blocks: Int, _ H: Int, _ gamma: UnsafePointer<S>, _ beta: UnsafePointer<S>, _ xhat: UnsafeMutablePointer<S>, _ rstd: UnsafeMutablePointer<S>) {
+        for r in 0..<rows {
+            for g in 0..<blocks {
+                let off = (r &* blocks &+ g) &* H
+                rstd[r &* blocks &+ g] = layerNormBlock(z + off, H, gamma + g &* H, beta + g &* H, xhat + off)
+            }
+        }
+    }
+
+    static func layerNormBackward<S: BinaryFloatingPoint>(_ d: UnsafeMutablePointer<S>, _ rows: Int, _ blocks: Int, _ H: Int, _ xhat: UnsafePointer<S>, _ rstd: UnsafePointer<S>, _ gamma: UnsafePointer<S>, _ dgamma: UnsafeMutablePointer<S>, _ dbeta: UnsafeMutablePointer<S>) {
+        for r in 0..<rows {
+            for g in 0..<blocks {
+                let off = (r &* blocks &+ g) &* H
+                layerNormBlockBackward(d + off, H, xhat + off, rstd[r &* blocks &+ g], gamma + g &* H, dgamma + g &* H, dbeta + g &* H)
+            }
+        }
+    }
+
+    /// GRU step with layer norm on the pre-activations of r and z (x + hh) and of n
+    /// (x_n + r * hh_n). Same buffers as gruForward plus xhat (B, 3H) and rstd (B, 3).
+    static func gruForwardLN<S: BinaryFloatingPoint & ElementaryFunctions>(_ gates: UnsafeMutablePointer<S>, _ hh: UnsafePointer<S>, _ hPrev: UnsafePointer<S>, _ h: UnsafeMutablePointer<S>, _ hn: UnsafeMutablePointer<S>, _ rows: Int, _ H: Int, _ gamma: UnsafePointer<S>, _ beta: UnsafePointer<S>, _ xhat: UnsafeMutablePointer<S>, _ rstd: UnsafeMutablePointer<S>) {
+        for b in 0..<rows {
+            let x = gates + b &* 3 &* H, u = hh + b &* 3 &* H, xh = xhat + b &* 3 &* H
+            let hp = hPrev + b &* H, hb = h + b &* H, hnb = hn + b &* H
+            for j in 0..<(2 &* H) { x[j] += u[j] }
+            rstd[b &* 3] = layerNormBlock(x, H, gamma, beta, xh)
+            rstd[b &* 3 &+ 1] = layerNormBlock(x + H, H, gamma + H, beta + H, xh + H)
+            for j in 0..<(2 &* H) { x[j] = sigmoid(x[j]) }
+            for j in 0..<H { hnb[j] = u[2 &* H &+ j]; x[2 &* H &+ j] += x[j] * hnb[j] }
+            rstd[b &* 3 &+ 2] = layerNormBlock(x + 2 &* H, H, gamma + 2 &* H, beta + 2 &* H, xh + 2 &* H)
+            for j in 0..<H {
+                let n = S.tanhf(x[2 &* H &+ j])
+                x[2 &* H &+ j] = n
+                let z = x[H &+ j]
+                hb[j] = (1 - z) * n + z * hp[j]
+            }
+        }
+    }
+
+    /// The backward twin of gruForwardLN.
+    static func gruBackwardLN<S: BinaryFloatingPoint & ElementaryFunctions>(_ dh: UnsafePointer<S>, _ gates: UnsafePointer<S>, _ hn: UnsafePointer<S>, _ hPrev: UnsafePointer<S>, _ dxi: UnsafeMutablePointer<S>, _ dhh: UnsafeMutablePointer<S>, _ dhPrev: UnsafeMutablePointer<S>, _ rows: Int, _ H: Int, _ gamma: UnsafePointer<S>, _ xhat: UnsafePointer<S>, _ rstd: UnsafePointer<S>, _ dgamma: UnsafeMutablePointer<S>, _ dbeta: UnsafeMutablePointer<S>) {
+        for b in 0..<rows {
+            let a = gates + b &* 3 &* H, dx = dxi + b &* 3 &* H, du = dhh + b &* 3 &* H, xh = xhat + b &* 3 &* H
+            let dhb = dh + b &* H, hnb = hn + b &* H, hp = hPrev + b &* H, dhp = dhPrev + b &* H
+            for j in 0..<H {
+                let z = a[H &+ j], n = a[2 &* H &+ j], d = dhb[j]
+                dx[2 &* H &+ j] = d * (1 - z) * (1 - n * n)  // d(normalized n pre-activation)
+                dx[H &+ j] = d * (hp[j] - n) * z * (1 - z)  // d(normalized z pre-activation)
+                dhp[j] += d * z
+            }
+            layerNormBlockBackward(dx + 2 &* H, H, xh + 2 &* H, rstd[b &* 3 &+ 2], gamma + 2 &* H, dgamma + 2 &* H, dbeta + 2 &* H)
+            for j in 0..<H {
+                let r = a[j], dn = dx[2 &* H &+ j]
+                du[2 &* H &+ j] = dn * r
+                dx[j] = dn * hnb[j] * r * (1 - r)  // d(normalized r pre-activation)
+            }
+            layerNormBlockBackward(dx, H, xh, rstd[b &* 3], gamma, dgamma, dbeta)
+            layerNormBlockBackward(dx + H, H, xh + H, rstd[b &* 3 &+ 1], gamma + H, dgamma + H, dbeta + H)
+            for j in 0..<(2 &* H) { du[j] = dx[j] }
+        }
+    }
+}

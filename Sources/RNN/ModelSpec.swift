@@ -71,6 +71,14 @@ public struct ModelSpec: Equatable, Sendable {
     /// The initial state is a trained parameter per layer (rnn.h0_l{k}, and rnn.c0_l{k} for
     /// LSTM), shared by every sample, instead of zeros.
     public var learnedInitialState = false
+    /// Layer normalization of the gate pre-activations inside the cells, per sample and step,
+    /// over the H units of each gate (rnn.ln_weight_l{k}, rnn.ln_bias_l{k}, (G*H) each).
+    /// GRU: on r and z's pre-activations and on n's, x_n + r * (W_hn h + b_hn).
+    public var layerNorm = false
+    /// Batch normalization of the input-to-hidden pre-activations W_ih x (Laurent et al. 2016,
+    /// sequence-wise: statistics over all steps and samples of the global batch), with
+    /// rnn.bn_weight_l{k}, rnn.bn_bias_l{k} (G*H) and running statistics for evaluation.
+    public var batchNorm = false
 
     public init(cell: CellKind = .rnn, activation: Activation = .tanh, input: InputKind, hiddenSize: Int,
                 layers: Int = 1, outputSize: Int, output: OutputMode = .everyStep, loss: LossKind,

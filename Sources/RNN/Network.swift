@@ -28,11 +28,18 @@ public final class Network<S: RNNScalar> {
         var gates: Buffer<S>  // (T, B, G*H): LSTM i,f,g,o / GRU r,z,n activations (empty for Elman)
         var cell: Buffer<S>  // (T, B, H): LSTM c_t (empty otherwise)
         var hn: Buffer<S>  // (T, B, H): GRU W_hn h_{t-1} + b_hn (empty otherwise)
-        init(_ tb: Int, _ H: Int, _ cell: CellKind) {
+        var lnHat: Buffer<S>  // (T, B, G*H): layer norm's normalized pre-activations
+        var lnRstd: Buffer<S>  // (T, B, G): their 1/std
+        var bnHat: Buffer<S>  // (T, B, G*H): batch norm's normalized input projections
+        init(_ tb: Int, _ H: Int, _ spec: ModelSpec) {
+            let cell = spec.cell, G = cell.gates
             h = Buffer(count: tb * H)
-            gates = Buffer(count: cell == .rnn ? 0 : tb * cell.gates * H)
+            gates = Buffer(count: cell == .rnn ? 0 : tb * G * H)
             self.cell = Buffer(count: cell == .lstm ? tb * H : 0)
             hn = Buffer(count: cell == .gru ? tb * H : 0)
+            lnHat = Buffer(count: spec.layerNorm ? tb * G * H : 0)
+            lnRstd = Buffer(count: spec.layerNorm ? tb * G : 0)
+            bnHat = Buffer(count: spec.batchNorm ? tb * G * H : 0)
         }
     }
 
@@ -61,11 +68,32 @@ public final class Network<S: RNNScalar> {
     public var collectDiagnostics = false
     public private(set) var dhNormSquares: [Double] = []
 
+    /// Batch norm's running statistics (L, 2, G*H): mean, then (unbiased) variance, updated with
+    /// momentum 0.1 by every `lossAndGradient` and used by evaluation (PyTorch's BatchNorm rules).
+    /// Identical on every rank, since they come from the global batch's statistics.
+    public let runningStatistics: Buffer<S>
+    public static var batchNormMomentum: Double { 0.1 }
+
+    /// Sums a vector over all ranks in place (an allreduce), for the statistics batch norm needs
+    /// from the global batch. nil: this process holds the whole batch. Set by the trainer; the
+    /// numerics stay free of MPI.
+    public var reduceAcrossRanks: ((UnsafeMutableBufferPointer<Double>) -> Void)?
+
+    // Batch norm's per-layer statistics of the latest forward: mean and 1/std, (G*H) each.
+    private var bnMean: [[Double]] = []
+    private var bnRstd: [[Double]] = []
+    private var training = false
+
     public init(spec: ModelSpec) {
         self.spec = spec
         layout = ParameterLayout(spec: spec)
         parameters = Buffer(count: layout.count)
         gradients = Buffer(count: layout.count)
+        let gh = spec.cell.gates * spec.hiddenSize
+        runningStatistics = Buffer(count: spec.batchNorm ? spec.layers * 2 * gh : 0)
+        for k in 0..<(spec.batchNorm ? spec.layers : 0) {
+            for j in 0..<gh { runningStatistics[(2 * k + 1) * gh + j] = 1 }
+        }
     }
 
     private var H: Int { spec.hiddenSize }
@@ -81,7 +109,7 @@ public final class Network<S: RNNScalar> {
         let need = steps * batch
         if need > capacity {
             capacity = need
-            store = (0..<spec.layers).map { _ in LayerStore(need, H, spec.cell) }
+            store = (0..<spec.layers).map { _ in LayerStore(need, H, spec) }
             delta = Buffer(count: need * H)
             deltaBelow = Buffer(count: need * H)
             dxi = Buffer(count: spec.cell == .rnn ? 0 : need * G * H)
@@ -118,7 +146,10 @@ public final class Network<S: RNNScalar> {
     /// - initialState: (L, C, B, H) state before step 0: h (and c for LSTM) of every layer, e.g.
     ///   `finalState` of the previous chunk. nil: the learned initial state if the model has one,
     ///   else zeros.
-    public func forward(_ batch: Batch, initialState: UnsafePointer<S>? = nil) {
+    /// - training: batch norm uses (and updates the running averages from) the global batch's
+    ///   statistics; otherwise its running statistics.
+    public func forward(_ batch: Batch, initialState: UnsafePointer<S>? = nil, training: Bool = false) {
+        self.training = training
         reserve(steps: batch.steps, batch: batch.batchSize)
         let TB = T * B
         setInitialState(initialState)
@@ -174,6 +205,7 @@ public final class Network<S: RNNScalar> {
             z.update(repeating: 0, count: TB * GH)
             S.gatherColumns(p(l.wih), ldw: V, cols: GH, tokens: tokens!, rows: TB, into: z)
         }
+        if spec.batchNorm { batchNormForward(k, z) }
         S.addBiasRows(z, rows: TB, cols: GH, p(l.bih), spec.cell == .gru ? nil : p(l.bhh))
         for t in 0..<T {
             let hPrev = t > 0 ? st.h.pointer + (t - 1) * B * H : s0(k, 0)  // (B, H)
@@ -182,10 +214,12 @@ public final class Network<S: RNNScalar> {
             case .rnn:
                 S.gemm(transA: false, transB: true, m: B, n: H, k: H, alpha: 1, a: hPrev, lda: H,
                        b: p(l.whh), ldb: H, beta: 1, c: zt, ldc: H)
+                if spec.layerNorm { layerNormStep(k, t, zt) }
                 S.activationForward(spec.activation, slope: slope, zt, B * H)
             case .lstm:
                 S.gemm(transA: false, transB: true, m: B, n: GH, k: H, alpha: 1, a: hPrev, lda: H,
                        b: p(l.whh), ldb: H, beta: 1, c: zt, ldc: GH)
+                if spec.layerNorm { layerNormStep(k, t, zt) }
                 let cPrev = t > 0 ? st.cell.pointer + (t - 1) * B * H : s0(k, 1)
                 S.lstmForward(gates: zt, cPrev: cPrev, c: st.cell.pointer + t * B * H, h: st.h.pointer + t * B * H,
                               rows: B, hidden: H)
@@ -193,10 +227,83 @@ public final class Network<S: RNNScalar> {
                 for b in 0..<B { (hh.pointer + b * GH).update(from: p(l.bhh), count: GH) }
                 S.gemm(transA: false, transB: true, m: B, n: GH, k: H, alpha: 1, a: hPrev, lda: H,
                        b: p(l.whh), ldb: H, beta: 1, c: hh.pointer, ldc: GH)
-                S.gruForward(gates: zt, hh: hh.pointer, hPrev: hPrev, h: st.h.pointer + t * B * H,
-                             hn: st.hn.pointer + t * B * H, rows: B, hidden: H)
+                if spec.layerNorm {
+                    S.gruForwardLN(gates: zt, hh: hh.pointer, hPrev: hPrev, h: st.h.pointer + t * B * H, hn: st.hn.pointer + t * B * H,
+                                   rows: B, hidden: H, gamma: p(l.lnWeight!), beta: p(l.lnBias!),
+                                   xhat: st.lnHat.pointer + t * B * GH, rstd: st.lnRstd.pointer + t * B * G)
+                } else {
+                    S.gruForward(gates: zt, hh: hh.pointer, hPrev: hPrev, h: st.h.pointer + t * B * H,
+                                 hn: st.hn.pointer + t * B * H, rows: B, hidden: H)
+                }
             }
         }
+    }
+
+    /// Layer norm of step t's gate pre-activations (B, G*H), one block per gate and sample.
+    private func layerNormStep(_ k: Int, _ t: Int, _ zt: UnsafeMutablePointer<S>) {
+        let l = layout.layer(k), st = store[k]
+        S.layerNormForward(zt, rows: B, blocks: G, hidden: H, gamma: p(l.lnWeight!), beta: p(l.lnBias!),
+                           xhat: st.lnHat.pointer + t * B * G * H, rstd: st.lnRstd.pointer + t * B * G)
+    }
+
+    /// Batch norm of layer k's input projection z (T*B, G*H), in place, before the biases.
+    /// Training: statistics of the global batch (one reduction of the column sums across ranks);
+    /// evaluation: the running statistics.
+    private func batchNormForward(_ k: Int, _ z: UnsafeMutablePointer<S>) {
+        let l = layout.layer(k)
+        let GH = G * H, rows = T * B
+        if bnMean.count != spec.layers { bnMean = Array(repeating: [], count: spec.layers); bnRstd = bnMean }
+        var mean = [Double](repeating: 0, count: GH), rstd = [Double](repeating: 0, count: GH)
+        if training {
+            var sums = [Double](repeating: 0, count: 2 * GH + 1)  // sum (G*H), sum of squares (G*H), rows
+            sums.withUnsafeMutableBufferPointer { b in
+                S.columnMoments(z, rows: rows, cols: GH, sum: b.baseAddress!, sumsq: b.baseAddress! + GH)
+                b[2 * GH] = Double(rows)
+                reduceAcrossRanks?(b)
+            }
+            let n = sums[2 * GH]
+            let m = Self.batchNormMomentum
+            for j in 0..<GH {
+                mean[j] = sums[j] / n
+                let variance = max(sums[GH + j] / n - mean[j] * mean[j], 0)
+                rstd[j] = 1 / (variance + Kernels.normEps).squareRoot()
+                let rm = (2 * k) * GH + j, rv = (2 * k + 1) * GH + j
+                runningStatistics[rm] = S((1 - m) * Double(runningStatistics[rm]) + m * mean[j])
+                runningStatistics[rv] = S((1 - m) * Double(runningStatistics[rv]) + m * variance * n / max(n - 1, 1))
+            }
+        } else {
+            for j in 0..<GH {
+                mean[j] = Double(runningStatistics[(2 * k) * GH + j])
+                rstd[j] = 1 / (Double(runningStatistics[(2 * k + 1) * GH + j]) + Kernels.normEps).squareRoot()
+            }
+        }
+        S.batchNormApply(z, rows: rows, cols: GH, mean: mean, rstd: rstd, gamma: p(l.bnWeight!), beta: p(l.bnBias!),
+                         xhat: store[k].bnHat.pointer)
+        bnMean[k] = mean
+        bnRstd[k] = rstd
+    }
+
+    /// The backward twin of batchNormForward (training statistics): dz (T*B, G*H), the gradient
+    /// w.r.t. the normalized output, becomes the gradient w.r.t. the projection, in place.
+    private func batchNormBackward(_ k: Int, _ dz: UnsafeMutablePointer<S>) {
+        let l = layout.layer(k)
+        let GH = G * H, rows = T * B
+        let hat = store[k].bnHat.pointer
+        // Local parameter gradients (summed across ranks with the rest of the gradient).
+        var sums = [Double](repeating: 0, count: 2 * GH + 1)  // sum dy, sum dy * xhat, rows
+        sums.withUnsafeMutableBufferPointer { b in
+            S.batchNormBackwardSums(dz, xhat: hat, rows: rows, cols: GH, sumDy: b.baseAddress!, sumDyXhat: b.baseAddress! + GH)
+            for j in 0..<GH {
+                gradients[l.bnBias!.offset + j] += S(b[j])
+                gradients[l.bnWeight!.offset + j] += S(b[GH + j])
+            }
+            b[2 * GH] = Double(rows)
+            reduceAcrossRanks?(b)
+        }
+        let n = sums[2 * GH]
+        let meanDy = (0..<GH).map { sums[$0] / n }, meanDyXhat = (0..<GH).map { sums[GH + $0] / n }
+        S.batchNormBackwardApply(dz, xhat: hat, rows: rows, cols: GH, gamma: p(l.bnWeight!), rstd: bnRstd[k],
+                                 meanDy: meanDy, meanDyXhat: meanDyXhat)
     }
 
     /// head (rows, O) = h_top W^T + b over every step or the last step.
@@ -231,8 +338,16 @@ public final class Network<S: RNNScalar> {
     // MARK: loss
 
     /// Forward pass and loss terms, without gradients (evaluation).
-    public func loss(_ batch: Batch, initialState: UnsafePointer<S>? = nil) -> LossStats {
-        forward(batch, initialState: initialState)
+    /// - batchStatistics: batch norm normalizes with this batch's statistics, as in training,
+    ///   without updating the running ones (for gradient checks); default: the running statistics.
+    public func loss(_ batch: Batch, initialState: UnsafePointer<S>? = nil, batchStatistics: Bool = false) -> LossStats {
+        if batchStatistics && spec.batchNorm {
+            let saved = runningStatistics.array
+            forward(batch, initialState: initialState, training: true)
+            for (i, v) in saved.enumerated() { runningStatistics[i] = v }
+        } else {
+            forward(batch, initialState: initialState)
+        }
         return applyLoss(batch, scale: 0)
     }
 
@@ -261,7 +376,7 @@ public final class Network<S: RNNScalar> {
     /// into `gradients` (zero it first for a fresh step) and returns the loss sums.
     @discardableResult
     public func lossAndGradient(_ batch: Batch, initialState: UnsafePointer<S>? = nil) -> LossStats {
-        forward(batch, initialState: initialState)
+        forward(batch, initialState: initialState, training: true)
         let stats = applyLoss(batch, scale: 1)
         backward(batch, learnState: initialState == nil)
         return stats
@@ -319,13 +434,22 @@ public final class Network<S: RNNScalar> {
             switch spec.cell {
             case .rnn:
                 S.activationBackward(spec.activation, slope: slope, y: st.h.pointer + t * B * H, d: dht, B * H)
+                if spec.layerNorm { layerNormStepBackward(k, t, dht) }
             case .lstm:
                 let cPrev = t > 0 ? st.cell.pointer + (t - 1) * B * H : s0(k, 1)
                 S.lstmBackward(dh: dht, dc: dc.pointer, gates: st.gates.pointer + t * B * GH, c: st.cell.pointer + t * B * H,
                                cPrev: cPrev, dz: dz + t * B * GH, rows: B, hidden: H)
+                if spec.layerNorm { layerNormStepBackward(k, t, dz + t * B * GH) }
             case .gru:
-                S.gruBackward(dh: dht, gates: st.gates.pointer + t * B * GH, hn: st.hn.pointer + t * B * H, hPrev: hPrev,
-                              dxi: dz + t * B * GH, dhh: dU + t * B * GH, dhPrev: dPrev, rows: B, hidden: H)
+                if spec.layerNorm {
+                    S.gruBackwardLN(dh: dht, gates: st.gates.pointer + t * B * GH, hn: st.hn.pointer + t * B * H, hPrev: hPrev,
+                                    dxi: dz + t * B * GH, dhh: dU + t * B * GH, dhPrev: dPrev, rows: B, hidden: H,
+                                    gamma: p(l.lnWeight!), xhat: st.lnHat.pointer + t * B * GH, rstd: st.lnRstd.pointer + t * B * G,
+                                    dgamma: g(l.lnWeight!), dbeta: g(l.lnBias!))
+                } else {
+                    S.gruBackward(dh: dht, gates: st.gates.pointer + t * B * GH, hn: st.hn.pointer + t * B * H, hPrev: hPrev,
+                                  dxi: dz + t * B * GH, dhh: dU + t * B * GH, dhPrev: dPrev, rows: B, hidden: H)
+                }
             }
             // dL/dh_{t-1} += dU_t W_hh
             S.gemm(transA: false, transB: false, m: B, n: H, k: GH, alpha: 1, a: dU + t * B * GH, lda: GH,
@@ -341,6 +465,8 @@ public final class Network<S: RNNScalar> {
                b: s0(k, 0), ldb: H, beta: 1, c: g(l.whh), ldc: H)
         S.sumRows(dz, rows: TB, cols: GH, into: g(l.bih))
         S.sumRows(dU, rows: TB, cols: GH, into: g(l.bhh))
+        // From here on only the input side is needed (for Elman and LSTM dz and dU are one buffer).
+        if spec.batchNorm { batchNormBackward(k, dz) }
         if let (x, width) = layerInput(k) {
             S.gemm(transA: true, transB: false, m: GH, n: width, k: TB, alpha: 1, a: dz, lda: GH,
                    b: x, ldb: width, beta: 1, c: g(l.wih), ldc: width)
@@ -352,6 +478,14 @@ public final class Network<S: RNNScalar> {
             guard case .tokens(let V) = spec.input else { preconditionFailure() }
             S.scatterAddColumns(dz, rows: TB, cols: GH, tokens: tokens!, into: g(l.wih), ldw: V)
         }
+    }
+
+    /// The backward twin of layerNormStep: d (B, G*H) w.r.t. the normalized pre-activations
+    /// becomes the gradient w.r.t. the raw ones, in place.
+    private func layerNormStepBackward(_ k: Int, _ t: Int, _ d: UnsafeMutablePointer<S>) {
+        let l = layout.layer(k), st = store[k]
+        S.layerNormBackward(d, rows: B, blocks: G, hidden: H, xhat: st.lnHat.pointer + t * B * G * H,
+                            rstd: st.lnRstd.pointer + t * B * G, gamma: p(l.lnWeight!), dgamma: g(l.lnWeight!), dbeta: g(l.lnBias!))
     }
 
     /// A learned initial state is shared by every sample: its gradient is the sum over the batch.

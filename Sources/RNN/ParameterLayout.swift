@@ -24,6 +24,8 @@ public struct ParameterLayout: Equatable, Sendable {
         public let wih: ParamView, whh: ParamView, bih: ParamView, bhh: ParamView
         /// Learned initial h and (LSTM) c, when the model has them.
         public let h0: ParamView?, c0: ParamView?
+        /// Layer-norm and batch-norm scale and shift, when the model has them.
+        public let lnWeight: ParamView?, lnBias: ParamView?, bnWeight: ParamView?, bnBias: ParamView?
     }
     public let layers: [Layer]
 
@@ -53,7 +55,19 @@ public struct ParameterLayout: Equatable, Sendable {
                     c0 = views.last
                 }
             }
-            layers.append(Layer(wih: views[base], whh: views[base + 1], bih: views[base + 2], bhh: views[base + 3], h0: h0, c0: c0))
+            var ln: [ParamView] = [], bn: [ParamView] = []
+            if spec.layerNorm {
+                add("rnn.ln_weight_l\(k)", [gh])  // (G*H)
+                add("rnn.ln_bias_l\(k)", [gh])
+                ln = Array(views.suffix(2))
+            }
+            if spec.batchNorm {
+                add("rnn.bn_weight_l\(k)", [gh])  // (G*H)
+                add("rnn.bn_bias_l\(k)", [gh])
+                bn = Array(views.suffix(2))
+            }
+            layers.append(Layer(wih: views[base], whh: views[base + 1], bih: views[base + 2], bhh: views[base + 3], h0: h0, c0: c0,
+                                lnWeight: ln.first, lnBias: ln.last, bnWeight: bn.first, bnBias: bn.last))
         }
         add("head.weight", [spec.outputSize, spec.hiddenSize])  // (O, H)
         add("head.bias", [spec.outputSize])  // (O)

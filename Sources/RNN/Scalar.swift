@@ -60,6 +60,25 @@ public protocol RNNScalar: BinaryFloatingPoint, Sendable {
     /// scale * d loss_r / d y = scale * 2 (y - t) / width and returns the sum of loss_r.
     static func meanSquaredError(_ y: UnsafeMutablePointer<Self>, targets: UnsafePointer<Float>, rows: Int,
                                  width: Int, scale: Self) -> Double
+    // Normalization (Kernels.swift, "normalization").
+    static func columnMoments(_ x: UnsafePointer<Self>, rows: Int, cols: Int, sum: UnsafeMutablePointer<Double>, sumsq: UnsafeMutablePointer<Double>)
+    static func batchNormApply(_ x: UnsafeMutablePointer<Self>, rows: Int, cols: Int, mean: UnsafePointer<Double>, rstd: UnsafePointer<Double>,
+                               gamma: UnsafePointer<Self>, beta: UnsafePointer<Self>, xhat: UnsafeMutablePointer<Self>)
+    static func batchNormBackwardSums(_ dy: UnsafePointer<Self>, xhat: UnsafePointer<Self>, rows: Int, cols: Int,
+                                      sumDy: UnsafeMutablePointer<Double>, sumDyXhat: UnsafeMutablePointer<Double>)
+    static func batchNormBackwardApply(_ dy: UnsafeMutablePointer<Self>, xhat: UnsafePointer<Self>, rows: Int, cols: Int, gamma: UnsafePointer<Self>,
+                                       rstd: UnsafePointer<Double>, meanDy: UnsafePointer<Double>, meanDyXhat: UnsafePointer<Double>)
+    static func layerNormForward(_ z: UnsafeMutablePointer<Self>, rows: Int, blocks: Int, hidden: Int, gamma: UnsafePointer<Self>,
+                                 beta: UnsafePointer<Self>, xhat: UnsafeMutablePointer<Self>, rstd: UnsafeMutablePointer<Self>)
+    static func layerNormBackward(_ d: UnsafeMutablePointer<Self>, rows: Int, blocks: Int, hidden: Int, xhat: UnsafePointer<Self>,
+                                  rstd: UnsafePointer<Self>, gamma: UnsafePointer<Self>, dgamma: UnsafeMutablePointer<Self>, dbeta: UnsafeMutablePointer<Self>)
+    static func gruForwardLN(gates: UnsafeMutablePointer<Self>, hh: UnsafePointer<Self>, hPrev: UnsafePointer<Self>, h: UnsafeMutablePointer<Self>,
+                             hn: UnsafeMutablePointer<Self>, rows: Int, hidden: Int, gamma: UnsafePointer<Self>, beta: UnsafePointer<Self>,
+                             xhat: UnsafeMutablePointer<Self>, rstd: UnsafeMutablePointer<Self>)
+    static func gruBackwardLN(dh: UnsafePointer<Self>, gates: UnsafePointer<Self>, hn: UnsafePointer<Self>, hPrev: UnsafePointer<Self>,
+                              dxi: UnsafeMutablePointer<Self>, dhh: UnsafeMutablePointer<Self>, dhPrev: UnsafeMutablePointer<Self>, rows: Int, hidden: Int,
+                              gamma: UnsafePointer<Self>, xhat: UnsafePointer<Self>, rstd: UnsafePointer<Self>, dgamma: UnsafeMutablePointer<Self>,
+                              dbeta: UnsafeMutablePointer<Self>)
     /// Sum of squares, accumulated in Double.
     static func sumOfSquares(_ x: UnsafePointer<Self>, _ n: Int) -> Double
     /// True when every element is finite.
@@ -94,6 +113,14 @@ extension Float: RNNScalar {
     public static func softmaxCrossEntropy(_ l: UnsafeMutablePointer<Float>, rows: Int, classes: Int, targets: UnsafePointer<Int32>, scale: Float) -> (loss: Double, correct: Int) { Kernels.softmaxCrossEntropy(l, rows, classes, targets, scale) }
     public static func meanSquaredError(_ y: UnsafeMutablePointer<Float>, targets: UnsafePointer<Float>, rows: Int, width: Int, scale: Float) -> Double { Kernels.meanSquaredError(y, targets, rows, width, scale) }
     public static func sumOfSquares(_ x: UnsafePointer<Float>, _ n: Int) -> Double { Kernels.sumOfSquares(x, n) }
+    public static func columnMoments(_ x: UnsafePointer<Float>, rows: Int, cols: Int, sum: UnsafeMutablePointer<Double>, sumsq: UnsafeMutablePointer<Double>) { Kernels.columnMoments(x, rows, cols, sum, sumsq) }
+    public static func batchNormApply(_ x: UnsafeMutablePointer<Float>, rows: Int, cols: Int, mean: UnsafePointer<Double>, rstd: UnsafePointer<Double>, gamma: UnsafePointer<Float>, beta: UnsafePointer<Float>, xhat: UnsafeMutablePointer<Float>) { Kernels.batchNormApply(x, rows, cols, mean, rstd, gamma, beta, xhat) }
+    public static func batchNormBackwardSums(_ dy: UnsafePointer<Float>, xhat: UnsafePointer<Float>, rows: Int, cols: Int, sumDy: UnsafeMutablePointer<Double>, sumDyXhat: UnsafeMutablePointer<Double>) { Kernels.batchNormBackwardSums(dy, xhat, rows, cols, sumDy, sumDyXhat) }
+    public static func batchNormBackwardApply(_ dy: UnsafeMutablePointer<Float>, xhat: UnsafePointer<Float>, rows: Int, cols: Int, gamma: UnsafePointer<Float>, rstd: UnsafePointer<Double>, meanDy: UnsafePointer<Double>, meanDyXhat: UnsafePointer<Double>) { Kernels.batchNormBackwardApply(dy, xhat, rows, cols, gamma, rstd, meanDy, meanDyXhat) }
+    public static func layerNormForward(_ z: UnsafeMutablePointer<Float>, rows: Int, blocks: Int, hidden: Int, gamma: UnsafePointer<Float>, beta: UnsafePointer<Float>, xhat: UnsafeMutablePointer<Float>, rstd: UnsafeMutablePointer<Float>) { Kernels.layerNormForward(z, rows, blocks, hidden, gamma, beta, xhat, rstd) }
+    public static func layerNormBackward(_ d: UnsafeMutablePointer<Float>, rows: Int, blocks: Int, hidden: Int, xhat: UnsafePointer<Float>, rstd: UnsafePointer<Float>, gamma: UnsafePointer<Float>, dgamma: UnsafeMutablePointer<Float>, dbeta: UnsafeMutablePointer<Float>) { Kernels.layerNormBackward(d, rows, blocks, hidden, xhat, rstd, gamma, dgamma, dbeta) }
+    public static func gruForwardLN(gates: UnsafeMutablePointer<Float>, hh: UnsafePointer<Float>, hPrev: UnsafePointer<Float>, h: UnsafeMutablePointer<Float>, hn: UnsafeMutablePointer<Float>, rows: Int, hidden: Int, gamma: UnsafePointer<Float>, beta: UnsafePointer<Float>, xhat: UnsafeMutablePointer<Float>, rstd: UnsafeMutablePointer<Float>) { Kernels.gruForwardLN(gates, hh, hPrev, h, hn, rows, hidden, gamma, beta, xhat, rstd) }
+    public static func gruBackwardLN(dh: UnsafePointer<Float>, gates: UnsafePointer<Float>, hn: UnsafePointer<Float>, hPrev: UnsafePointer<Float>, dxi: UnsafeMutablePointer<Float>, dhh: UnsafeMutablePointer<Float>, dhPrev: UnsafeMutablePointer<Float>, rows: Int, hidden: Int, gamma: UnsafePointer<Float>, xhat: UnsafePointer<Float>, rstd: UnsafePointer<Float>, dgamma: UnsafeMutablePointer<Float>, dbeta: UnsafeMutablePointer<Float>) { Kernels.gruBackwardLN(dh, gates, hn, hPrev, dxi, dhh, dhPrev, rows, hidden, gamma, xhat, rstd, dgamma, dbeta) }
     public static func allFinite(_ x: UnsafePointer<Float>, _ n: Int) -> Bool { Kernels.allFinite(x, n) }
     public static func fromFloat(_ x: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>, _ n: Int) { y.update(from: x, count: n) }
 }
@@ -123,6 +150,14 @@ extension Double: RNNScalar {
     public static func softmaxCrossEntropy(_ l: UnsafeMutablePointer<Double>, rows: Int, classes: Int, targets: UnsafePointer<Int32>, scale: Double) -> (loss: Double, correct: Int) { Kernels.softmaxCrossEntropy(l, rows, classes, targets, scale) }
     public static func meanSquaredError(_ y: UnsafeMutablePointer<Double>, targets: UnsafePointer<Float>, rows: Int, width: Int, scale: Double) -> Double { Kernels.meanSquaredError(y, targets, rows, width, scale) }
     public static func sumOfSquares(_ x: UnsafePointer<Double>, _ n: Int) -> Double { Kernels.sumOfSquares(x, n) }
+    public static func columnMoments(_ x: UnsafePointer<Double>, rows: Int, cols: Int, sum: UnsafeMutablePointer<Double>, sumsq: UnsafeMutablePointer<Double>) { Kernels.columnMoments(x, rows, cols, sum, sumsq) }
+    public static func batchNormApply(_ x: UnsafeMutablePointer<Double>, rows: Int, cols: Int, mean: UnsafePointer<Double>, rstd: UnsafePointer<Double>, gamma: UnsafePointer<Double>, beta: UnsafePointer<Double>, xhat: UnsafeMutablePointer<Double>) { Kernels.batchNormApply(x, rows, cols, mean, rstd, gamma, beta, xhat) }
+    public static func batchNormBackwardSums(_ dy: UnsafePointer<Double>, xhat: UnsafePointer<Double>, rows: Int, cols: Int, sumDy: UnsafeMutablePointer<Double>, sumDyXhat: UnsafeMutablePointer<Double>) { Kernels.batchNormBackwardSums(dy, xhat, rows, cols, sumDy, sumDyXhat) }
+    public static func batchNormBackwardApply(_ dy: UnsafeMutablePointer<Double>, xhat: UnsafePointer<Double>, rows: Int, cols: Int, gamma: UnsafePointer<Double>, rstd: UnsafePointer<Double>, meanDy: UnsafePointer<Double>, meanDyXhat: UnsafePointer<Double>) { Kernels.batchNormBackwardApply(dy, xhat, rows, cols, gamma, rstd, meanDy, meanDyXhat) }
+    public static func layerNormForward(_ z: UnsafeMutablePointer<Double>, rows: Int, blocks: Int, hidden: Int, gamma: UnsafePointer<Double>, beta: UnsafePointer<Double>, xhat: UnsafeMutablePointer<Double>, rstd: UnsafeMutablePointer<Double>) { Kernels.layerNormForward(z, rows, blocks, hidden, gamma, beta, xhat, rstd) }
+    public static func layerNormBackward(_ d: UnsafeMutablePointer<Double>, rows: Int, blocks: Int, hidden: Int, xhat: UnsafePointer<Double>, rstd: UnsafePointer<Double>, gamma: UnsafePointer<Double>, dgamma: UnsafeMutablePointer<Double>, dbeta: UnsafeMutablePointer<Double>) { Kernels.layerNormBackward(d, rows, blocks, hidden, xhat, rstd, gamma, dgamma, dbeta) }
+    public static func gruForwardLN(gates: UnsafeMutablePointer<Double>, hh: UnsafePointer<Double>, hPrev: UnsafePointer<Double>, h: UnsafeMutablePointer<Double>, hn: UnsafeMutablePointer<Double>, rows: Int, hidden: Int, gamma: UnsafePointer<Double>, beta: UnsafePointer<Double>, xhat: UnsafeMutablePointer<Double>, rstd: UnsafeMutablePointer<Double>) { Kernels.gruForwardLN(gates, hh, hPrev, h, hn, rows, hidden, gamma, beta, xhat, rstd) }
+    public static func gruBackwardLN(dh: UnsafePointer<Double>, gates: UnsafePointer<Double>, hn: UnsafePointer<Double>, hPrev: UnsafePointer<Double>, dxi: UnsafeMutablePointer<Double>, dhh: UnsafeMutablePointer<Double>, dhPrev: UnsafeMutablePointer<Double>, rows: Int, hidden: Int, gamma: UnsafePointer<Double>, xhat: UnsafePointer<Double>, rstd: UnsafePointer<Double>, dgamma: UnsafeMutablePointer<Double>, dbeta: UnsafeMutablePointer<Double>) { Kernels.gruBackwardLN(dh, gates, hn, hPrev, dxi, dhh, dhPrev, rows, hidden, gamma, xhat, rstd, dgamma, dbeta) }
     public static func allFinite(_ x: UnsafePointer<Double>, _ n: Int) -> Bool { Kernels.allFinite(x, n) }
     public static func fromFloat(_ x: UnsafePointer<Float>, into y: UnsafeMutablePointer<Double>, _ n: Int) {
         for i in 0..<n { y[i] = Double(x[i]) }

@@ -84,6 +84,8 @@ let configSchema: [KeySpec] = [
     KeySpec("model.hidden_size", .int(min: 1, max: 65536), .int(128), "H: hidden units per layer"),
     KeySpec("model.layers", .int(min: 1, max: 64), .int(1), "L: stacked recurrent layers"),
     KeySpec("model.output", .choice(OutputMode.allCases.map(\.rawValue)), nil, "every_step (many-to-many) or last_step (many-to-one); default every_step for text, last_step otherwise"),
+    KeySpec("model.layer_norm", .bool, .bool(false), "layer normalization of the gate pre-activations inside the cells"),
+    KeySpec("model.batch_norm", .bool, .bool(false), "batch normalization of W_ih x over the global batch (statistics synchronized across ranks)"),
     KeySpec("model.initial_state", .choice(["zeros", "learned"]), .string("zeros"), "initial hidden state: zeros, or a trained parameter per layer"),
     KeySpec("model.init.input_weights", .choice(initChoices), .string("default"), "initializer of weight_ih (default: PyTorch's U(-1/sqrt(H), 1/sqrt(H)))"),
     KeySpec("model.init.recurrent_weights", .choice(initChoices + ["identity"]), .string("default"), "initializer of weight_hh (identity: Le et al. 2015, for relu RNNs)"),
@@ -322,6 +324,8 @@ public struct TrainConfig: Sendable {
         /// nil: from the data (npy).
         public var output: OutputMode?
         public var learnedInitialState: Bool
+        public var layerNorm: Bool
+        public var batchNorm: Bool
         public var initialization: InitSettings
         public var initFrom: String?
     }
@@ -545,7 +549,8 @@ public struct TrainConfig: Sendable {
                     shuffle: bool("data.shuffle") ?? true, vocabulary: int("data.vocabulary"), classes: int("data.classes"))
         model = Model(cell: cell, activation: Activation(rawValue: str("model.activation")!)!, leakySlope: dbl("model.leaky_slope")!,
                       hiddenSize: int("model.hidden_size")!, layers: int("model.layers")!, output: output,
-                      learnedInitialState: str("model.initial_state") == "learned", initialization: initialization,
+                      learnedInitialState: str("model.initial_state") == "learned",
+                      layerNorm: bool("model.layer_norm")!, batchNorm: bool("model.batch_norm")!, initialization: initialization,
                       initFrom: str("model.init_from"))
         training = Training(loss: loss, globalBatchSize: int("training.global_batch_size")!, sequenceLength: int("training.sequence_length")!,
                             steps: steps, optimizer: opt, learningRate: dbl("training.optimizer.learning_rate")!, schedule: schedule,

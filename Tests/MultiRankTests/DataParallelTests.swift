@@ -67,6 +67,51 @@ final class DataParallelTests: XCTestCase {
         XCTAssertNotEqual(untrained.tensor("rnn.weight_hh_l0")?.values, reference.tensor("rnn.weight_hh_l0")?.values)
     }
 
+    /// Every tensor of `m` within `tolerance` (relative, with a floor of 1e-2) of `reference`.
+    func assertClose(_ m: SafeTensors.File, _ reference: SafeTensors.File, _ tolerance: Double, _ what: String,
+                     file: StaticString = #filePath, line: UInt = #line) {
+        XCTAssertEqual(m.tensors.map(\.name), reference.tensors.map(\.name), what, file: file, line: line)
+        var worst = 0.0, worstName = ""
+        for (a, b) in zip(m.tensors, reference.tensors) {
+            for (x, y) in zip(a.values, b.values) {
+                let e = Double(abs(x - y)) / max(Double(abs(y)), 1e-2)
+                if e > worst { worst = e; worstName = a.name }
+            }
+        }
+        XCTAssertLessThan(worst, tolerance, "\(what): \(worstName) differs by \(worst) relative", file: file, line: line)
+    }
+
+    /// LSTM and GRU with batch norm (statistics reduced across ranks) and layer norm: np = 2 and 3
+    /// with uneven shards compute what one process computes, running statistics included; and the
+    /// diagnostics logged at np = 3 equal those at np = 1.
+    func testBatchNormLSTMAndGRUMatchAcrossRankCounts() throws {
+        for cell in ["lstm", "gru"] {
+            var models: [Int: SafeTensors.File] = [:]
+            var diagnostics: [Int: [String: Any]] = [:]
+            for np in [1, 2, 3] {
+                let dir = MPIRunner.tempDir()
+                let path = config(dir, steps: 8, extra: "")
+                let r = try MPIRunner.run(np: np, ["train", "--config", path, "--set", "model.cell=\(cell)", "--set", "model.batch_norm=true",
+                                                   "--set", "model.layer_norm=true", "--set", "output.log_every=4"])
+                XCTAssertEqual(r.status, 0, "\(cell) np=\(np): \(r.stderr)")
+                models[np] = try SafeTensors.read(path: "\(dir)/out/model.safetensors")
+                let lines = try String(contentsOfFile: "\(dir)/out/metrics.jsonl", encoding: .utf8).split(separator: "\n")
+                let last = try JSONSerialization.jsonObject(with: Data(lines.last!.utf8)) as! [String: Any]
+                diagnostics[np] = last["diagnostics"] as? [String: Any]
+            }
+            let reference = try XCTUnwrap(models[1])
+            XCTAssertNotNil(reference.tensor("rnn.bn_running_var_l1"))
+            XCTAssertNotNil(reference.tensor("rnn.ln_weight_l0"))
+            for np in [2, 3] { assertClose(try XCTUnwrap(models[np]), reference, 1e-5, "\(cell) np=\(np)") }
+            let d1 = try XCTUnwrap(diagnostics[1]), d3 = try XCTUnwrap(diagnostics[3])
+            let sat1 = try XCTUnwrap(d1["saturated"] as? [Double]), sat3 = try XCTUnwrap(d3["saturated"] as? [Double])
+            XCTAssertEqual(sat1.count, 2)
+            for (a, b) in zip(sat1, sat3) { XCTAssertEqual(a, b, accuracy: 1e-3, "\(cell) saturated fraction") }
+            let n1 = try XCTUnwrap(d1["dh_norms"] as? [[Double]]), n3 = try XCTUnwrap(d3["dh_norms"] as? [[Double]])
+            for (a, b) in zip(n1.joined(), n3.joined()) { XCTAssertEqual(a, b, accuracy: 1e-4 * max(abs(b), 1e-6), "\(cell) dh norms") }
+        }
+    }
+
     /// The cross-rank checksum catches replicas that drift apart, and names the step and rank.
     func testDivergedReplicaIsDetected() throws {
         let dir = MPIRunner.tempDir()

@@ -23,7 +23,8 @@ final class GradientCheckTests: XCTestCase {
     /// The objective whose gradient `lossAndGradient` + `normalizeGradients` computes (up to the
     /// documented extra 1/T on recurrent parameters for last_step with average_over_time).
     static func objective(_ net: Network<Double>, _ batch: Batch, h0: [Double]?) -> Double {
-        let s: LossStats = h0.map { h in h.withUnsafeBufferPointer { net.loss(batch, initialState: $0.baseAddress) } } ?? net.loss(batch)
+        let s: LossStats = h0.map { h in h.withUnsafeBufferPointer { net.loss(batch, initialState: $0.baseAddress, batchStatistics: true) } }
+            ?? net.loss(batch, batchStatistics: true)
         var j = s.sum / Double(batch.batchSize)
         if net.spec.averageOverTime && net.spec.output == .everyStep { j /= Double(batch.steps) }
         return j
@@ -33,10 +34,19 @@ final class GradientCheckTests: XCTestCase {
     /// - corrupt: alters the analytic gradient before the comparison (to prove the check can fail).
     static func check(_ spec: ModelSpec, T: Int = 4, B: Int = 3, seed: UInt64 = 1, initialState: Bool = false,
                       scaleInit: Double = 1, settings: InitSettings = InitSettings(), perturbInitialState: Bool = false,
+                      perturbNormalization: Bool = false,
                       corrupt: ((inout [Double], ParameterLayout) -> Void)? = nil) -> (worst: Double, name: String) {
         let net = Network<Double>(spec: spec)
         net.initializeParameters(seed: seed, settings: settings)
         if scaleInit != 1 { for i in 0..<net.layout.count { net.parameters[i] *= scaleInit } }
+        if perturbNormalization {  // away from gamma = 1, beta = 0, so every term of the gradient matters
+            var r = Xoshiro256(seed: seed + 5)
+            for l in net.layout.layers {
+                for v in [l.lnWeight, l.lnBias, l.bnWeight, l.bnBias].compactMap({ $0 }) {
+                    for i in v.range { net.parameters[i] += r.nextDouble() - 0.5 }
+                }
+            }
+        }
         if perturbInitialState {
             var r = Xoshiro256(seed: seed + 3)
             for l in net.layout.layers { for v in [l.h0, l.c0].compactMap({ $0 }) { for i in v.range { net.parameters[i] = r.nextDouble() - 0.5 } } }
@@ -157,6 +167,42 @@ final class GradientCheckTests: XCTestCase {
                 let r = Self.check(spec, perturbInitialState: true)
                 XCTAssertLessThan(r.worst, 1e-6, "\(cell) \(output): \(r.name)")
             }
+        }
+    }
+
+    func testLayerNormInEveryCell() {
+        for cell in CellKind.allCases {
+            for output in OutputMode.allCases {
+                var spec = ModelSpec(cell: cell, input: .tokens(vocabulary: 5), hiddenSize: 4, layers: 2, outputSize: 3,
+                                     output: output, loss: .crossEntropy)
+                spec.layerNorm = true
+                let r = Self.check(spec, perturbNormalization: true)
+                XCTAssertLessThan(r.worst, 1e-6, "\(cell) \(output): \(r.name)")
+            }
+        }
+    }
+
+    /// Batch norm's gradient includes the paths through the batch mean and variance.
+    func testBatchNormInEveryCell() {
+        for cell in CellKind.allCases {
+            for output in OutputMode.allCases {
+                var spec = ModelSpec(cell: cell, input: .dense(features: 3), hiddenSize: 4, layers: 2, outputSize: 2,
+                                     output: output, loss: .mse)
+                spec.batchNorm = true
+                let r = Self.check(spec, T: 3, B: 4, perturbNormalization: true)
+                XCTAssertLessThan(r.worst, 1e-6, "\(cell) \(output): \(r.name)")
+            }
+        }
+    }
+
+    func testLayerNormAndBatchNormTogetherWithTokens() {
+        for cell in CellKind.allCases {
+            var spec = ModelSpec(cell: cell, input: .tokens(vocabulary: 4), hiddenSize: 3, layers: 2, outputSize: 4, loss: .crossEntropy)
+            spec.layerNorm = true
+            spec.batchNorm = true
+            spec.learnedInitialState = true
+            let r = Self.check(spec, B: 4, perturbInitialState: true, perturbNormalization: true)
+            XCTAssertLessThan(r.worst, 1e-6, "\(cell): \(r.name)")
         }
     }
 
