@@ -127,6 +127,12 @@ let configSchema: [KeySpec] = [
     KeySpec("training.eval_every", .int(min: 0), .int(0), "validation loss every N steps (0: only at the end)"),
     KeySpec("training.eval_samples", .int(min: 0, max: 100_000_000), .int(512), "at most this many validation samples"),
     KeySpec("training.threads", .int(min: 0, max: 1024), .int(0), "BLAS threads per rank (0: cores / ranks on the node)"),
+    KeySpec("training.on_nonfinite", .choice(["stop", "skip"]), .string("stop"), "non-finite loss or gradient: stop (checkpoint the last good state) or skip the update"),
+    KeySpec("training.max_skipped", .int(min: 1), .int(10), "on_nonfinite skip: stop after this many skipped steps in a row"),
+    KeySpec("training.timeout_seconds", .double(min: 0), .double(600), "abort when a collective waits longer than this (0: never)"),
+    KeySpec("checkpoint.every", .int(min: 0), .int(0), "write a checkpoint every N steps (0: only at the end and on a signal)"),
+    KeySpec("checkpoint.keep", .int(min: 1, max: 1000), .int(3), "keep the newest N checkpoints"),
+    KeySpec("checkpoint.directory", .string, .null, nullable: true, "where checkpoints go (default: output.directory/checkpoints)"),
     KeySpec("output.directory", .string, .string("runs/default"), "where metrics.jsonl and model.safetensors go"),
     KeySpec("output.log_every", .int(min: 1), .int(10), "print and record a metrics line every N steps"),
     KeySpec("output.sample_length", .int(min: 0, max: 1_000_000), .int(0), "text: characters to generate at the end (0: none)"),
@@ -194,6 +200,19 @@ public struct ConfigLoader {
             }
         }
         return try TrainConfig(values: values, given: given, source: name)
+    }
+
+    /// The config stored in a checkpoint's metadata (its resolved "key: value" lines), with
+    /// --set overrides on top.
+    public static func fromCheckpoint(path: String, overrides: [String]) throws -> TrainConfig {
+        let file: SafeTensors.File
+        do { file = try Checkpoint.read(path: path) } catch let e as Checkpoint.Error { throw RNNDPError("--resume: \(e.message)", collective: true) }
+        guard let text = file.metadata["config"] else { throw RNNDPError("--resume: \(path): no config in the metadata; give --config", collective: true) }
+        let stored = text.split(separator: "\n").compactMap { line -> String? in
+            guard let colon = line.firstIndex(of: ":") else { return nil }
+            return "\(line[..<colon])=\(line[line.index(colon, offsetBy: 2)...])"
+        }
+        return try parse(yaml: "", name: path, overrides: stored + overrides)
     }
 
     static func oneLine(_ e: Error) -> String {
@@ -345,6 +364,14 @@ public struct TrainConfig: Sendable {
         public var evalEvery: Int
         public var evalSamples: Int
         public var threads: Int
+        public var skipNonFinite: Bool
+        public var maxSkipped: Int
+        public var timeoutSeconds: Double
+    }
+    public struct Checkpointing: Sendable {
+        public var every: Int
+        public var keep: Int
+        public var directory: String
     }
     public struct Output: Sendable {
         public var directory: String
@@ -358,6 +385,7 @@ public struct TrainConfig: Sendable {
     public var model: Model
     public var training: Training
     public var output: Output
+    public var checkpoint: Checkpointing
     /// Every key with its resolved value, in schema order (printed at start, stored in files).
     public let resolved: [(key: String, value: ConfigValue)]
     public let source: String
@@ -557,13 +585,18 @@ public struct TrainConfig: Sendable {
                             clipNorm: dbl("training.clip_norm"), clipValue: dbl("training.clip_value"),
                             averageOverTime: bool("training.average_over_time")!,
                             checkEvery: int("training.check_every")!, evalEvery: int("training.eval_every")!,
-                            evalSamples: int("training.eval_samples")!, threads: int("training.threads")!)
+                            evalSamples: int("training.eval_samples")!, threads: int("training.threads")!,
+                            skipNonFinite: str("training.on_nonfinite") == "skip", maxSkipped: int("training.max_skipped")!,
+                            timeoutSeconds: dbl("training.timeout_seconds")!)
         self.output = Output(directory: str("output.directory")!, logEvery: int("output.log_every")!,
                              sampleLength: int("output.sample_length")!, sampleTemperature: dbl("output.sample_temperature")!)
+        checkpoint = Checkpointing(every: int("checkpoint.every")!, keep: int("checkpoint.keep")!,
+                                   directory: str("checkpoint.directory") ?? "\(str("output.directory")!)/checkpoints")
         // Keys of other cells, optimizers and schedules are left out of the resolved listing.
         var hidden: Set<String> = cell == .rnn ? [] : ["model.activation", "model.leaky_slope"]
         if str("model.activation") != "leaky_relu" { hidden.insert("model.leaky_slope") }
         if cell != .lstm { hidden.insert("model.init.forget_bias") }
+        if fromFiles { hidden.insert("training.sequence_length") }
         let final = v
         resolved = configSchema.compactMap { s in
             guard let value = final[s.path], !hidden.contains(s.path) else { return nil }

@@ -21,3 +21,10 @@ public struct RNNDPError: Error, CustomStringConvertible {
     public static let runtimeFailure: Int32 = 1
     public static let replicasDiverged: Int32 = 3
 }
+
+/// The job stopped on purpose after writing a checkpoint (a stop signal): every rank exits with
+/// Signals.resumeExitCode and rank 0 says how to continue.
+public struct ResumableStop: Error, CustomStringConvertible {
+    public let message: String
+    public var description: String { message }
+}

@@ -50,6 +50,10 @@ public enum Job {
             try body(comm, console)
             comm.finalize()
             return 0
+        } catch let e as ResumableStop {
+            if comm.rank == 0 { FileHandle.standardError.write(Data("rnn-dp: \(e.message)\n".utf8)) }
+            comm.finalize()
+            return Signals.resumeExitCode
         } catch let e as JobFailed {
             // Agreed failures are reported by the lowest failing rank; rank 0's needs no tag.
             if let m = e.message { (comm.rank == 0 ? Console(rank: 0, size: 1) : console).error(m) }

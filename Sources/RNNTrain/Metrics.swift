@@ -5,11 +5,14 @@ public final class MetricsLog {
     private let handle: FileHandle
     public let path: String
 
-    public init(path: String) throws {
+    /// - append: continue an existing file (a resumed run) instead of starting a new one.
+    public init(path: String, append: Bool = false) throws {
         self.path = path
-        guard FileManager.default.createFile(atPath: path, contents: nil), let h = FileHandle(forWritingAtPath: path) else {
+        let exists = append && FileManager.default.fileExists(atPath: path)
+        guard exists || FileManager.default.createFile(atPath: path, contents: nil), let h = FileHandle(forWritingAtPath: path) else {
             throw RNNDPError("\(path): cannot create the metrics file", exitCode: RNNDPError.runtimeFailure)
         }
+        if exists { _ = try? h.seekToEnd() }
         handle = h
     }
 

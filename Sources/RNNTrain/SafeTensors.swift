@@ -1,4 +1,5 @@
 import Foundation
+import RNN
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -63,6 +64,20 @@ public enum SafeTensors {
         public var description: String { message }
     }
 
+    /// The reference implementation's limit on the JSON header (100 MB).
+    public static let maxHeaderLength: UInt64 = 100_000_000
+
+    /// FNV-1a 64 of the data region (everything after the header), as "fnv1a64:<hex>": the
+    /// checksum rnn-dp stores in "__metadata__" and verifies on reading.
+    public static func dataChecksum(_ bytes: [UInt8]) -> String? {
+        guard bytes.count >= 8 else { return nil }
+        var n: UInt64 = 0
+        for i in 0..<8 { n |= UInt64(bytes[i]) << (8 * UInt64(i)) }
+        guard n <= UInt64(bytes.count - 8) else { return nil }
+        let h = bytes.withUnsafeBytes { fnv1a64(UnsafeRawBufferPointer(rebasing: $0[(8 + Int(n))...])) }
+        return "fnv1a64:" + String(h, radix: 16)
+    }
+
     /// Parses and validates a safetensors file's bytes: header length within the file, JSON
     /// header, F32 dtype, shapes matching byte ranges, ranges inside the data and not overlapping.
     public static func decode(_ bytes: [UInt8]) throws -> File {
@@ -71,6 +86,8 @@ public enum SafeTensors {
         var n: UInt64 = 0
         for i in 0..<8 { n |= UInt64(bytes[i]) << (8 * UInt64(i)) }
         guard n <= UInt64(bytes.count - 8) else { throw fail("header length \(n) exceeds the file size \(bytes.count)") }
+        guard n <= maxHeaderLength else { throw fail("header length \(n) is over the \(maxHeaderLength)-byte limit") }
+        guard n >= 2, bytes[8] == UInt8(ascii: "{") else { throw fail("header does not start with '{'") }
         let headerEnd = 8 + Int(n)
         guard let obj = try? JSONSerialization.jsonObject(with: Data(bytes[8..<headerEnd])),
               let header = obj as? [String: Any] else { throw fail("header is not a JSON object") }

@@ -129,10 +129,24 @@ public final class Trainer {
     public private(set) var validationAccuracy: Double?
     var metrics: MetricsLog?
 
-    public init(config: TrainConfig, comm: Communicator, console: Console) {
+    /// A checkpoint to continue from (`train --resume`).
+    public let resumePath: String?
+    /// The communicator with the collective watchdog, when one runs.
+    var watched: WatchedCommunicator?
+    /// Updates skipped for a non-finite gradient (training.on_nonfinite: skip), over the run.
+    var skippedSteps = 0
+
+    public init(config: TrainConfig, comm: Communicator, console: Console, resume: String? = nil) {
         self.config = config
-        self.comm = comm
+        if config.training.timeoutSeconds > 0 && comm.size > 1 {
+            let w = WatchedCommunicator(comm, timeout: config.training.timeoutSeconds)
+            self.comm = w
+            watched = w
+        } else {
+            self.comm = comm
+        }
         self.console = console
+        resumePath = resume
     }
 
     /// Threads per rank: the configured number, or the node's cores divided among its ranks.
@@ -152,15 +166,21 @@ public final class Trainer {
         }
         // Setup that can fail on one rank alone (files): agreed on before any other collective.
         let outDir = config.output.directory
+        var resumeFile: SafeTensors.File?
         try Job.collectively(comm) {
             dataset = try makeDataset(config)
+            if let path = resumePath {
+                do { resumeFile = try Checkpoint.read(path: path) } catch let e as Checkpoint.Error {
+                    throw RNNDPError("--resume: \(e.message)")
+                }
+            }
             if comm.rank == 0 {
                 do {
                     try FileManager.default.createDirectory(atPath: outDir, withIntermediateDirectories: true)
                 } catch {
                     throw RNNDPError("output.directory \(outDir): cannot create it (\((error as NSError).localizedDescription))", exitCode: RNNDPError.runtimeFailure)
                 }
-                metrics = try MetricsLog(path: "\(outDir)/metrics.jsonl")
+                metrics = try MetricsLog(path: "\(outDir)/metrics.jsonl", append: resumeFile != nil)
             }
         }
         let spec = try makeModelSpec(config, dataset: dataset)
@@ -191,19 +211,26 @@ public final class Trainer {
         let shardRows = comm.shard(of: B)
         console.info("batch: \(B) samples per step, T=\(dataset.steps); rank 0 takes rows \(shardRows.lowerBound)..<\(shardRows.upperBound)")
 
-        // Identical replicas: rank 0's initialization, broadcast, then verified.
+        optimizer = makeOptimizer(config.training.optimizer, count: net.layout.count, as: Float.self)
+        schedule = LearningRateSchedule(base: config.training.learningRate, schedule: config.training.schedule)
+        // Identical replicas: rank 0's initialization (or the checkpoint), broadcast, then verified.
+        var startStep = 0
         net.initializeParameters(seed: config.seed, settings: config.model.initialization)
-        if let from = config.model.initFrom {
+        if let file = resumeFile {
+            try Job.collectively(comm) { startStep = try restore(from: file) }
+            console.info("resumed from \(resumePath!) at step \(startStep)")
+        } else if let from = config.model.initFrom {
             try Job.collectively(comm) { if comm.rank == 0 { try loadParameters(from: from, into: net) } }
             console.info("parameters: loaded from \(from)")
         }
         try comm.broadcast(net.parameters.buffer, root: 0)
-        try verifyReplicas(step: 0)
+        try verifyReplicas(step: startStep)
 
-        optimizer = makeOptimizer(config.training.optimizer, count: net.layout.count, as: Float.self)
-        schedule = LearningRateSchedule(base: config.training.learningRate, schedule: config.training.schedule)
         let T = dataset.steps
         let steps = config.training.steps
+        guard startStep <= steps else {
+            throw RNNDPError("--resume: the checkpoint is at step \(startStep), past training.steps \(steps); raise training.steps to continue", collective: true)
+        }
         var lastLoss = Double.nan
         var intervalStart = monotonicSeconds()
         var intervalSteps = 0
@@ -211,25 +238,45 @@ public final class Trainer {
         var validation: Double?
         let fault = FaultInjection.fromEnvironment()
         let text = config.data.kind == "text"
+        var skippedInARow = 0
 
-        for step in 1...max(steps, 1) where steps > 0 {
+        for step in (startStep + 1)..<(steps + 1) {
+            watched?.step = step
             let lr = schedule.learningRate(step: step - 1)
             let batch = dataset.trainingBatch(step: step - 1, globalBatch: B, rows: shardRows)
             let logNow = step % config.output.logEvery == 0 || step == steps
             net.collectDiagnostics = logNow
             net.gradients.zero()
             let local = net.lossAndGradient(batch)
+            if let f = fault, f.rank == comm.rank, f.step == step {
+                if f.kind == .nan { net.gradients[0] = .nan }
+                if f.kind == .hang { while true { sleep(60) } }
+            }
             // The exchange: sum of per-sample gradients over ranks, then divide by the global count.
             try comm.allreduceSum(net.gradients.buffer)
+            // Loss sums, and whether any rank received a stop signal (its number, by max).
             var sums = [local.sum, Double(local.count), Double(local.correct)]
             try comm.allreduceSum(&sums)
+            var signal = [Double(Signals.received)]
+            try comm.allreduceMax(&signal)
             net.normalizeGradients(globalSamples: B, steps: T)
             lastLoss = sums[0] / sums[1]
             // Every rank holds the same reduced gradient, so every rank decides the same here.
-            guard lastLoss.isFinite, Float.allFinite(net.gradients.pointer, net.gradients.count) else {
-                throw RNNDPError("step \(step): the loss or the gradient is not finite (loss \(lastLoss)); lower training.optimizer.learning_rate or set training.clip_norm",
+            if !(lastLoss.isFinite && Float.allFinite(net.gradients.pointer, net.gradients.count)) {
+                let bad = nonFiniteTensors()
+                if config.training.skipNonFinite && skippedInARow + 1 < config.training.maxSkipped {
+                    skippedInARow += 1
+                    skippedSteps += 1
+                    console.warn("step \(step): non-finite loss (\(lastLoss)) or gradient in \(bad.joined(separator: ", ")): update skipped (\(skippedInARow) in a row, \(skippedSteps) in all)")
+                    if signal[0] > 0 { try stopForSignal(Int32(signal[0]), step: step) }
+                    continue
+                }
+                let saved = try saveCheckpoint(step: step - 1)
+                let why = config.training.skipNonFinite ? "\(config.training.maxSkipped) steps in a row had" : "step \(step) has"
+                throw RNNDPError("\(why) a non-finite loss (\(lastLoss)) or gradient (in \(bad.joined(separator: ", "))); the last good state (step \(step - 1)) is in \(saved); lower training.optimizer.learning_rate or set training.clip_norm",
                                  exitCode: RNNDPError.runtimeFailure, collective: true)
             }
+            skippedInARow = 0
             // Diagnostics on log steps, from values summed across ranks (N-independent).
             var diagnostics: Diagnostics?
             var tensorGradNorms: [(name: String, norm: Double)] = []
@@ -247,6 +294,7 @@ public final class Trainer {
                 switch f.kind {
                 case .perturb: net.parameters[0] += 1e-3
                 case .throw: throw RNNDPError("injected failure at step \(step) (RNN_DP_FAULT)", exitCode: RNNDPError.runtimeFailure)
+                case .nan, .hang: break
                 }
             }
 
@@ -271,8 +319,9 @@ public final class Trainer {
                 console.info(line)
                 var record: [(String, Any?)] = [("step", step), ("loss", lastLoss), ("grad_norm", norm), ("lr", lr),
                                                 ("step_time", stepTime), (text ? "tokens_per_s" : "samples_per_s", perSecond),
-                                                ("elapsed", now - runStart), ("val_loss", evalNow ? validation : nil),
-                                                ("val_accuracy", evalNow ? validationAccuracy : nil)]
+                                                ("elapsed", now - runStart), ("samples_seen", step * B),
+                                                ("val_loss", evalNow ? validation : nil), ("val_accuracy", evalNow ? validationAccuracy : nil)]
+                if skippedSteps > 0 { record.append(("skipped_steps", skippedSteps)) }
                 if let d = diagnostics {
                     console.info("  " + describe(d))
                     record.append(("diagnostics", [("grad_norms", tensorGradNorms.map { ($0.name, $0.norm as Any?) }),
@@ -281,17 +330,22 @@ public final class Trainer {
                 }
                 try metrics?.write(record)
             }
+            if signal[0] > 0 { try stopForSignal(Int32(signal[0]), step: step) }
+            if config.checkpoint.every > 0 && step % config.checkpoint.every == 0 && step != steps {
+                _ = try saveCheckpoint(step: step)
+            }
         }
-        if steps == 0 {
-            try verifyReplicas(step: 0)
+        if startStep == steps {
+            try verifyReplicas(step: steps)
             validation = try evaluate()
-            try metrics?.write([("step", 0), ("val_loss", validation), ("elapsed", monotonicSeconds() - runStart)])
+            try metrics?.write([("step", steps), ("val_loss", validation), ("elapsed", monotonicSeconds() - runStart)])
         }
         console.info("replicas: parameters bitwise identical on all \(comm.size) rank\(comm.size == 1 ? "" : "s") at step \(steps) (checksum \(String(net.parameters.checksum(), radix: 16)))")
         if let v = validation { console.info(describeValidation(v)) }
+        let final = try saveCheckpoint(step: steps)
         if comm.rank == 0 {
             try writeModel(path: "\(outDir)/model.safetensors", step: steps)
-            console.info("wrote \(outDir)/model.safetensors and \(outDir)/metrics.jsonl")
+            console.info("wrote \(outDir)/model.safetensors, \(outDir)/metrics.jsonl and \(final)")
             if let text = dataset as? TextDataset, config.output.sampleLength > 0 {
                 let s = generate(text.vocabulary, length: config.output.sampleLength,
                                  temperature: config.output.sampleTemperature)
@@ -300,6 +354,19 @@ public final class Trainer {
         }
         return TrainResult(steps: steps, finalLoss: lastLoss, validationLoss: validation,
                            parameterChecksum: net.parameters.checksum())
+    }
+
+    /// Every rank agreed that a stop signal arrived: checkpoint, then end with the resume code.
+    func stopForSignal(_ signal: Int32, step: Int) throws -> Never {
+        let path = try saveCheckpoint(step: step)
+        throw ResumableStop(message: "\(Signals.name(signal)) received: checkpoint written at step \(step) to \(path); continue with: rnn-dp train --resume \(config.checkpoint.directory)")
+    }
+
+    /// Names of the gradient tensors holding a NaN or an infinity.
+    func nonFiniteTensors() -> [String] {
+        let g = network.gradients
+        let bad = network.layout.views.filter { !Float.allFinite(g.pointer + $0.offset, $0.count) }.map(\.name)
+        return bad.isEmpty ? ["the loss only"] : bad
     }
 
     /// One line: per layer the vanishing/exploding ratio and the saturation or dead-unit fraction.
@@ -364,7 +431,8 @@ public final class Trainer {
     /// Metadata stored with the weights: enough to rebuild the model and its data encoding.
     func metadata(step: Int) -> [String: String] {
         var m: [String: String] = [
-            "format": "rnn-dp/1",
+            "format": Checkpoint.format,
+            "kind": "model",
             "step": String(step),
             "config": config.resolvedText,
             "layout": network.layout.views.map(\.name).joined(separator: ","),
@@ -380,7 +448,90 @@ public final class Trainer {
     }
 
     func writeModel(path: String, step: Int) throws {
-        try SafeTensors.write(path: path, tensors: modelTensors(network), metadata: metadata(step: step))
+        try Checkpoint.write(path: path, tensors: modelTensors(network), metadata: metadata(step: step))
+    }
+
+    // MARK: checkpoints
+
+    /// Everything a resumed run needs: parameters, running statistics, optimizer state.
+    func checkpointTensors() -> [SafeTensors.Tensor] {
+        var tensors = modelTensors(network)
+        for (state, buffer) in optimizer.state {
+            for v in network.layout.views {
+                tensors.append(SafeTensors.Tensor(name: "optimizer.\(state).\(v.name)", shape: v.shape, values: Array(buffer.buffer[v.range])))
+            }
+        }
+        return tensors
+    }
+
+    func checkpointMetadata(step: Int) -> [String: String] {
+        var m = metadata(step: step)
+        m["kind"] = "checkpoint"
+        m["samples_seen"] = String(step * config.training.globalBatchSize)
+        m["data_order"] = "sample order is a function of (seed \(config.seed), step, row); the next step is \(step + 1)"
+        m["optimizer"] = config.training.optimizer.kind.rawValue
+        m["optimizer_steps"] = String(optimizer.steps)
+        m["schedule"] = "rate=\(schedule.plateauRate) best=\(schedule.best) bad=\(schedule.badEvaluations) cooldown=\(schedule.cooldownLeft)"
+        m["skipped_steps"] = String(skippedSteps)
+        m["world_size"] = String(comm.size)
+        return m
+    }
+
+    /// Rank 0 writes ckpt-<step> (atomically) and moves `latest`; returns its path on every rank.
+    @discardableResult
+    func saveCheckpoint(step: Int) throws -> String {
+        let dir = config.checkpoint.directory
+        if comm.rank == 0 {
+            let path = try Checkpoint.save(directory: dir, step: step, keep: config.checkpoint.keep,
+                                           tensors: checkpointTensors(), metadata: checkpointMetadata(step: step))
+            console.info("checkpoint: \(path)")
+        }
+        return "\(dir)/\(Checkpoint.fileName(step: step))"
+    }
+
+    /// Loads a checkpoint's parameters, running statistics, optimizer and schedule state; returns
+    /// its step. Every tensor must match the model built from the config.
+    func restore(from file: SafeTensors.File) throws -> Int {
+        let path = resumePath ?? "checkpoint"
+        guard file.metadata["kind"] == "checkpoint", let step = file.metadata["step"].flatMap(Int.init) else {
+            throw RNNDPError("--resume: \(path): not a checkpoint (no kind=checkpoint and step in its metadata; model.init_from loads bare weights)")
+        }
+        let name = config.training.optimizer.kind.rawValue
+        if let saved = file.metadata["optimizer"], saved != name {
+            throw RNNDPError("--resume: \(path): was written with optimizer \(saved), the config says \(name)")
+        }
+        let net = network!
+        let running = runningStatisticsTensors(net)
+        func load(_ name: String, _ shape: [Int], into buffer: Buffer<Float>, at offset: Int) throws {
+            guard let t = file.tensor(name) else { throw RNNDPError("--resume: \(path): no tensor '\(name)' (expected shape \(shape))") }
+            guard t.shape == shape else { throw RNNDPError("--resume: \(path): tensor '\(name)' has shape \(t.shape), this model needs \(shape)") }
+            for (i, x) in t.values.enumerated() { buffer[offset + i] = x }
+        }
+        var expected = Set<String>()
+        for v in net.layout.views { try load(v.name, v.shape, into: net.parameters, at: v.offset); expected.insert(v.name) }
+        for (i, r) in running.enumerated() { try load(r.name, r.shape, into: net.runningStatistics, at: i * r.values.count); expected.insert(r.name) }
+        for (state, buffer) in optimizer.state {
+            for v in net.layout.views {
+                try load("optimizer.\(state).\(v.name)", v.shape, into: buffer, at: v.offset)
+                expected.insert("optimizer.\(state).\(v.name)")
+            }
+        }
+        if let extra = file.tensors.first(where: { !expected.contains($0.name) }) {
+            throw RNNDPError("--resume: \(path): tensor '\(extra.name)' does not belong to this model and optimizer")
+        }
+        optimizer.steps = Int(file.metadata["optimizer_steps"] ?? "") ?? step
+        if let sched = file.metadata["schedule"] {
+            var fields: [String: Double] = [:]
+            for part in sched.split(separator: " ") {
+                let kv = part.split(separator: "=")
+                if kv.count == 2, let v = Double(kv[1]) { fields[String(kv[0])] = v }
+            }
+            if let rate = fields["rate"], let best = fields["best"], let bad = fields["bad"], let cool = fields["cooldown"] {
+                schedule.restore(rate: rate, best: best, badEvaluations: Int(bad), cooldownLeft: Int(cool))
+            }
+        }
+        skippedSteps = Int(file.metadata["skipped_steps"] ?? "") ?? 0
+        return step
     }
 
     /// The parameters under their names, then batch norm's running statistics.
