@@ -38,7 +38,7 @@ let package = Package(
         ]),
         .testTarget(name: "RNNTests", dependencies: ["RNN"], exclude: ["Fixtures"]),
         .testTarget(name: "RNNDataTests", dependencies: ["RNNData"]),
-        .testTarget(name: "RNNTrainTests", dependencies: ["RNNTrain", "RNNData", "RNNDistributed", "RNN"]),
+        .testTarget(name: "RNNTrainTests", dependencies: ["RNNTrain", "RNNData", "RNNDistributed", "RNN"], exclude: ["Fixtures"]),
         // Launches `mpirun -np N rnn-dp ...` on the built executable.
         .testTarget(name: "MultiRankTests", dependencies: ["RNNTrain", "rnn-dp"]),
     ]

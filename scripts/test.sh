@@ -4,7 +4,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
-rnn_dp_setup
+rnn_dp_setup python3
+# The interop test reads rnn-dp's files with the real safetensors package.
+if ! python3 -c "import safetensors, numpy" 2>/dev/null; then
+    echo "setup: installing safetensors and numpy with pip" >&2
+    python3 -m pip install --quiet safetensors numpy 2>/dev/null || python3 -m pip install --quiet --break-system-packages safetensors numpy
+fi
 
 # Tests run optimized (the learning tests train real models; -O keeps Swift's safety checks),
 # with -enable-testing for @testable imports. The mpirun tests launch the rnn-dp built beside them.

@@ -21,7 +21,8 @@ public final class SeriesDataset: Dataset {
     let validationStarts: [Int]
 
     public init(path: String, column: String?, validationFraction: Double, interpolateMissing: Bool,
-                steps: Int, output: OutputMode, seed: UInt64, maxValidation: Int) throws {
+                steps: Int, output: OutputMode, seed: UInt64, maxValidation: Int,
+                normalization: (mean: Double, std: Double)? = nil) throws {
         guard let data = FileManager.default.contents(atPath: path) else {
             throw DataError(FileManager.default.fileExists(atPath: path)
                 ? "\(path): cannot read the file" : "\(path): no such file")
@@ -85,9 +86,9 @@ public final class SeriesDataset: Dataset {
             throw DataError("\(path): the training part has \(trainCount) values, too few for windows of sequence_length \(steps) plus a target")
         }
         let trainPart = series[0..<trainCount]
-        let mean = trainPart.reduce(0, +) / Double(trainCount)
+        let mean = normalization?.mean ?? trainPart.reduce(0, +) / Double(trainCount)
         let variance = trainPart.reduce(0) { $0 + ($1 - mean) * ($1 - mean) } / Double(trainCount)
-        let std = variance > 0 ? variance.squareRoot() : 1
+        let std = normalization?.std ?? (variance > 0 ? variance.squareRoot() : 1)
         self.values = series.map { Float(($0 - mean) / std) }
         self.mean = mean
         self.std = std

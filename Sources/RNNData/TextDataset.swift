@@ -39,8 +39,10 @@ public final class TextDataset: Dataset {
     public let validationCount: Int
     let path: String
 
+    /// - vocabulary: a model's own vocabulary (evaluating a trained model); nil: the training
+    ///   part's characters. Characters outside it are dropped from both parts.
     public init(path: String, validationFraction: Double, steps: Int, output: OutputMode, seed: UInt64,
-                maxValidation: Int) throws {
+                maxValidation: Int, vocabulary given: Vocabulary? = nil) throws {
         guard let data = FileManager.default.contents(atPath: path) else {
             throw DataError(FileManager.default.fileExists(atPath: path)
                 ? "\(path): cannot read the file" : "\(path): no such file")
@@ -52,9 +54,9 @@ public final class TextDataset: Dataset {
         guard trainCount >= steps + 1 else {
             throw DataError("\(path): the training part has \(trainCount) characters, fewer than sequence_length + 1 = \(steps + 1)")
         }
-        let vocab = Vocabulary(characters: Set(trainPart).sorted { $0.value < $1.value })
+        let vocab = given ?? Vocabulary(characters: Set(trainPart).sorted { $0.value < $1.value })
         self.vocabulary = vocab
-        self.train = trainPart.map { vocab.token($0)! }
+        self.train = trainPart.compactMap { vocab.token($0) }
         var dropped = 0
         var val: [Int32] = []
         val.reserveCapacity(scalars.count - trainCount)

@@ -207,7 +207,12 @@ public struct ConfigLoader {
     public static func fromCheckpoint(path: String, overrides: [String]) throws -> TrainConfig {
         let file: SafeTensors.File
         do { file = try Checkpoint.read(path: path) } catch let e as Checkpoint.Error { throw RNNDPError("--resume: \(e.message)", collective: true) }
-        guard let text = file.metadata["config"] else { throw RNNDPError("--resume: \(path): no config in the metadata; give --config", collective: true) }
+        return try fromMetadata(file, name: path, overrides: overrides)
+    }
+
+    /// The config stored in a model or checkpoint file's metadata, with overrides on top.
+    public static func fromMetadata(_ file: SafeTensors.File, name path: String, overrides: [String]) throws -> TrainConfig {
+        guard let text = file.metadata["config"] else { throw RNNDPError("\(path): no config in the metadata; give --config", collective: true) }
         let stored = text.split(separator: "\n").compactMap { line -> String? in
             guard let colon = line.firstIndex(of: ":") else { return nil }
             return "\(line[..<colon])=\(line[line.index(colon, offsetBy: 2)...])"

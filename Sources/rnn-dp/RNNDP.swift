@@ -13,7 +13,7 @@ struct RNNDP: ParsableCommand {
         1 runtime failure, 3 replicas diverged, 75 stopped by a signal after writing a checkpoint \
         (continue with --resume).
         """,
-        subcommands: [Train.self])
+        subcommands: [Train.self, Sample.self, Eval.self, Inspect.self])
 }
 
 struct Train: ParsableCommand {
@@ -47,5 +47,75 @@ struct Train: ParsableCommand {
             try Trainer(config: cfg, comm: comm, console: console, resume: checkpoint).run()
         }
         if code != 0 { throw ExitCode(code) }
+    }
+}
+
+struct Sample: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Generate text from a character model.")
+
+    @Option(help: ArgumentHelp("A model.safetensors or checkpoint written by rnn-dp train.", valueName: "file"))
+    var checkpoint: String
+    @Option(help: "Text to feed the model before sampling (default: a newline).")
+    var prime: String = ""
+    @Option(help: "Characters to generate.")
+    var length: Int = 500
+    @Option(help: "Softmax temperature (lower: more conservative).")
+    var temperature: Double = 0.8
+    @Option(help: "Seed of the sampling generator.")
+    var seed: UInt64 = 1
+
+    func validate() throws {
+        guard length >= 0 else { throw ValidationError("--length must be >= 0") }
+        guard temperature > 0, temperature.isFinite else { throw ValidationError("--temperature must be > 0") }
+    }
+
+    func run() throws {
+        let code = Job.run { comm, console in
+            let model = try Job.collectively(comm) { try TrainedModel.load(path: checkpoint, loadData: false).0 }
+            let text = try Job.collectively(comm) { try model.sample(prime: prime, length: length, temperature: temperature, seed: seed) }
+            console.info(prime + text)
+        }
+        if code != 0 { throw ExitCode(code) }
+    }
+}
+
+struct Eval: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Evaluate a trained model on the validation part of its data (sharded under mpirun).",
+        discussion: "Text: loss, perplexity, bits per character, accuracy. Series: MSE, and RMSE/MAE in the original units.")
+
+    @Option(help: ArgumentHelp("A model.safetensors or checkpoint written by rnn-dp train.", valueName: "file"))
+    var checkpoint: String
+    @Option(help: ArgumentHelp("Evaluate on this file instead of the training config's data.path.", valueName: "path"))
+    var data: String?
+    @Option(name: .customLong("set"), help: ArgumentHelp("Override a config key (e.g. data.validation_fraction=0.2).", valueName: "key.path=value"))
+    var overrides: [String] = []
+
+    func run() throws {
+        let code = Job.run { comm, console in
+            let sets = overrides + (data.map { ["data.path=\($0)"] } ?? [])
+            let (model, dataset) = try Job.collectively(comm) { try TrainedModel.load(path: checkpoint, overrides: sets) }
+            let result = try model.evaluate(dataset!, comm: comm)
+            console.info("model: \(checkpoint) (step \(model.step))")
+            console.info("data: \(dataset!.summary)")
+            for line in result.lines { console.info(line) }
+        }
+        if code != 0 { throw ExitCode(code) }
+    }
+}
+
+struct Inspect: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Show a model or checkpoint file: metadata, tensors, checksum status.")
+
+    @Argument(help: ArgumentHelp("The safetensors file.", valueName: "file"))
+    var file: String
+
+    func run() throws {
+        do {
+            for line in try Inspector.describe(path: file) { print(line) }
+        } catch let e as RNNDPError {
+            FileHandle.standardError.write(Data("rnn-dp: error: \(e.message)\n".utf8))
+            throw ExitCode(e.exitCode)
+        }
     }
 }
