@@ -13,7 +13,7 @@ struct RNNDP: ParsableCommand {
         1 runtime failure, 3 replicas diverged, 75 stopped by a signal after writing a checkpoint \
         (continue with --resume).
         """,
-        subcommands: [Train.self, Sample.self, Eval.self, Inspect.self])
+        subcommands: [Train.self, Sample.self, Eval.self, Inspect.self, Keys.self])
 }
 
 struct Train: ParsableCommand {
@@ -117,5 +117,16 @@ struct Inspect: ParsableCommand {
             FileHandle.standardError.write(Data("rnn-dp: error: \(e.message)\n".utf8))
             throw ExitCode(e.exitCode)
         }
+    }
+}
+
+struct Keys: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "List every config key with its values, default and meaning.")
+
+    @Flag(help: "Print the markdown table of docs/CONFIG.md.")
+    var markdown = false
+
+    func run() throws {
+        if markdown { print(ConfigReference.markdown, terminator: "") } else { for line in ConfigReference.plain { print(line) } }
     }
 }

@@ -138,3 +138,13 @@ final class ConfigTests: XCTestCase {
         for f in files { XCTAssertNoThrow(try ConfigLoader.load(path: dir.appendingPathComponent(f).path), f) }
     }
 }
+
+final class ConfigReferenceTests: XCTestCase {
+    /// docs/CONFIG.md is the schema's markdown form; regenerate with `rnn-dp keys --markdown > docs/CONFIG.md`.
+    func testDocsConfigMatchesTheSchema() throws {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let doc = try String(contentsOf: root.appendingPathComponent("docs/CONFIG.md"), encoding: .utf8)
+        XCTAssertEqual(doc, ConfigReference.markdown, "docs/CONFIG.md is stale: run rnn-dp keys --markdown > docs/CONFIG.md")
+        XCTAssertTrue(doc.contains("| `training.optimizer.beta2` |"))
+    }
+}
