@@ -4,6 +4,18 @@
 // nothing of MPI. See docs/ARCHITECTURE.md.
 import PackageDescription
 
+// Generic numerics (Network<S>, the optimizers) are specialized for Float in the modules that use
+// them only with cross-module optimization; without it their loops run through generic witnesses.
+let optimized: [SwiftSetting] = [.unsafeFlags(["-cross-module-optimization"], .when(configuration: .release))]
+#if arch(x86_64)
+// The elementwise kernels vectorize 8 floats wide with AVX2 and FMA (any x86-64 since Haswell, 2013;
+// the x86-64-v3 level). Set RNN_DP_PORTABLE=1 when building for older CPUs.
+let vector: [SwiftSetting] = Context.environment["RNN_DP_PORTABLE"] == nil
+    ? [.unsafeFlags(["-target-cpu", "haswell"], .when(configuration: .release))] : []
+#else
+let vector: [SwiftSetting] = []
+#endif
+
 let package = Package(
     name: "rnn-dp",
     products: [
@@ -22,7 +34,7 @@ let package = Package(
         // Thin C shim: plain C functions over MPI; mpi.h never reaches Swift.
         .target(name: "CMPI", dependencies: ["COpenMPI"], path: "Sources/CMPI"),
         // Numerics: buffers, BLAS, cells, head, losses, BPTT, optimizers. No MPI.
-        .target(name: "RNN", dependencies: ["COpenBLAS"]),
+        .target(name: "RNN", dependencies: ["COpenBLAS"], swiftSettings: optimized + vector),
         // Datasets and deterministic global sampling. No MPI.
         .target(name: "RNNData", dependencies: ["RNN"]),
         // Communicator protocol, MPI and single-process implementations, gradient reduction.
@@ -31,7 +43,7 @@ let package = Package(
         .target(name: "RNNTrain", dependencies: [
             "RNN", "RNNData", "RNNDistributed",
             .product(name: "Yams", package: "Yams"),
-        ]),
+        ], swiftSettings: optimized + vector),
         .executableTarget(name: "rnn-dp", dependencies: [
             "RNNTrain", "RNNDistributed",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),

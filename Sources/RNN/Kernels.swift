@@ -3,15 +3,14 @@
 // and vectorize.
 
 enum Kernels {
-    @inline(__always)
-    static func sigmoid<S: BinaryFloatingPoint & ElementaryFunctions>(_ x: S) -> S {
+    @inline(__always) static func sigmoid<S: BinaryFloatingPoint & ElementaryFunctions>(_ x: S) -> S {
         // Written so that exp never overflows: for x < 0, e^x / (1 + e^x).
         if x >= 0 { return 1 / (1 + S.expf(-x)) }
         let e = S.expf(x)
         return e / (1 + e)
     }
 
-    static func activationForward<S: BinaryFloatingPoint & ElementaryFunctions>(_ act: Activation, _ slope: S, _ z: UnsafeMutablePointer<S>, _ n: Int) {
+    @inline(__always) static func activationForward<S: BinaryFloatingPoint & ElementaryFunctions>(_ act: Activation, _ slope: S, _ z: UnsafeMutablePointer<S>, _ n: Int) {
         switch act {
         case .tanh: for i in 0..<n { z[i] = S.tanhf(z[i]) }
         case .sigmoid: for i in 0..<n { z[i] = sigmoid(z[i]) }
@@ -23,7 +22,7 @@ enum Kernels {
     /// d <- d * act'(z) with act' expressed through y = act(z):
     /// tanh' = 1 - y^2, sigmoid' = y (1 - y), relu' = [y > 0], leaky relu' = [y > 0] + slope [y <= 0]
     /// (for slope > 0 the sign of y is the sign of z).
-    static func activationBackward<S: BinaryFloatingPoint & ElementaryFunctions>(_ act: Activation, _ slope: S, _ y: UnsafePointer<S>, _ d: UnsafeMutablePointer<S>, _ n: Int) {
+    @inline(__always) static func activationBackward<S: BinaryFloatingPoint & ElementaryFunctions>(_ act: Activation, _ slope: S, _ y: UnsafePointer<S>, _ d: UnsafeMutablePointer<S>, _ n: Int) {
         switch act {
         case .tanh: for i in 0..<n { d[i] *= 1 - y[i] * y[i] }
         case .sigmoid: for i in 0..<n { d[i] *= y[i] * (1 - y[i]) }
@@ -35,7 +34,7 @@ enum Kernels {
     /// One LSTM step (PyTorch's nn.LSTM) for `rows` samples of width H. On entry `gates` (B, 4H)
     /// holds the pre-activations [i | f | g | o]; on exit their activations
     /// i = sigmoid, f = sigmoid, g = tanh, o = sigmoid. Then c = f * cPrev + i * g, h = o * tanh(c).
-    static func lstmForward<S: BinaryFloatingPoint & ElementaryFunctions>(_ gates: UnsafeMutablePointer<S>, _ cPrev: UnsafePointer<S>, _ c: UnsafeMutablePointer<S>, _ h: UnsafeMutablePointer<S>, _ rows: Int, _ H: Int) {
+    @inline(__always) static func lstmForward<S: BinaryFloatingPoint & ElementaryFunctions>(_ gates: UnsafeMutablePointer<S>, _ cPrev: UnsafePointer<S>, _ c: UnsafeMutablePointer<S>, _ h: UnsafeMutablePointer<S>, _ rows: Int, _ H: Int) {
         for b in 0..<rows {
             let z = gates + b &* 4 &* H
             let cp = cPrev + b &* H, cb = c + b &* H, hb = h + b &* H
@@ -51,7 +50,7 @@ enum Kernels {
 
     /// The backward twin of lstmForward. dh: dL/dh_t (B, H); dc: on entry dL/dc_t from step t+1,
     /// on exit dL/dc_{t-1}; gates: the activations; dz (B, 4H): dL/d(pre-activations).
-    static func lstmBackward<S: BinaryFloatingPoint & ElementaryFunctions>(_ dh: UnsafePointer<S>, _ dc: UnsafeMutablePointer<S>, _ gates: UnsafePointer<S>, _ c: UnsafePointer<S>, _ cPrev: UnsafePointer<S>, _ dz: UnsafeMutablePointer<S>, _ rows: Int, _ H: Int) {
+    @inline(__always) static func lstmBackward<S: BinaryFloatingPoint & ElementaryFunctions>(_ dh: UnsafePointer<S>, _ dc: UnsafeMutablePointer<S>, _ gates: UnsafePointer<S>, _ c: UnsafePointer<S>, _ cPrev: UnsafePointer<S>, _ dz: UnsafeMutablePointer<S>, _ rows: Int, _ H: Int) {
         for b in 0..<rows {
             let a = gates + b &* 4 &* H, d = dz + b &* 4 &* H
             let dhb = dh + b &* H, dcb = dc + b &* H, cb = c + b &* H, cp = cPrev + b &* H
@@ -72,7 +71,7 @@ enum Kernels {
     /// and hh (B, 3H) holds W_hh h_{t-1} + b_hh. Computes r = sigmoid(x_r + hh_r),
     /// z = sigmoid(x_z + hh_z), n = tanh(x_n + r * hh_n), h = (1 - z) * n + z * hPrev; stores the
     /// activations r, z, n in `gates` and hh_n in hn (B, H) for the backward pass.
-    static func gruForward<S: BinaryFloatingPoint & ElementaryFunctions>(_ gates: UnsafeMutablePointer<S>, _ hh: UnsafePointer<S>, _ hPrev: UnsafePointer<S>, _ h: UnsafeMutablePointer<S>, _ hn: UnsafeMutablePointer<S>, _ rows: Int, _ H: Int) {
+    @inline(__always) static func gruForward<S: BinaryFloatingPoint & ElementaryFunctions>(_ gates: UnsafeMutablePointer<S>, _ hh: UnsafePointer<S>, _ hPrev: UnsafePointer<S>, _ h: UnsafeMutablePointer<S>, _ hn: UnsafeMutablePointer<S>, _ rows: Int, _ H: Int) {
         for b in 0..<rows {
             let x = gates + b &* 3 &* H, u = hh + b &* 3 &* H
             let hp = hPrev + b &* H, hb = h + b &* H, hnb = hn + b &* H
@@ -91,7 +90,7 @@ enum Kernels {
     /// The backward twin of gruForward. From dh (B, H) computes the gradients of the input-side
     /// pre-activations dxi = [dr | dz | dn] and the hidden-side ones dhh = [dr | dz | r * dn]
     /// (B, 3H each), and adds z * dh, the direct path, into dhPrev (B, H).
-    static func gruBackward<S: BinaryFloatingPoint & ElementaryFunctions>(_ dh: UnsafePointer<S>, _ gates: UnsafePointer<S>, _ hn: UnsafePointer<S>, _ hPrev: UnsafePointer<S>, _ dxi: UnsafeMutablePointer<S>, _ dhh: UnsafeMutablePointer<S>, _ dhPrev: UnsafeMutablePointer<S>, _ rows: Int, _ H: Int) {
+    @inline(__always) static func gruBackward<S: BinaryFloatingPoint & ElementaryFunctions>(_ dh: UnsafePointer<S>, _ gates: UnsafePointer<S>, _ hn: UnsafePointer<S>, _ hPrev: UnsafePointer<S>, _ dxi: UnsafeMutablePointer<S>, _ dhh: UnsafeMutablePointer<S>, _ dhPrev: UnsafeMutablePointer<S>, _ rows: Int, _ H: Int) {
         for b in 0..<rows {
             let a = gates + b &* 3 &* H, dx = dxi + b &* 3 &* H, du = dhh + b &* 3 &* H
             let dhb = dh + b &* H, hnb = hn + b &* H, hp = hPrev + b &* H, dhp = dhPrev + b &* H
@@ -108,7 +107,7 @@ enum Kernels {
         }
     }
 
-    static func addBiasRows<S: BinaryFloatingPoint>(_ p: UnsafeMutablePointer<S>, _ rows: Int, _ cols: Int, _ b1: UnsafePointer<S>, _ b2: UnsafePointer<S>?) {
+    @inline(__always) static func addBiasRows<S: BinaryFloatingPoint>(_ p: UnsafeMutablePointer<S>, _ rows: Int, _ cols: Int, _ b1: UnsafePointer<S>, _ b2: UnsafePointer<S>?) {
         for r in 0..<rows {
             let row = p + r &* cols
             if let b2 {
@@ -119,14 +118,14 @@ enum Kernels {
         }
     }
 
-    static func sumRows<S: BinaryFloatingPoint>(_ p: UnsafePointer<S>, _ rows: Int, _ cols: Int, _ out: UnsafeMutablePointer<S>) {
+    @inline(__always) static func sumRows<S: BinaryFloatingPoint>(_ p: UnsafePointer<S>, _ rows: Int, _ cols: Int, _ out: UnsafeMutablePointer<S>) {
         for r in 0..<rows {
             let row = p + r &* cols
             for j in 0..<cols { out[j] += row[j] }
         }
     }
 
-    static func gatherColumns<S: BinaryFloatingPoint>(_ w: UnsafePointer<S>, _ ldw: Int, _ cols: Int, _ tokens: UnsafePointer<Int32>, _ rows: Int, _ out: UnsafeMutablePointer<S>) {
+    @inline(__always) static func gatherColumns<S: BinaryFloatingPoint>(_ w: UnsafePointer<S>, _ ldw: Int, _ cols: Int, _ tokens: UnsafePointer<Int32>, _ rows: Int, _ out: UnsafeMutablePointer<S>) {
         for r in 0..<rows {
             let tok = Int(tokens[r])
             let row = out + r &* cols
@@ -134,7 +133,7 @@ enum Kernels {
         }
     }
 
-    static func scatterAddColumns<S: BinaryFloatingPoint>(_ d: UnsafePointer<S>, _ rows: Int, _ cols: Int, _ tokens: UnsafePointer<Int32>, _ dw: UnsafeMutablePointer<S>, _ ldw: Int) {
+    @inline(__always) static func scatterAddColumns<S: BinaryFloatingPoint>(_ d: UnsafePointer<S>, _ rows: Int, _ cols: Int, _ tokens: UnsafePointer<Int32>, _ dw: UnsafeMutablePointer<S>, _ ldw: Int) {
         for r in 0..<rows {
             let tok = Int(tokens[r])
             let row = d + r &* cols
@@ -142,7 +141,7 @@ enum Kernels {
         }
     }
 
-    static func softmaxCrossEntropy<S: BinaryFloatingPoint & ElementaryFunctions>(_ logits: UnsafeMutablePointer<S>, _ rows: Int, _ classes: Int, _ targets: UnsafePointer<Int32>, _ scale: S) -> (loss: Double, correct: Int) {
+    @inline(__always) static func softmaxCrossEntropy<S: BinaryFloatingPoint & ElementaryFunctions>(_ logits: UnsafeMutablePointer<S>, _ rows: Int, _ classes: Int, _ targets: UnsafePointer<Int32>, _ scale: S) -> (loss: Double, correct: Int) {
         var loss = 0.0
         var correct = 0
         for r in 0..<rows {
@@ -168,7 +167,7 @@ enum Kernels {
         return (loss, correct)
     }
 
-    static func meanSquaredError<S: BinaryFloatingPoint>(_ y: UnsafeMutablePointer<S>, _ t: UnsafePointer<Float>, _ rows: Int, _ width: Int, _ scale: S) -> Double {
+    @inline(__always) static func meanSquaredError<S: BinaryFloatingPoint>(_ y: UnsafeMutablePointer<S>, _ t: UnsafePointer<Float>, _ rows: Int, _ width: Int, _ scale: S) -> Double {
         var loss = 0.0
         let w = S(width)
         for r in 0..<rows {
@@ -184,13 +183,13 @@ enum Kernels {
         return loss
     }
 
-    static func sumOfSquares<S: BinaryFloatingPoint>(_ x: UnsafePointer<S>, _ n: Int) -> Double {
+    @inline(__always) static func sumOfSquares<S: BinaryFloatingPoint>(_ x: UnsafePointer<S>, _ n: Int) -> Double {
         var s = 0.0
         for i in 0..<n { let v = Double(x[i]); s += v * v }
         return s
     }
 
-    static func allFinite<S: BinaryFloatingPoint>(_ x: UnsafePointer<S>, _ n: Int) -> Bool {
+    @inline(__always) static func allFinite<S: BinaryFloatingPoint>(_ x: UnsafePointer<S>, _ n: Int) -> Bool {
         // A sum of x * 0 is NaN exactly when some x is infinite or NaN; one branch at the end.
         var acc: S = 0
         for i in 0..<n { acc += x[i] * 0 }
@@ -207,7 +206,7 @@ extension Kernels {
     static let normEps = 1e-5
 
     /// sum[j] += sum_r x[r, j], sumsq[j] += sum_r x[r, j]^2 (in Double).
-    static func columnMoments<S: BinaryFloatingPoint>(_ x: UnsafePointer<S>, _ rows: Int, _ cols: Int, _ sum: UnsafeMutablePointer<Double>, _ sumsq: UnsafeMutablePointer<Double>) {
+    @inline(__always) static func columnMoments<S: BinaryFloatingPoint>(_ x: UnsafePointer<S>, _ rows: Int, _ cols: Int, _ sum: UnsafeMutablePointer<Double>, _ sumsq: UnsafeMutablePointer<Double>) {
         for r in 0..<rows {
             let row = x + r &* cols
             for j in 0..<cols { let v = Double(row[j]); sum[j] += v; sumsq[j] += v * v }
@@ -215,7 +214,7 @@ extension Kernels {
     }
 
     /// x <- gamma * (x - mean) * rstd + beta per column; xhat <- (x - mean) * rstd.
-    static func batchNormApply<S: BinaryFloatingPoint>(_ x: UnsafeMutablePointer<S>, _ rows: Int, _ cols: Int, _ mean: UnsafePointer<Double>, _ rstd: UnsafePointer<Double>, _ gamma: UnsafePointer<S>, _ beta: UnsafePointer<S>, _ xhat: UnsafeMutablePointer<S>) {
+    @inline(__always) static func batchNormApply<S: BinaryFloatingPoint>(_ x: UnsafeMutablePointer<S>, _ rows: Int, _ cols: Int, _ mean: UnsafePointer<Double>, _ rstd: UnsafePointer<Double>, _ gamma: UnsafePointer<S>, _ beta: UnsafePointer<S>, _ xhat: UnsafeMutablePointer<S>) {
         for r in 0..<rows {
             let row = x + r &* cols, hat = xhat + r &* cols
             for j in 0..<cols {
@@ -227,7 +226,7 @@ extension Kernels {
     }
 
     /// sumDy[j] += sum_r dy[r, j], sumDyXhat[j] += sum_r dy[r, j] xhat[r, j].
-    static func batchNormBackwardSums<S: BinaryFloatingPoint>(_ dy: UnsafePointer<S>, _ xhat: UnsafePointer<S>, _ rows: Int, _ cols: Int, _ sumDy: UnsafeMutablePointer<Double>, _ sumDyXhat: UnsafeMutablePointer<Double>) {
+    @inline(__always) static func batchNormBackwardSums<S: BinaryFloatingPoint>(_ dy: UnsafePointer<S>, _ xhat: UnsafePointer<S>, _ rows: Int, _ cols: Int, _ sumDy: UnsafeMutablePointer<Double>, _ sumDyXhat: UnsafeMutablePointer<Double>) {
         for r in 0..<rows {
             let d = dy + r &* cols, h = xhat + r &* cols
             for j in 0..<cols { sumDy[j] += Double(d[j]); sumDyXhat[j] += Double(d[j]) * Double(h[j]) }
@@ -235,7 +234,7 @@ extension Kernels {
     }
 
     /// dx = gamma * rstd * (dy - meanDy - xhat * meanDyXhat), in place over dy.
-    static func batchNormBackwardApply<S: BinaryFloatingPoint>(_ dy: UnsafeMutablePointer<S>, _ xhat: UnsafePointer<S>, _ rows: Int, _ cols: Int, _ gamma: UnsafePointer<S>, _ rstd: UnsafePointer<Double>, _ meanDy: UnsafePointer<Double>, _ meanDyXhat: UnsafePointer<Double>) {
+    @inline(__always) static func batchNormBackwardApply<S: BinaryFloatingPoint>(_ dy: UnsafeMutablePointer<S>, _ xhat: UnsafePointer<S>, _ rows: Int, _ cols: Int, _ gamma: UnsafePointer<S>, _ rstd: UnsafePointer<Double>, _ meanDy: UnsafePointer<Double>, _ meanDyXhat: UnsafePointer<Double>) {
         for r in 0..<rows {
             let d = dy + r &* cols, h = xhat + r &* cols
             for j in 0..<cols {
@@ -245,8 +244,7 @@ extension Kernels {
     }
 
     /// Layer norm of one block of n values at z (stride 1): z <- gamma * xhat + beta.
-    @inline(__always)
-    static func layerNormBlock<S: BinaryFloatingPoint>(_ z: UnsafeMutablePointer<S>, _ n: Int, _ gamma: UnsafePointer<S>, _ beta: UnsafePointer<S>, _ xhat: UnsafeMutablePointer<S>) -> S {
+    @inline(__always) static func layerNormBlock<S: BinaryFloatingPoint>(_ z: UnsafeMutablePointer<S>, _ n: Int, _ gamma: UnsafePointer<S>, _ beta: UnsafePointer<S>, _ xhat: UnsafeMutablePointer<S>) -> S {
         var mean = 0.0
         for j in 0..<n { mean += Double(z[j]) }
         mean /= Double(n)
@@ -263,8 +261,7 @@ extension Kernels {
 
     /// The backward twin of layerNormBlock: d (gradient w.r.t. the output) becomes the gradient
     /// w.r.t. the input; dgamma += d * xhat, dbeta += d.
-    @inline(__always)
-    static func layerNormBlockBackward<S: BinaryFloatingPoint>(_ d: UnsafeMutablePointer<S>, _ n: Int, _ xhat: UnsafePointer<S>, _ rstd: S, _ gamma: UnsafePointer<S>, _ dgamma: UnsafeMutablePointer<S>, _ dbeta: UnsafeMutablePointer<S>) {
+    @inline(__always) static func layerNormBlockBackward<S: BinaryFloatingPoint>(_ d: UnsafeMutablePointer<S>, _ n: Int, _ xhat: UnsafePointer<S>, _ rstd: S, _ gamma: UnsafePointer<S>, _ dgamma: UnsafeMutablePointer<S>, _ dbeta: UnsafeMutablePointer<S>) {
         var meanG = 0.0, meanGX = 0.0
         for j in 0..<n {
             dgamma[j] += d[j] * xhat[j]
@@ -282,7 +279,7 @@ extension Kernels {
     }
 
     /// Layer norm over each of the `blocks` blocks of H values in every row of z (rows, blocks*H).
-    static func layerNormForward<S: BinaryFloatingPoint>(_ z: UnsafeMutablePointer<S>, _ rows: Int, _ blocks: Int, _ H: Int, _ gamma: UnsafePointer<S>, _ beta: UnsafePointer<S>, _ xhat: UnsafeMutablePointer<S>, _ rstd: UnsafeMutablePointer<S>) {
+    @inline(__always) static func layerNormForward<S: BinaryFloatingPoint>(_ z: UnsafeMutablePointer<S>, _ rows: Int, _ blocks: Int, _ H: Int, _ gamma: UnsafePointer<S>, _ beta: UnsafePointer<S>, _ xhat: UnsafeMutablePointer<S>, _ rstd: UnsafeMutablePointer<S>) {
         for r in 0..<rows {
             for g in 0..<blocks {
                 let off = (r &* blocks &+ g) &* H
@@ -291,7 +288,7 @@ extension Kernels {
         }
     }
 
-    static func layerNormBackward<S: BinaryFloatingPoint>(_ d: UnsafeMutablePointer<S>, _ rows: Int, _ blocks: Int, _ H: Int, _ xhat: UnsafePointer<S>, _ rstd: UnsafePointer<S>, _ gamma: UnsafePointer<S>, _ dgamma: UnsafeMutablePointer<S>, _ dbeta: UnsafeMutablePointer<S>) {
+    @inline(__always) static func layerNormBackward<S: BinaryFloatingPoint>(_ d: UnsafeMutablePointer<S>, _ rows: Int, _ blocks: Int, _ H: Int, _ xhat: UnsafePointer<S>, _ rstd: UnsafePointer<S>, _ gamma: UnsafePointer<S>, _ dgamma: UnsafeMutablePointer<S>, _ dbeta: UnsafeMutablePointer<S>) {
         for r in 0..<rows {
             for g in 0..<blocks {
                 let off = (r &* blocks &+ g) &* H
@@ -302,7 +299,7 @@ extension Kernels {
 
     /// GRU step with layer norm on the pre-activations of r and z (x + hh) and of n
     /// (x_n + r * hh_n). Same buffers as gruForward plus xhat (B, 3H) and rstd (B, 3).
-    static func gruForwardLN<S: BinaryFloatingPoint & ElementaryFunctions>(_ gates: UnsafeMutablePointer<S>, _ hh: UnsafePointer<S>, _ hPrev: UnsafePointer<S>, _ h: UnsafeMutablePointer<S>, _ hn: UnsafeMutablePointer<S>, _ rows: Int, _ H: Int, _ gamma: UnsafePointer<S>, _ beta: UnsafePointer<S>, _ xhat: UnsafeMutablePointer<S>, _ rstd: UnsafeMutablePointer<S>) {
+    @inline(__always) static func gruForwardLN<S: BinaryFloatingPoint & ElementaryFunctions>(_ gates: UnsafeMutablePointer<S>, _ hh: UnsafePointer<S>, _ hPrev: UnsafePointer<S>, _ h: UnsafeMutablePointer<S>, _ hn: UnsafeMutablePointer<S>, _ rows: Int, _ H: Int, _ gamma: UnsafePointer<S>, _ beta: UnsafePointer<S>, _ xhat: UnsafeMutablePointer<S>, _ rstd: UnsafeMutablePointer<S>) {
         for b in 0..<rows {
             let x = gates + b &* 3 &* H, u = hh + b &* 3 &* H, xh = xhat + b &* 3 &* H
             let hp = hPrev + b &* H, hb = h + b &* H, hnb = hn + b &* H
@@ -322,7 +319,7 @@ extension Kernels {
     }
 
     /// The backward twin of gruForwardLN.
-    static func gruBackwardLN<S: BinaryFloatingPoint & ElementaryFunctions>(_ dh: UnsafePointer<S>, _ gates: UnsafePointer<S>, _ hn: UnsafePointer<S>, _ hPrev: UnsafePointer<S>, _ dxi: UnsafeMutablePointer<S>, _ dhh: UnsafeMutablePointer<S>, _ dhPrev: UnsafeMutablePointer<S>, _ rows: Int, _ H: Int, _ gamma: UnsafePointer<S>, _ xhat: UnsafePointer<S>, _ rstd: UnsafePointer<S>, _ dgamma: UnsafeMutablePointer<S>, _ dbeta: UnsafeMutablePointer<S>) {
+    @inline(__always) static func gruBackwardLN<S: BinaryFloatingPoint & ElementaryFunctions>(_ dh: UnsafePointer<S>, _ gates: UnsafePointer<S>, _ hn: UnsafePointer<S>, _ hPrev: UnsafePointer<S>, _ dxi: UnsafeMutablePointer<S>, _ dhh: UnsafeMutablePointer<S>, _ dhPrev: UnsafeMutablePointer<S>, _ rows: Int, _ H: Int, _ gamma: UnsafePointer<S>, _ xhat: UnsafePointer<S>, _ rstd: UnsafePointer<S>, _ dgamma: UnsafeMutablePointer<S>, _ dbeta: UnsafeMutablePointer<S>) {
         for b in 0..<rows {
             let a = gates + b &* 3 &* H, dx = dxi + b &* 3 &* H, du = dhh + b &* 3 &* H, xh = xhat + b &* 3 &* H
             let dhb = dh + b &* H, hnb = hn + b &* H, hp = hPrev + b &* H, dhp = dhPrev + b &* H

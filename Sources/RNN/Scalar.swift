@@ -171,8 +171,8 @@ public protocol ElementaryFunctions {
     static func logf(_ x: Self) -> Self
 }
 extension Float: ElementaryFunctions {
-    @inline(__always) public static func tanhf(_ x: Float) -> Float { tanh(x) }
-    @inline(__always) public static func expf(_ x: Float) -> Float { exp(x) }
+    @inline(__always) public static func tanhf(_ x: Float) -> Float { FastMath.tanh(x) }
+    @inline(__always) public static func expf(_ x: Float) -> Float { FastMath.exp(x) }
     @inline(__always) public static func logf(_ x: Float) -> Float { log(x) }
 }
 extension Double: ElementaryFunctions {

@@ -44,10 +44,10 @@ public enum Checkpoint {
             throw Error(message: "\(name): not a valid safetensors file: \(e.message)")
         }
         guard let f = file.metadata["format"] else { throw Error(message: "\(name): no 'format' in the metadata: not an rnn-dp file") }
-        guard f == format else { throw Error(message: "\(name): format '\(f)' is not supported (this rnn-dp reads \(format))") }
+        guard f == format else { throw Error(message: "\(name): format '\(SafeTensors.printable(f))' is not supported (this rnn-dp reads \(format))") }
         guard let stored = file.metadata["checksum"] else { throw Error(message: "\(name): no checksum in the metadata") }
         let actual = SafeTensors.dataChecksum(bytes) ?? ""
-        guard stored == actual else { throw Error(message: "\(name): checksum mismatch (stored \(stored), data \(actual)): the file is corrupt") }
+        guard stored == actual else { throw Error(message: "\(name): checksum mismatch (stored \(SafeTensors.printable(stored)), data \(actual)): the file is corrupt") }
         return file
     }
 

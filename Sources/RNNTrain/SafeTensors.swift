@@ -64,6 +64,16 @@ public enum SafeTensors {
         public var description: String { message }
     }
 
+    /// A string from a file made safe for a one-line message: control characters escaped, long
+    /// strings cut.
+    public static func printable(_ s: String) -> String {
+        var out = ""
+        for u in s.unicodeScalars.prefix(200) {
+            out += u.value < 0x20 || u.value == 0x7f ? u.escaped(asASCII: true) : String(u)
+        }
+        return s.unicodeScalars.count > 200 ? out + "..." : out
+    }
+
     /// The reference implementation's limit on the JSON header (100 MB).
     public static let maxHeaderLength: UInt64 = 100_000_000
 
@@ -95,8 +105,9 @@ public enum SafeTensors {
         var tensors: [Tensor] = []
         var ranges: [(Int, Int, String)] = []
         let dataCount = bytes.count - headerEnd
-        for (name, value) in header {
-            if name == "__metadata__" {
+        for (rawName, value) in header {
+            let name = rawName == "__metadata__" ? rawName : SafeTensors.printable(rawName)
+            if rawName == "__metadata__" {
                 guard let m = value as? [String: String] else { throw fail("__metadata__ is not a map of strings") }
                 metadata = m
                 continue
@@ -104,7 +115,7 @@ public enum SafeTensors {
             guard let info = value as? [String: Any], let dtype = info["dtype"] as? String,
                   let shape = info["shape"] as? [Int], let offs = info["data_offsets"] as? [Int], offs.count == 2
             else { throw fail("tensor '\(name)': malformed entry") }
-            guard dtype == "F32" else { throw fail("tensor '\(name)': unsupported dtype \(dtype) (rnn-dp reads F32)") }
+            guard dtype == "F32" else { throw fail("tensor '\(name)': unsupported dtype \(SafeTensors.printable(dtype)) (rnn-dp reads F32)") }
             guard shape.allSatisfy({ $0 >= 0 }), shape.count <= 8 else { throw fail("tensor '\(name)': invalid shape \(shape)") }
             let (count, overflow) = shape.reduce((1, false)) { acc, d in
                 let (p, o) = acc.0.multipliedReportingOverflow(by: d)
@@ -113,8 +124,10 @@ public enum SafeTensors {
             guard !overflow, offs[0] >= 0, offs[1] >= offs[0], offs[1] <= dataCount else {
                 throw fail("tensor '\(name)': data offsets \(offs) out of range (data has \(dataCount) bytes)")
             }
-            guard offs[1] - offs[0] == count * 4 else {
-                throw fail("tensor '\(name)': shape \(shape) needs \(count * 4) bytes, offsets give \(offs[1] - offs[0])")
+            let (bytesNeeded, tooBig) = count.multipliedReportingOverflow(by: 4)
+            guard !tooBig else { throw fail("tensor '\(name)': shape \(shape) is too large") }
+            guard offs[1] - offs[0] == bytesNeeded else {
+                throw fail("tensor '\(name)': shape \(shape) needs \(bytesNeeded) bytes, offsets give \(offs[1] - offs[0])")
             }
             ranges.append((offs[0], offs[1], name))
             var values = [Float](repeating: 0, count: count)

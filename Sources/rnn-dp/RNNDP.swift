@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import RNNTrain
+import RNN
 
 @main
 struct RNNDP: ParsableCommand {
@@ -13,7 +14,7 @@ struct RNNDP: ParsableCommand {
         1 runtime failure, 3 replicas diverged, 75 stopped by a signal after writing a checkpoint \
         (continue with --resume).
         """,
-        subcommands: [Train.self, Sample.self, Eval.self, Inspect.self, Keys.self])
+        subcommands: [Train.self, Sample.self, Eval.self, Inspect.self, Keys.self, BenchCommand.self])
 }
 
 struct Train: ParsableCommand {
@@ -128,5 +129,57 @@ struct Keys: ParsableCommand {
 
     func run() throws {
         if markdown { print(ConfigReference.markdown, terminator: "") } else { for line in ConfigReference.plain { print(line) } }
+    }
+}
+
+struct BenchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bench",
+        abstract: "Time the standard configurations (char model, V=65, cross-entropy at every step, Adam).",
+        discussion: "Under mpirun: weak scaling (batch per rank fixed, the default) or strong scaling (global batch fixed). Prints median step time, tokens/s, GFLOP/s, the fraction of this machine's single-thread sgemm rate, and exposed communication.")
+
+    @Option(name: .customLong("case"), help: "Run only these cases (repeatable): rnn-h128, lstm-h256x2, gru-h512, lstm-h1024.")
+    var cases: [String] = []
+    @Option(help: "Timed steps per case.")
+    var steps: Int = 20
+    @Option(help: "Untimed warm-up steps per case.")
+    var warmup: Int = 3
+    @Option(help: "weak or strong.")
+    var scaling: String = "weak"
+    @Option(help: "BLAS threads per rank (default 1, the issue's setting).")
+    var threads: Int = 1
+    @Flag(help: "One JSON object per case.")
+    var json = false
+
+    func validate() throws {
+        guard ["weak", "strong"].contains(scaling) else { throw ValidationError("--scaling must be weak or strong") }
+        guard steps >= 1, warmup >= 0, threads >= 1 else { throw ValidationError("--steps >= 1, --warmup >= 0, --threads >= 1") }
+        for c in cases where !Bench.standard.contains(where: { $0.name == c }) {
+            throw ValidationError("unknown case '\(c)' (known: \(Bench.standard.map(\.name).joined(separator: ", ")))")
+        }
+    }
+
+    func run() throws {
+        let code = Job.run { comm, console in
+            setBLASThreads(threads)
+            let sgemm = Bench.sgemmRate()
+            var rate = [sgemm]
+            try comm.allreduceMax(&rate)
+            if !json {
+                console.info("rnn-dp bench: \(comm.name), \(threads) BLAS thread\(threads == 1 ? "" : "s") per rank, \(scaling) scaling, \(steps) steps after \(warmup) warm-up")
+                console.info(String(format: "single-thread sgemm (1024^3): %.1f GFLOP/s", rate[0]))
+                console.info("case          ranks  batch  step ms  tokens/s   GFLOP/s  of sgemm  compute ms  exposed comm ms")
+            }
+            for c in Bench.standard where cases.isEmpty || cases.contains(c.name) {
+                let r = try Bench.run(c, comm: comm, strong: scaling == "strong", warmup: warmup, steps: steps, sgemm: rate[0])
+                if json {
+                    console.info("{\"case\":\"\(r.name)\",\"ranks\":\(r.ranks),\"global_batch\":\(r.globalBatch),\"step_s\":\(r.medianStep),\"tokens_per_s\":\(r.tokensPerSecond),\"gflops\":\(r.gflops),\"fraction_of_sgemm\":\(r.fractionOfSgemm),\"compute_s\":\(r.medianCompute),\"exposed_comm_s\":\(r.medianExposedComm),\"sgemm_gflops\":\(rate[0]),\"threads\":\(threads),\"scaling\":\"\(scaling)\"}")
+                } else {
+                    console.info(String(format: "%-12@ %6d %6d %8.2f %9.0f %9.1f %8.0f%% %11.2f %16.3f", r.name as NSString, r.ranks, r.globalBatch,
+                                        r.medianStep * 1000, r.tokensPerSecond, r.gflops, r.fractionOfSgemm * 100, r.medianCompute * 1000, r.medianExposedComm * 1000))
+                }
+            }
+        }
+        if code != 0 { throw ExitCode(code) }
     }
 }

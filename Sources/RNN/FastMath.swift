@@ -1,0 +1,54 @@
+// Float exp, tanh and sigmoid without calls into libm, so that the elementwise loops of the cells
+// vectorize. Accuracy: within a few float32 ulps of the correctly rounded results over the whole
+// range (Tests/RNNTests/FastMathTests.swift measures it against Double). Double keeps libm: it
+// serves the gradient checks, where accuracy is the point.
+//
+// exp: Cody-Waite range reduction x = k ln2 + r, |r| <= ln2/2, then the degree-6 minimax
+// polynomial of Cephes' expf (S. L. Moshier), and 2^k assembled in the exponent bits. k is
+// extracted with the 1.5 * 2^23 rounding trick, so no float-to-int conversion can trap: NaN stays
+// NaN, and arguments are clamped to where the result is finite or underflows to 0.
+// tanh: Cephes' tanhf: an odd polynomial for |x| < 0.625, 1 - 2 / (e^{2|x|} + 1) beyond.
+
+public enum FastMath {
+    @inline(__always)
+    public static func exp(_ x: Float) -> Float {
+        let xc = Swift.min(Swift.max(x, -87.33654), 88.37626)  // NaN passes through both
+        let magic: Float = 12_582_912  // 1.5 * 2^23: adding it rounds to an integer
+        let t = xc * 1.442_695_04 + magic
+        let k = t - magic
+        let r = (xc - k * 0.693_359_375) - k * -2.121_944_4e-4
+        var p: Float = 1.987_569_15e-4
+        p = p * r + 1.398_199_95e-3
+        p = p * r + 8.333_451_9e-3
+        p = p * r + 4.166_579_59e-2
+        p = p * r + 1.666_666_55e-1
+        p = p * r + 5.000_000_1e-1
+        p = p * (r * r) + r + 1
+        // The integer k sits in the low mantissa bits of t; 2^k = (k + 127) << 23.
+        let bits = (t.bitPattern &- magic.bitPattern &+ 127) << 23
+        let y = p * Float(bitPattern: bits)
+        return x < -87.33654 ? 0 : y  // below the clamp the true value rounds to (nearly) 0
+    }
+
+    @inline(__always)
+    public static func tanh(_ x: Float) -> Float {
+        let a = Swift.abs(x)
+        let z = x * x
+        var s: Float = -5.704_988_727_45e-3
+        s = s * z + 2.063_908_879_54e-2
+        s = s * z - 5.373_971_555_31e-2
+        s = s * z + 1.333_144_220_36e-1
+        s = s * z - 3.333_328_194_22e-1
+        let small = s * z * x + x
+        let e = exp(Swift.min(2 * a, 88))
+        let large = 1 - 2 / (e + 1)
+        let signed = x < 0 ? -large : large
+        return a < 0.625 ? small : (x.isNaN ? x : signed)
+    }
+
+    @inline(__always)
+    public static func sigmoid(_ x: Float) -> Float {
+        // 1 / (1 + e^-x); for x < -87 e^-x saturates at the clamp and the result rounds to ~0.
+        1 / (1 + exp(-x))
+    }
+}

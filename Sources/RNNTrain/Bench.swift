@@ -1,0 +1,118 @@
+import Foundation
+import RNN
+import RNNDistributed
+
+/// `rnn-dp bench`: the standard configurations (character model, V = 65, softmax cross-entropy at
+/// every step, Adam), timed step by step with the same numerics and exchange as training.
+public enum Bench {
+    public struct Case: Sendable {
+        public let name: String
+        public let cell: CellKind
+        public let hidden: Int
+        public let layers: Int
+        public let steps: Int  // T
+        public let batch: Int  // B (global for strong scaling, per rank for weak)
+    }
+
+    /// The table (BENCHMARKS.md).
+    public static let standard: [Case] = [
+        Case(name: "rnn-h128", cell: .rnn, hidden: 128, layers: 1, steps: 64, batch: 32),
+        Case(name: "lstm-h256x2", cell: .lstm, hidden: 256, layers: 2, steps: 64, batch: 32),
+        Case(name: "gru-h512", cell: .gru, hidden: 512, layers: 1, steps: 64, batch: 64),
+        Case(name: "lstm-h1024", cell: .lstm, hidden: 1024, layers: 1, steps: 32, batch: 64),
+    ]
+    public static let vocabulary = 65
+
+    public struct Result: Sendable {
+        public var name: String
+        public var ranks: Int
+        public var globalBatch: Int
+        public var medianStep: Double
+        public var tokensPerSecond: Double
+        public var gflops: Double
+        public var fractionOfSgemm: Double
+        public var medianCompute: Double
+        public var medianExposedComm: Double
+        public var parameters: Int
+    }
+
+    /// Matrix-product FLOPs of one training step (forward + backward) of the whole global batch.
+    public static func flops(_ c: Case, globalBatch B: Int) -> Double {
+        let G = Double(c.cell.gates), H = Double(c.hidden), TB = Double(c.steps * B), V = Double(vocabulary)
+        var f = 0.0
+        for k in 0..<c.layers {
+            let recurrent = 2 * TB * H * G * H * 3  // forward h W_hh^T, backward dh, dW_hh
+            let input = k == 0 ? 0 : 2 * TB * H * G * H * 3  // token input is a gather: no product
+            f += recurrent + input
+        }
+        f += 2 * TB * H * V * 3  // head forward, dW, dh
+        return f
+    }
+
+    /// Single-thread sgemm rate (GFLOP/s) on square matrices of size n: the machine's yardstick.
+    public static func sgemmRate(n: Int = 1024, repeats: Int = 5) -> Double {
+        let a = Buffer<Float>(count: n * n), b = Buffer<Float>(count: n * n), c = Buffer<Float>(count: n * n)
+        for i in 0..<(n * n) { a[i] = Float(i % 7) * 0.1; b[i] = Float(i % 5) * 0.1 }
+        let saved = blasThreads()
+        setBLASThreads(1)
+        defer { setBLASThreads(saved) }
+        var times: [Double] = []
+        for _ in 0..<repeats {
+            let t0 = monotonicSeconds()
+            Float.gemm(transA: false, transB: false, m: n, n: n, k: n, alpha: 1, a: a.pointer, lda: n, b: b.pointer, ldb: n, beta: 0, c: c.pointer, ldc: n)
+            times.append(monotonicSeconds() - t0)
+        }
+        return 2 * Double(n * n * n) / median(times) / 1e9
+    }
+
+    static func median(_ v: [Double]) -> Double {
+        let s = v.sorted()
+        return s.isEmpty ? .nan : (s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2)
+    }
+
+    /// Runs one case: `warmup` untimed steps, then `steps` timed ones. Every rank computes its
+    /// shard; the exchange is the training exchange (allreduce of the flat gradient).
+    public static func run(_ c: Case, comm: Communicator, strong: Bool, warmup: Int, steps: Int, sgemm: Double) throws -> Result {
+        let B = strong ? c.batch : c.batch * comm.size
+        guard B >= comm.size else { throw RNNDPError("bench \(c.name): global batch \(B) is smaller than \(comm.size) ranks", collective: true) }
+        let spec = ModelSpec(cell: c.cell, activation: .tanh, input: .tokens(vocabulary: vocabulary), hiddenSize: c.hidden,
+                             layers: c.layers, outputSize: vocabulary, output: .everyStep, loss: .crossEntropy)
+        let net = Network<Float>(spec: spec)
+        net.initializeParameters(seed: 1)
+        let opt = Adam<Float>(count: net.layout.count)
+        let rows = comm.shard(of: B)
+        // A fixed random batch per rank (data loading is not what is measured).
+        var rng = Xoshiro256(seed: 7, stream: RandomStream.trainingData.rawValue, index: UInt64(comm.rank))
+        let T = c.steps
+        let batch = Batch(batchSize: rows.count, steps: T,
+                          tokens: (0..<(T * rows.count)).map { _ in Int32(rng.nextInt(below: vocabulary)) },
+                          targetClasses: (0..<(T * rows.count)).map { _ in Int32(rng.nextInt(below: vocabulary)) })
+        var stepTimes: [Double] = [], computeTimes: [Double] = [], commTimes: [Double] = []
+        for i in 0..<(warmup + steps) {
+            try comm.barrier()
+            let t0 = monotonicSeconds()
+            net.gradients.zero()
+            net.lossAndGradient(batch)
+            let t1 = monotonicSeconds()
+            try comm.allreduceSum(net.gradients.buffer)
+            let t2 = monotonicSeconds()
+            net.normalizeGradients(globalSamples: B, steps: T)
+            opt.step(parameters: net.parameters, gradients: net.gradients, learningRate: 1e-3)
+            let t3 = monotonicSeconds()
+            if i >= warmup {
+                stepTimes.append(t3 - t0)
+                computeTimes.append((t1 - t0) + (t3 - t2))
+                commTimes.append(t2 - t1)
+            }
+        }
+        // Rank 0 reports the slowest rank's times (a step is as slow as its slowest rank).
+        var med = [median(stepTimes), median(computeTimes), median(commTimes)]
+        try comm.allreduceMax(&med)
+        let f = flops(c, globalBatch: B)
+        let perRankGflops = f / Double(comm.size) / med[0] / 1e9
+        return Result(name: c.name, ranks: comm.size, globalBatch: B, medianStep: med[0],
+                      tokensPerSecond: Double(B * T) / med[0], gflops: f / med[0] / 1e9,
+                      fractionOfSgemm: perRankGflops / sgemm, medianCompute: med[1], medianExposedComm: med[2],
+                      parameters: net.layout.count)
+    }
+}
