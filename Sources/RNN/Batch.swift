@@ -43,3 +43,24 @@ public struct LossStats: Equatable, Sendable {
         a.correct += b.correct
     }
 }
+
+extension Batch {
+    /// Steps `range` of this batch (all samples): inputs, and per-step targets when `everyStep`
+    /// (a last-step batch keeps its targets only in the slice that ends at the last step).
+    public func timeSlice(_ range: Range<Int>, everyStep: Bool, inputWidth: Int, outputWidth: Int) -> Batch {
+        let B = batchSize
+        var out = Batch(batchSize: B, steps: range.count)
+        if !tokens.isEmpty { out.tokens = Array(tokens[(range.lowerBound * B)..<(range.upperBound * B)]) }
+        if !features.isEmpty { out.features = Array(features[(range.lowerBound * B * inputWidth)..<(range.upperBound * B * inputWidth)]) }
+        if everyStep {
+            if !targetClasses.isEmpty { out.targetClasses = Array(targetClasses[(range.lowerBound * B)..<(range.upperBound * B)]) }
+            if !targetValues.isEmpty {
+                out.targetValues = Array(targetValues[(range.lowerBound * B * outputWidth)..<(range.upperBound * B * outputWidth)])
+            }
+        } else {
+            out.targetClasses = targetClasses
+            out.targetValues = targetValues
+        }
+        return out
+    }
+}

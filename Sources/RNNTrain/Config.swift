@@ -127,6 +127,8 @@ let configSchema: [KeySpec] = [
     KeySpec("training.eval_every", .int(min: 0), .int(0), "validation loss every N steps (0: only at the end)"),
     KeySpec("training.eval_samples", .int(min: 0, max: 100_000_000), .int(512), "at most this many validation samples"),
     KeySpec("training.threads", .int(min: 0, max: 1024), .int(0), "BLAS threads per rank (0: cores / ranks on the node)"),
+    KeySpec("training.accumulate_steps", .int(min: 1, max: 1_000_000), .int(1), "split each rank's rows into this many micro-batches, summing their gradients before the one exchange of the step"),
+    KeySpec("training.bptt_length", .int(min: 0, max: 1_000_000), .int(0), "truncated BPTT: chunks of this many steps, hidden state carried across chunks without gradient (0: full BPTT; every_step models)"),
     KeySpec("training.on_nonfinite", .choice(["stop", "skip"]), .string("stop"), "non-finite loss or gradient: stop (checkpoint the last good state) or skip the update"),
     KeySpec("training.max_skipped", .int(min: 1), .int(10), "on_nonfinite skip: stop after this many skipped steps in a row"),
     KeySpec("training.timeout_seconds", .double(min: 0), .double(600), "abort when a collective waits longer than this (0: never)"),
@@ -400,6 +402,8 @@ public struct TrainConfig: Sendable {
         public var evalEvery: Int
         public var evalSamples: Int
         public var threads: Int
+        public var accumulateSteps: Int
+        public var bpttLength: Int
         public var skipNonFinite: Bool
         public var maxSkipped: Int
         public var timeoutSeconds: Double
@@ -622,6 +626,7 @@ public struct TrainConfig: Sendable {
                             averageOverTime: bool("training.average_over_time")!,
                             checkEvery: int("training.check_every")!, evalEvery: int("training.eval_every")!,
                             evalSamples: int("training.eval_samples")!, threads: int("training.threads")!,
+                            accumulateSteps: int("training.accumulate_steps")!, bpttLength: int("training.bptt_length")!,
                             skipNonFinite: str("training.on_nonfinite") == "skip", maxSkipped: int("training.max_skipped")!,
                             timeoutSeconds: dbl("training.timeout_seconds")!)
         self.output = Output(directory: str("output.directory")!, logEvery: int("output.log_every")!,

@@ -217,7 +217,15 @@ public final class Trainer {
         let cellName = spec.cell == .rnn ? "rnn(\(spec.activation.rawValue))" : spec.cell.rawValue
         console.info("model: \(spec.layers) x \(cellName) H=\(spec.hiddenSize), input \(spec.input), \(spec.outputSize) outputs \(spec.output.rawValue), \(net.layout.count) parameters")
         let shardRows = comm.shard(of: B)
-        console.info("batch: \(B) samples per step, T=\(dataset.steps); rank 0 takes rows \(shardRows.lowerBound)..<\(shardRows.upperBound)")
+        let a = config.training.accumulateSteps
+        guard a <= B / comm.size else {
+            throw RNNDPError("\(config.source): training.accumulate_steps \(a) is more than the \(B / comm.size) rows the smallest rank has (global_batch_size \(B) over \(comm.size) ranks)", collective: true)
+        }
+        if config.training.bpttLength > 0 && spec.output != .everyStep {
+            throw RNNDPError("\(config.source): training.bptt_length: truncated BPTT needs a loss at every step (model.output: every_step)", collective: true)
+        }
+        console.info("batch: \(B) samples per step, T=\(dataset.steps); rank 0 takes rows \(shardRows.lowerBound)..<\(shardRows.upperBound)"
+                     + (a > 1 ? " in \(a) micro-batches" : "") + (chunkLength < dataset.steps ? "; truncated BPTT in chunks of \(chunkLength) steps" : ""))
 
         optimizer = makeOptimizer(config.training.optimizer, count: net.layout.count, as: Float.self)
         schedule = LearningRateSchedule(base: config.training.learningRate, schedule: config.training.schedule)
@@ -251,11 +259,9 @@ public final class Trainer {
         for step in (startStep + 1)..<(steps + 1) {
             watched?.step = step
             let lr = schedule.learningRate(step: step - 1)
-            let batch = dataset.trainingBatch(step: step - 1, globalBatch: B, rows: shardRows)
             let logNow = step % config.output.logEvery == 0 || step == steps
-            net.collectDiagnostics = logNow
             net.gradients.zero()
-            let local = net.lossAndGradient(batch)
+            let (local, diagnosticSums) = computeGradients(step: step, rows: shardRows, diagnostics: logNow)
             if let f = fault, f.rank == comm.rank, f.step == step {
                 if f.kind == .nan { net.gradients[0] = .nan }
                 if f.kind == .hang { while true { sleep(60) } }
@@ -288,10 +294,9 @@ public final class Trainer {
             // Diagnostics on log steps, from values summed across ranks (N-independent).
             var diagnostics: Diagnostics?
             var tensorGradNorms: [(name: String, norm: Double)] = []
-            if logNow {
-                var sums = net.diagnosticSums()
+            if logNow, var sums = diagnosticSums {
                 try comm.allreduceSum(&sums)
-                diagnostics = Diagnostics(sums: sums, spec: net.spec, steps: T)
+                diagnostics = Diagnostics(sums: sums, spec: net.spec, steps: chunkLength)
                 tensorGradNorms = tensorNorms(net.gradients, layout: net.layout)
             }
             let norm = clipGradientNorm(net.gradients, maxNorm: config.training.clipNorm)
@@ -362,6 +367,56 @@ public final class Trainer {
         }
         return TrainResult(steps: steps, finalLoss: lastLoss, validationLoss: validation,
                            parameterChecksum: net.parameters.checksum())
+    }
+
+    /// Steps per backward pass: training.bptt_length, or the whole sequence.
+    var chunkLength: Int {
+        let k = config.training.bpttLength
+        return k > 0 ? min(k, dataset.steps) : dataset.steps
+    }
+
+    /// This rank's gradient sum for a step: its rows in `accumulate_steps` micro-batches, each in
+    /// chunks of `bptt_length` steps with the hidden state carried from chunk to chunk (no
+    /// gradient across the boundary). Every rank makes the same number of forward passes, which
+    /// batch norm's reductions require. With diagnostics, also their (additive) sums, per micro-
+    /// batch; with truncated BPTT the per-step norms are those of each micro-batch's last chunk.
+    func computeGradients(step: Int, rows: Range<Int>, diagnostics: Bool) -> (LossStats, [Double]?) {
+        let net = network!
+        let a = config.training.accumulateSteps
+        let T = dataset.steps, k = chunkLength
+        var stats = LossStats()
+        var sums: [Double]?
+        var state = [Float](repeating: 0, count: 0)
+        for m in 0..<a {
+            let lo = rows.lowerBound + m * rows.count / a, hi = rows.lowerBound + (m + 1) * rows.count / a
+            let batch = dataset.trainingBatch(step: step - 1, globalBatch: config.training.globalBatchSize, rows: lo..<hi)
+            var t0 = 0
+            while t0 < T {
+                let t1 = min(t0 + k, T)
+                let last = t1 == T
+                net.collectDiagnostics = diagnostics && last
+                if k == T {
+                    stats += net.lossAndGradient(batch)
+                } else {
+                    let chunk = batch.timeSlice(t0..<t1, everyStep: true, inputWidth: net.spec.input.width, outputWidth: net.spec.outputSize)
+                    if t0 == 0 {
+                        stats += net.lossAndGradient(chunk)  // the model's own initial state
+                    } else {
+                        stats += state.withUnsafeBufferPointer { net.lossAndGradient(chunk, initialState: $0.baseAddress) }
+                    }
+                    if !last {
+                        state = [Float](repeating: 0, count: net.stateCount * (hi - lo))
+                        state.withUnsafeMutableBufferPointer { net.finalState(into: $0.baseAddress!) }
+                    }
+                }
+                if diagnostics && last {
+                    let d = net.diagnosticSums()
+                    sums = sums.map { zip($0, d).map { $0 + $1 } } ?? d
+                }
+                t0 = t1
+            }
+        }
+        return (stats, sums)
     }
 
     /// Every rank agreed that a stop signal arrived: checkpoint, then end with the resume code.

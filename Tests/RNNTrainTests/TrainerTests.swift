@@ -109,6 +109,49 @@ final class TrainerTests: XCTestCase {
         }
     }
 
+    /// accumulate_steps splits the rows into micro-batches whose gradients are summed before the
+    /// update: the same model as one pass over the batch, within float rounding.
+    func testGradientAccumulationMatchesOnePass() throws {
+        let base = "data: {kind: synthetic, length: 6}\nmodel: {cell: gru, hidden_size: 8, layers: 2}\ntraining: {steps: 10, global_batch_size: 12, optimizer: {name: adam, learning_rate: 0.01}}\n"
+        let (_, one) = try train(base)
+        let (_, four) = try train(base, ["training.accumulate_steps=4"])
+        let a = one.network.parameters.array, b = four.network.parameters.array
+        for i in 0..<a.count { XCTAssertEqual(a[i], b[i], accuracy: 1e-5 * max(1, abs(a[i]))) }
+        XCTAssertThrowsError(try train(base, ["training.accumulate_steps=13"])) {
+            XCTAssertTrue("\($0)".contains("training.accumulate_steps 13 is more than the 12 rows"), "\($0)")
+        }
+    }
+
+    /// Truncated BPTT carries the hidden state forward: the loss and the head's gradient equal full
+    /// BPTT's; the recurrent gradient loses the terms that cross chunk boundaries.
+    func testTruncatedBPTTCarriesTheStateAndCutsTheGradient() throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("rnn-dp-tbptt-\(UUID().uuidString).txt").path
+        _ = FileManager.default.createFile(atPath: path, contents: Data(String(repeating: "to be or not to be, that is the question\n", count: 50).utf8))
+        let base = "data: {kind: text, path: \(path)}\nmodel: {cell: lstm, hidden_size: 8}\ntraining: {steps: 0, global_batch_size: 3, sequence_length: 12}\n"
+        let (_, full) = try train(base)
+        let (_, cut) = try train(base, ["training.bptt_length=4"])
+        let (_, whole) = try train(base, ["training.bptt_length=12"])
+        XCTAssertEqual(cut.chunkLength, 4)
+        full.network.gradients.zero(); cut.network.gradients.zero(); whole.network.gradients.zero()
+        let f = full.computeGradients(step: 1, rows: 0..<3, diagnostics: false).0
+        let c = cut.computeGradients(step: 1, rows: 0..<3, diagnostics: false).0
+        let w = whole.computeGradients(step: 1, rows: 0..<3, diagnostics: false).0
+        XCTAssertEqual(c.count, f.count)
+        XCTAssertEqual(c.sum, f.sum, accuracy: 1e-4 * f.sum)
+        XCTAssertEqual(w.sum, f.sum)
+        XCTAssertEqual(whole.network.gradients.array, full.network.gradients.array, "bptt_length = T is full BPTT")
+        let layout = full.network.layout
+        for v in [layout.headWeight, layout.headBias] {
+            for i in v.range { XCTAssertEqual(cut.network.gradients[i], full.network.gradients[i], accuracy: 1e-5) }
+        }
+        let whh = layout.layer(0).whh
+        let diff = whh.range.map { abs(cut.network.gradients[$0] - full.network.gradients[$0]) }.max()!
+        XCTAssertGreaterThan(diff, 1e-4, "the cut removes gradient terms")
+        XCTAssertThrowsError(try train("data: {kind: synthetic, length: 8}\ntraining: {bptt_length: 4}\n")) {
+            XCTAssertTrue("\($0)".contains("truncated BPTT needs a loss at every step"), "\($0)")
+        }
+    }
+
     func testGlobalBatchSmallerThanRanksIsAnError() throws {
         // A communicator that claims 4 ranks; the check happens before any collective.
         final class FourRanks: Communicator {
