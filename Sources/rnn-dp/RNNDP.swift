@@ -175,7 +175,8 @@ struct BenchCommand: ParsableCommand {
                 if json {
                     console.info("{\"case\":\"\(r.name)\",\"ranks\":\(r.ranks),\"global_batch\":\(r.globalBatch),\"step_s\":\(r.medianStep),\"tokens_per_s\":\(r.tokensPerSecond),\"gflops\":\(r.gflops),\"fraction_of_sgemm\":\(r.fractionOfSgemm),\"compute_s\":\(r.medianCompute),\"exposed_comm_s\":\(r.medianExposedComm),\"sgemm_gflops\":\(rate[0]),\"threads\":\(threads),\"scaling\":\"\(scaling)\"}")
                 } else {
-                    console.info(String(format: "%-12@ %6d %6d %8.2f %9.0f %9.1f %8.0f%% %11.2f %16.3f", r.name as NSString, r.ranks, r.globalBatch,
+                    let name = r.name.padding(toLength: 12, withPad: " ", startingAt: 0)
+                    console.info(name + String(format: " %6d %6d %8.2f %9.0f %9.1f %8.0f%% %11.2f %16.3f", r.ranks, r.globalBatch,
                                         r.medianStep * 1000, r.tokensPerSecond, r.gflops, r.fractionOfSgemm * 100, r.medianCompute * 1000, r.medianExposedComm * 1000))
                 }
             }
