@@ -85,3 +85,33 @@ int cmpi_bcast_bytes(uint8_t *b, int64_t n, int root) { return bcast_chunked(b, 
 int cmpi_allgather_u64(uint64_t value, uint64_t *recv) {
     return MPI_Allgather(&value, 1, MPI_UINT64_T, recv, 1, MPI_UINT64_T, MPI_COMM_WORLD);
 }
+
+/* Outstanding nonblocking requests. Only the thread that calls MPI (FUNNELED) touches them. */
+static MPI_Request requests[CMPI_MAX_REQUESTS];
+static int request_used[CMPI_MAX_REQUESTS];
+
+int cmpi_iallreduce_sum_f32(float *buf, int64_t count, int *handle) {
+    if (count > INT_MAX) return MPI_ERR_COUNT;
+    int slot = -1;
+    for (int i = 0; i < CMPI_MAX_REQUESTS; i++) if (!request_used[i]) { slot = i; break; }
+    if (slot < 0) return MPI_ERR_REQUEST;
+    int rc = MPI_Iallreduce(MPI_IN_PLACE, buf, (int)count, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD, &requests[slot]);
+    if (rc != MPI_SUCCESS) return rc;
+    request_used[slot] = 1;
+    *handle = slot;
+    return MPI_SUCCESS;
+}
+
+int cmpi_test(int handle, int *done) {
+    if (handle < 0 || handle >= CMPI_MAX_REQUESTS || !request_used[handle]) return MPI_ERR_REQUEST;
+    int rc = MPI_Test(&requests[handle], done, MPI_STATUS_IGNORE);
+    if (rc == MPI_SUCCESS && *done) request_used[handle] = 0;
+    return rc;
+}
+
+int cmpi_wait(int handle) {
+    if (handle < 0 || handle >= CMPI_MAX_REQUESTS || !request_used[handle]) return MPI_ERR_REQUEST;
+    int rc = MPI_Wait(&requests[handle], MPI_STATUS_IGNORE);
+    request_used[handle] = 0;
+    return rc;
+}

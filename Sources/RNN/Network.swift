@@ -66,6 +66,13 @@ public final class Network<S: RNNScalar> {
     /// When set, the backward pass records sum over the batch of ||dL/dh_t||^2 per layer and step
     /// in `dhNormSquares` (L, T), for Diagnostics. Off by default: it costs a pass over dL/dh.
     public var collectDiagnostics = false
+
+    /// Called during the backward pass with an offset into the gradient buffer from which on every
+    /// gradient is final (after the head, then after each layer from the top), so that their
+    /// exchange can start while the layers below are still being computed.
+    public var onGradientsFinal: ((Int) -> Void)?
+    /// Called every few time steps of the backward sweep, to let outstanding communication progress.
+    public var onProgress: (() -> Void)?
     public private(set) var dhNormSquares: [Double] = []
 
     /// Batch norm's running statistics (L, 2, G*H): mean, then (unbiased) variance, updated with
@@ -395,6 +402,7 @@ public final class Network<S: RNNScalar> {
         S.gemm(transA: true, transB: false, m: O, n: H, k: headRows, alpha: 1, a: head.pointer, lda: O,
                b: input, ldb: H, beta: 1, c: g(layout.headWeight), ldc: H)
         S.sumRows(head.pointer, rows: headRows, cols: O, into: g(layout.headBias))
+        onGradientsFinal?(layout.headWeight.offset)
         if spec.output == .everyStep {
             S.gemm(transA: false, transB: false, m: TB, n: H, k: O, alpha: 1, a: head.pointer, lda: O,
                    b: p(layout.headWeight), ldb: H, beta: 0, c: delta.pointer, ldc: H)
@@ -409,6 +417,7 @@ public final class Network<S: RNNScalar> {
             for k in stride(from: spec.layers - 1, through: 0, by: -1) {
                 backwardLayer(k, tokens: tokens.baseAddress)
                 if learnState { accumulateInitialStateGradient(k) }
+                onGradientsFinal?(layout.layer(k).wih.offset)
                 if k > 0 { swap(&delta, &deltaBelow) }
             }
         }
@@ -431,6 +440,7 @@ public final class Network<S: RNNScalar> {
             let dPrev = t > 0 ? d + (t - 1) * B * H : ds0(k, 0)  // where dL/dh_{t-1} accumulates
             let hPrev = t > 0 ? st.h.pointer + (t - 1) * B * H : s0(k, 0)
             if collectDiagnostics { dhNormSquares[k * T + t] = S.sumOfSquares(dht, B * H) }
+            if t % 8 == 0 { onProgress?() }
             switch spec.cell {
             case .rnn:
                 S.activationBackward(spec.activation, slope: slope, y: st.h.pointer + t * B * H, d: dht, B * H)

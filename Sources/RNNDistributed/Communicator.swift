@@ -23,6 +23,13 @@ public protocol Communicator: AnyObject {
     /// In-place broadcast from `root`.
     func broadcast(_ buffer: UnsafeMutableBufferPointer<Float>, root: Int) throws
     func broadcast(_ buffer: UnsafeMutableBufferPointer<UInt8>, root: Int) throws
+    /// Starts an in-place sum over ranks; the buffer must stay untouched until the returned
+    /// request completes (`test` or `wait`).
+    func startAllreduceSum(_ buffer: UnsafeMutableBufferPointer<Float>) throws -> Int
+    /// True when request `id` has completed; drives MPI's progress.
+    func test(_ id: Int) throws -> Bool
+    /// Blocks until request `id` completes.
+    func wait(_ id: Int) throws
     /// One value from every rank, in rank order.
     func allgather(_ value: UInt64) throws -> [UInt64]
     /// Ends every rank of the job with `code`. For errors that other ranks cannot know about.
@@ -88,6 +95,9 @@ public final class SingleProcessCommunicator: Communicator {
     public func broadcast(_ buffer: UnsafeMutableBufferPointer<Float>, root: Int) throws {}
     public func broadcast(_ buffer: UnsafeMutableBufferPointer<UInt8>, root: Int) throws {}
     public func allgather(_ value: UInt64) throws -> [UInt64] { [value] }
+    public func startAllreduceSum(_ buffer: UnsafeMutableBufferPointer<Float>) throws -> Int { 0 }
+    public func test(_ id: Int) throws -> Bool { true }
+    public func wait(_ id: Int) throws {}
     public func abort(code: Int32) -> Never { exit(code) }
     public func finalize() {}
 }

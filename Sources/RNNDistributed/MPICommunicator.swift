@@ -54,6 +54,17 @@ public final class MPICommunicator: Communicator {
         try check(cmpi_allgather_u64(value, &out), "allgather")
         return out
     }
+    public func startAllreduceSum(_ b: UnsafeMutableBufferPointer<Float>) throws -> Int {
+        var handle: Int32 = -1
+        try check(cmpi_iallreduce_sum_f32(b.baseAddress, Int64(b.count), &handle), "iallreduce(sum, float)")
+        return Int(handle)
+    }
+    public func test(_ id: Int) throws -> Bool {
+        var done: Int32 = 0
+        try check(cmpi_test(Int32(id), &done), "test")
+        return done != 0
+    }
+    public func wait(_ id: Int) throws { try check(cmpi_wait(Int32(id)), "wait") }
     public func abort(code: Int32) -> Never {
         cmpi_abort(code)
         exit(code)

@@ -72,7 +72,8 @@ public enum Bench {
 
     /// Runs one case: `warmup` untimed steps, then `steps` timed ones. Every rank computes its
     /// shard; the exchange is the training exchange (allreduce of the flat gradient).
-    public static func run(_ c: Case, comm: Communicator, strong: Bool, warmup: Int, steps: Int, sgemm: Double) throws -> Result {
+    public static func run(_ c: Case, comm: Communicator, strong: Bool, warmup: Int, steps: Int, sgemm: Double,
+                           bucketBytes: Int = 4 << 20) throws -> Result {
         let B = strong ? c.batch : c.batch * comm.size
         guard B >= comm.size else { throw RNNDPError("bench \(c.name): global batch \(B) is smaller than \(comm.size) ranks", collective: true) }
         let spec = ModelSpec(cell: c.cell, activation: .tanh, input: .tokens(vocabulary: vocabulary), hiddenSize: c.hidden,
@@ -88,13 +89,22 @@ public enum Bench {
                           tokens: (0..<(T * rows.count)).map { _ in Int32(rng.nextInt(below: vocabulary)) },
                           targetClasses: (0..<(T * rows.count)).map { _ in Int32(rng.nextInt(below: vocabulary)) })
         var stepTimes: [Double] = [], computeTimes: [Double] = [], commTimes: [Double] = []
+        // The training exchange: buckets reduced during the backward pass (more than one rank).
+        let exchange = comm.size > 1 && bucketBytes > 0 ? GradientExchange(comm: comm, buffer: net.gradients.buffer, bucketBytes: bucketBytes) : nil
+        var failure: Error?
+        if let exchange {
+            net.onGradientsFinal = { offset in do { try exchange.ready(from: offset) } catch { failure = failure ?? error } }
+            net.onProgress = { do { try exchange.progress() } catch { failure = failure ?? error } }
+        }
         for i in 0..<(warmup + steps) {
             try comm.barrier()
             let t0 = monotonicSeconds()
             net.gradients.zero()
+            exchange?.begin()
             net.lossAndGradient(batch)
+            if let failure { throw failure }
             let t1 = monotonicSeconds()
-            try comm.allreduceSum(net.gradients.buffer)
+            if let exchange { try exchange.finish() } else { try comm.allreduceSum(net.gradients.buffer) }
             let t2 = monotonicSeconds()
             net.normalizeGradients(globalSamples: B, steps: T)
             opt.step(parameters: net.parameters, gradients: net.gradients, learningRate: 1e-3)

@@ -129,6 +129,7 @@ let configSchema: [KeySpec] = [
     KeySpec("training.threads", .int(min: 0, max: 1024), .int(0), "BLAS threads per rank (0: cores / ranks on the node)"),
     KeySpec("training.accumulate_steps", .int(min: 1, max: 1_000_000), .int(1), "split each rank's rows into this many micro-batches, summing their gradients before the one exchange of the step"),
     KeySpec("training.bptt_length", .int(min: 0, max: 1_000_000), .int(0), "truncated BPTT: chunks of this many steps, hidden state carried across chunks without gradient (0: full BPTT; every_step models)"),
+    KeySpec("training.bucket_mb", .double(min: 0, max: 4096), .double(4), "gradient exchange in buckets of this many MiB, each reduced (nonblocking) as soon as its gradients are final, overlapping the backward pass (0: one blocking allreduce after it)"),
     KeySpec("training.on_nonfinite", .choice(["stop", "skip"]), .string("stop"), "non-finite loss or gradient: stop (checkpoint the last good state) or skip the update"),
     KeySpec("training.max_skipped", .int(min: 1), .int(10), "on_nonfinite skip: stop after this many skipped steps in a row"),
     KeySpec("training.timeout_seconds", .double(min: 0), .double(600), "abort when a collective waits longer than this (0: never)"),
@@ -402,6 +403,7 @@ public struct TrainConfig: Sendable {
         public var evalEvery: Int
         public var evalSamples: Int
         public var threads: Int
+        public var bucketMB: Double
         public var accumulateSteps: Int
         public var bpttLength: Int
         public var skipNonFinite: Bool
@@ -626,7 +628,7 @@ public struct TrainConfig: Sendable {
                             averageOverTime: bool("training.average_over_time")!,
                             checkEvery: int("training.check_every")!, evalEvery: int("training.eval_every")!,
                             evalSamples: int("training.eval_samples")!, threads: int("training.threads")!,
-                            accumulateSteps: int("training.accumulate_steps")!, bpttLength: int("training.bptt_length")!,
+                            bucketMB: dbl("training.bucket_mb")!, accumulateSteps: int("training.accumulate_steps")!, bpttLength: int("training.bptt_length")!,
                             skipNonFinite: str("training.on_nonfinite") == "skip", maxSkipped: int("training.max_skipped")!,
                             timeoutSeconds: dbl("training.timeout_seconds")!)
         self.output = Output(directory: str("output.directory")!, logEvery: int("output.log_every")!,

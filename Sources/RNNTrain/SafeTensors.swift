@@ -69,7 +69,10 @@ public enum SafeTensors {
     public static func printable(_ s: String) -> String {
         var out = ""
         for u in s.unicodeScalars.prefix(200) {
-            out += u.value < 0x20 || u.value == 0x7f ? u.escaped(asASCII: true) : String(u)
+            switch u.properties.generalCategory {
+            case .control, .lineSeparator, .paragraphSeparator, .format: out += u.escaped(asASCII: true)
+            default: out += String(u)
+            }
         }
         return s.unicodeScalars.count > 200 ? out + "..." : out
     }
@@ -105,7 +108,8 @@ public enum SafeTensors {
         var tensors: [Tensor] = []
         var ranges: [(Int, Int, String)] = []
         let dataCount = bytes.count - headerEnd
-        for (rawName, value) in header {
+        // Sorted, so that a file with several problems always gets the same message.
+        for (rawName, value) in header.sorted(by: { $0.key < $1.key }) {
             let name = rawName == "__metadata__" ? rawName : SafeTensors.printable(rawName)
             if rawName == "__metadata__" {
                 guard let m = value as? [String: String] else { throw fail("__metadata__ is not a map of strings") }
@@ -129,7 +133,7 @@ public enum SafeTensors {
             guard offs[1] - offs[0] == bytesNeeded else {
                 throw fail("tensor '\(name)': shape \(shape) needs \(bytesNeeded) bytes, offsets give \(offs[1] - offs[0])")
             }
-            ranges.append((offs[0], offs[1], name))
+            ranges.append((offs[0], offs[1], name))  // printable, for the overlap message
             var values = [Float](repeating: 0, count: count)
             let base = headerEnd + offs[0]
             for i in 0..<count {
@@ -137,7 +141,7 @@ public enum SafeTensors {
                 for j in 0..<4 { bits |= UInt32(bytes[base + 4 * i + j]) << (8 * UInt32(j)) }
                 values[i] = Float(bitPattern: bits)
             }
-            tensors.append(Tensor(name: name, shape: shape, values: values))
+            tensors.append(Tensor(name: rawName, shape: shape, values: values))
         }
         ranges.sort { $0.0 < $1.0 }
         for i in ranges.indices.dropFirst() where ranges[i].0 < ranges[i - 1].1 {

@@ -97,7 +97,7 @@ public func loadParameters(from file: SafeTensors.File, path: String, into net: 
     let model = file.tensors.filter { t in !t.name.hasPrefix("optimizer.") && !running.contains { $0.name == t.name } }
     let names = Set(net.layout.views.map(\.name))
     if let extra = model.first(where: { !names.contains($0.name) }) {
-        throw RNNDPError("model.init_from: \(path): tensor '\(extra.name)' \(extra.shape) is not a parameter of this model (\(net.layout.views.map(\.name).joined(separator: ", ")))")
+        throw RNNDPError("model.init_from: \(path): tensor '\(SafeTensors.printable(extra.name))' \(extra.shape) is not a parameter of this model (\(net.layout.views.map(\.name).joined(separator: ", ")))")
     }
     for v in net.layout.views {
         guard let t = file.tensor(v.name) else {
@@ -143,6 +143,25 @@ public final class Trainer {
     var watched: WatchedCommunicator?
     /// Updates skipped for a non-finite gradient (training.on_nonfinite: skip), over the run.
     var skippedSteps = 0
+    /// The bucketed, overlapped gradient exchange (training.bucket_mb > 0 and more than one rank).
+    var exchange: GradientExchange?
+    var exchangeError: Error?
+    var timing = StepTiming()
+    var nanFaultStep: Int?
+
+    /// Per-step compute, communication and exposed (waited-for) communication times, averaged
+    /// over a log interval.
+    struct StepTiming {
+        var compute = 0.0, communication = 0.0, exposed = 0.0, steps = 0
+        mutating func add(compute c: Double, communication m: Double, exposed e: Double) {
+            compute += c; communication += m; exposed += e; steps += 1
+        }
+        mutating func meanAndReset() -> (Double, Double, Double) {
+            let n = Double(max(steps, 1))
+            defer { self = StepTiming() }
+            return (compute / n, communication / n, exposed / n)
+        }
+    }
 
     public init(config: TrainConfig, comm: Communicator, console: Console, resume: String? = nil) {
         self.config = config
@@ -228,6 +247,11 @@ public final class Trainer {
                      + (a > 1 ? " in \(a) micro-batches" : "") + (chunkLength < dataset.steps ? "; truncated BPTT in chunks of \(chunkLength) steps" : ""))
 
         optimizer = makeOptimizer(config.training.optimizer, count: net.layout.count, as: Float.self)
+        if config.training.bucketMB > 0 && comm.size > 1 {
+            let e = GradientExchange(comm: comm, buffer: net.gradients.buffer, bucketBytes: Int(config.training.bucketMB * 1_048_576))
+            exchange = e
+            console.info("exchange: \(e.buckets.count) bucket\(e.buckets.count == 1 ? "" : "s") of up to \(config.training.bucketMB) MiB, started during the backward pass")
+        }
         schedule = LearningRateSchedule(base: config.training.learningRate, schedule: config.training.schedule)
         // Identical replicas: rank 0's initialization (or the checkpoint), broadcast, then verified.
         var startStep = 0
@@ -253,6 +277,7 @@ public final class Trainer {
         let runStart = intervalStart
         var validation: Double?
         let fault = FaultInjection.fromEnvironment()
+        if let f = fault, f.kind == .nan, f.rank == comm.rank { nanFaultStep = f.step }
         let text = config.data.kind == "text"
         var skippedInARow = 0
 
@@ -261,13 +286,25 @@ public final class Trainer {
             let lr = schedule.learningRate(step: step - 1)
             let logNow = step % config.output.logEvery == 0 || step == steps
             net.gradients.zero()
+            let computeStart = monotonicSeconds()
+            exchange?.begin()
             let (local, diagnosticSums) = computeGradients(step: step, rows: shardRows, diagnostics: logNow)
             if let f = fault, f.rank == comm.rank, f.step == step {
                 if f.kind == .nan { net.gradients[0] = .nan }
                 if f.kind == .hang { while true { sleep(60) } }
             }
             // The exchange: sum of per-sample gradients over ranks, then divide by the global count.
-            try comm.allreduceSum(net.gradients.buffer)
+            // In buckets, most of it already overlapped the backward pass; finish() waits for the rest.
+            if let error = exchangeError { throw error }
+            let computeEnd = monotonicSeconds()
+            if let exchange {
+                try exchange.finish()
+                timing.add(compute: computeEnd - computeStart - 0, communication: exchange.communicationSeconds, exposed: exchange.exposedSeconds)
+            } else {
+                try comm.allreduceSum(net.gradients.buffer)
+                let t = monotonicSeconds() - computeEnd
+                timing.add(compute: computeEnd - computeStart, communication: t, exposed: t)
+            }
             // Loss sums, and whether any rank received a stop signal (its number, by max).
             var sums = [local.sum, Double(local.count), Double(local.correct)]
             try comm.allreduceSum(&sums)
@@ -330,8 +367,10 @@ public final class Trainer {
                 if evalNow, let v = validation { line += String(format: " | val loss %.4f", v) }
                 if evalNow, !text, let acc = validationAccuracy { line += String(format: " | val acc %.1f%%", acc * 100) }
                 console.info(line)
+                let (compute, communication, exposed) = timing.meanAndReset()
                 var record: [(String, Any?)] = [("step", step), ("loss", lastLoss), ("grad_norm", norm), ("lr", lr),
-                                                ("step_time", stepTime), (text ? "tokens_per_s" : "samples_per_s", perSecond),
+                                                ("step_time", stepTime), ("compute_time", compute), ("comm_time", communication),
+                                                ("exposed_comm_time", exposed), (text ? "tokens_per_s" : "samples_per_s", perSecond),
                                                 ("elapsed", now - runStart), ("samples_seen", step * B),
                                                 ("val_loss", evalNow ? validation : nil), ("val_accuracy", evalNow ? validationAccuracy : nil)]
                 if skippedSteps > 0 { record.append(("skipped_steps", skippedSteps)) }
@@ -395,6 +434,19 @@ public final class Trainer {
                 let t1 = min(t0 + k, T)
                 let last = t1 == T
                 net.collectDiagnostics = diagnostics && last
+                // Hooks on the pass after which the gradients are final (not when a test injects a
+                // NaN into them afterwards: the buffer must not change under a running reduction).
+                if let exchange, last && m == a - 1, nanFaultStep != step {
+                    net.onGradientsFinal = { [unowned self] offset in
+                        do { try exchange.ready(from: offset) } catch { self.exchangeError = self.exchangeError ?? error }
+                    }
+                    net.onProgress = { [unowned self] in
+                        do { try exchange.progress() } catch { self.exchangeError = self.exchangeError ?? error }
+                    }
+                } else {
+                    net.onGradientsFinal = nil
+                    net.onProgress = nil
+                }
                 if k == T {
                     stats += net.lossAndGradient(batch)
                 } else {
@@ -580,7 +632,7 @@ public final class Trainer {
             }
         }
         if let extra = file.tensors.first(where: { !expected.contains($0.name) }) {
-            throw RNNDPError("--resume: \(path): tensor '\(extra.name)' does not belong to this model and optimizer")
+            throw RNNDPError("--resume: \(path): tensor '\(SafeTensors.printable(extra.name))' does not belong to this model and optimizer")
         }
         optimizer.steps = Int(file.metadata["optimizer_steps"] ?? "") ?? step
         if let sched = file.metadata["schedule"] {

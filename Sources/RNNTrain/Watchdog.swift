@@ -79,6 +79,9 @@ public final class WatchedCommunicator: Communicator {
     public func allgather(_ value: UInt64) throws -> [UInt64] {
         try watch("allgather") { try inner.allgather(value) }
     }
+    public func startAllreduceSum(_ b: UnsafeMutableBufferPointer<Float>) throws -> Int { try inner.startAllreduceSum(b) }
+    public func test(_ id: Int) throws -> Bool { try inner.test(id) }
+    public func wait(_ id: Int) throws { try watch("wait for a gradient bucket's allreduce") { try inner.wait(id) } }
     public func abort(code: Int32) -> Never { inner.abort(code: code) }
     public func finalize() { inner.finalize() }
 }

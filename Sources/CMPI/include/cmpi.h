@@ -41,6 +41,15 @@ int cmpi_allreduce_min_i64(int64_t *buf, int64_t count);
 /* Broadcast from root, in place. */
 int cmpi_bcast_f32(float *buf, int64_t count, int root);
 int cmpi_bcast_bytes(uint8_t *buf, int64_t count, int root);
+/* Nonblocking in-place float sum (count <= INT_MAX). On success *handle names the request
+ * (a slot of a small table, at most CMPI_MAX_REQUESTS outstanding). */
+#define CMPI_MAX_REQUESTS 256
+int cmpi_iallreduce_sum_f32(float *buf, int64_t count, int *handle);
+/* *done = 1 when the request has completed (its slot is then free). Drives MPI's progress. */
+int cmpi_test(int handle, int *done);
+/* Blocks until the request completes; frees its slot. */
+int cmpi_wait(int handle);
+
 /* Every rank contributes `value`; recv (size cmpi_size()) receives all of them in rank order. */
 int cmpi_allgather_u64(uint64_t value, uint64_t *recv);
 

@@ -1,0 +1,83 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The gradient exchange: the flat gradient buffer cut into buckets of about `bucketBytes`,
+/// reduced with nonblocking allreduces started as soon as their gradients are final, so that
+/// communication overlaps the rest of the backward pass (PyTorch DDP's reducer, in miniature).
+///
+/// Gradients become final from the end of the buffer backwards (the head, then the top layer,
+/// ...), so buckets are cut from the end, and `ready(from:)` announces that everything from an
+/// offset to the end is final. Every rank cuts the same buckets and starts them in the same order.
+/// `finish()` waits for the rest and returns the time spent waiting (the exposed communication).
+public final class GradientExchange {
+    let comm: Communicator
+    let buffer: UnsafeMutablePointer<Float>
+    /// Buckets as ranges of the buffer, in the order they are started (from the end).
+    public let buckets: [Range<Int>]
+    private var next = 0  // index of the next bucket to start
+    private var pending: [(id: Int, bucket: Int, started: Double)] = []
+    /// Seconds from each bucket's start to its observed completion (summed) and waiting in finish().
+    public private(set) var communicationSeconds = 0.0
+    public private(set) var exposedSeconds = 0.0
+
+    public init(comm: Communicator, buffer: UnsafeMutableBufferPointer<Float>, bucketBytes: Int) {
+        self.comm = comm
+        self.buffer = buffer.baseAddress!
+        let per = max(1, bucketBytes / MemoryLayout<Float>.stride)
+        var cuts: [Range<Int>] = []
+        var hi = buffer.count
+        while hi > 0 {
+            let lo = max(0, hi - per)
+            cuts.append(lo..<hi)
+            hi = lo
+        }
+        buckets = cuts
+    }
+
+    /// Starts a new step.
+    public func begin() {
+        next = 0
+        pending = []
+        communicationSeconds = 0
+        exposedSeconds = 0
+    }
+
+    static func now() -> Double {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
+    }
+
+    /// Gradients at [offset, end) are final: start every bucket that lies wholly inside.
+    public func ready(from offset: Int) throws {
+        while next < buckets.count && buckets[next].lowerBound >= offset {
+            let b = buckets[next]
+            let id = try comm.startAllreduceSum(UnsafeMutableBufferPointer(start: buffer + b.lowerBound, count: b.count))
+            pending.append((id, next, GradientExchange.now()))
+            next += 1
+        }
+        try progress()
+    }
+
+    /// Lets MPI advance outstanding reductions (call now and then during the backward pass).
+    public func progress() throws {
+        var still: [(id: Int, bucket: Int, started: Double)] = []
+        for p in pending {
+            if try comm.test(p.id) { communicationSeconds += GradientExchange.now() - p.started } else { still.append(p) }
+        }
+        pending = still
+    }
+
+    /// Starts what is left and waits for everything.
+    public func finish() throws {
+        try ready(from: 0)
+        let t0 = GradientExchange.now()
+        for p in pending {
+            try comm.wait(p.id)
+            communicationSeconds += GradientExchange.now() - p.started
+        }
+        pending = []
+        exposedSeconds = GradientExchange.now() - t0
+    }
+}
