@@ -241,7 +241,9 @@ public struct ConfigLoader {
     public static func fromCheckpoint(path: String, overrides: [String]) throws -> TrainConfig {
         let file: SafeTensors.File
         do { file = try Checkpoint.read(path: path) } catch let e as Checkpoint.Error { throw RNNDPError("--resume: \(e.message)", collective: true) }
-        return try fromMetadata(file, name: path, overrides: overrides)
+        do { return try fromMetadata(file, name: path, overrides: overrides) } catch let e as RNNDPError where e.message.hasPrefix("\(path): no config") {
+            throw RNNDPError("--resume: \(e.message)", collective: true)
+        }
     }
 
     /// The config stored in a model or checkpoint file's metadata, with overrides on top.

@@ -125,7 +125,8 @@ public enum SafeTensors {
                 let (p, o) = acc.0.multipliedReportingOverflow(by: d)
                 return (p, acc.1 || o)
             }
-            guard !overflow, offs[0] >= 0, offs[1] >= offs[0], offs[1] <= dataCount else {
+            guard !overflow else { throw fail("tensor '\(name)': shape \(shape) is too large") }
+            guard offs[0] >= 0, offs[1] >= offs[0], offs[1] <= dataCount else {
                 throw fail("tensor '\(name)': data offsets \(offs) out of range (data has \(dataCount) bytes)")
             }
             let (bytesNeeded, tooBig) = count.multipliedReportingOverflow(by: 4)
