@@ -148,12 +148,14 @@ struct BenchCommand: ParsableCommand {
     var scaling: String = "weak"
     @Option(help: "BLAS threads per rank (default 1, the issue's setting).")
     var threads: Int = 1
+    @Option(name: .customLong("bucket-mb"), help: "Gradient bucket size in MiB (0: one blocking allreduce after the backward pass).")
+    var bucketMB: Double = 4
     @Flag(help: "One JSON object per case.")
     var json = false
 
     func validate() throws {
         guard ["weak", "strong"].contains(scaling) else { throw ValidationError("--scaling must be weak or strong") }
-        guard steps >= 1, warmup >= 0, threads >= 1 else { throw ValidationError("--steps >= 1, --warmup >= 0, --threads >= 1") }
+        guard steps >= 1, warmup >= 0, threads >= 1, bucketMB >= 0 else { throw ValidationError("--steps >= 1, --warmup >= 0, --threads >= 1, --bucket-mb >= 0") }
         for c in cases where !Bench.standard.contains(where: { $0.name == c }) {
             throw ValidationError("unknown case '\(c)' (known: \(Bench.standard.map(\.name).joined(separator: ", ")))")
         }
@@ -171,7 +173,8 @@ struct BenchCommand: ParsableCommand {
                 console.info("case          ranks  batch  step ms  tokens/s   GFLOP/s  of sgemm  compute ms  exposed comm ms")
             }
             for c in Bench.standard where cases.isEmpty || cases.contains(c.name) {
-                let r = try Bench.run(c, comm: comm, strong: scaling == "strong", warmup: warmup, steps: steps, sgemm: rate[0])
+                let r = try Bench.run(c, comm: comm, strong: scaling == "strong", warmup: warmup, steps: steps, sgemm: rate[0],
+                                      bucketBytes: Int(bucketMB * 1_048_576))
                 if json {
                     console.info("{\"case\":\"\(r.name)\",\"ranks\":\(r.ranks),\"global_batch\":\(r.globalBatch),\"step_s\":\(r.medianStep),\"tokens_per_s\":\(r.tokensPerSecond),\"gflops\":\(r.gflops),\"fraction_of_sgemm\":\(r.fractionOfSgemm),\"compute_s\":\(r.medianCompute),\"exposed_comm_s\":\(r.medianExposedComm),\"sgemm_gflops\":\(rate[0]),\"threads\":\(threads),\"scaling\":\"\(scaling)\"}")
                 } else {
