@@ -35,11 +35,17 @@ enum MPIRunner {
         _ = FileManager.default.createFile(atPath: path, contents: Data(text.utf8))
     }
 
-    /// Starts `rnn-dp args` on `np` ranks without waiting; `finish` collects it.
-    static func start(np: Int, _ args: [String], env extra: [String: String] = [:]) throws -> (Process, URL, URL) {
+    /// The command line: `mpirun ... rnn-dp args` for np > 0, the bare executable for np = 0.
+    static func commandLine(np: Int, _ args: [String]) -> [String] {
+        np > 0 ? ["mpirun", "-np", String(np), "--oversubscribe", "--bind-to", "none", executable] + args : [executable] + args
+    }
+
+    /// Starts `command` (through /usr/bin/env) with Open MPI's root variables when root, and
+    /// stdout/stderr going to fresh files; `finish` collects it.
+    static func launch(_ command: [String], env extra: [String: String] = [:]) throws -> (Process, URL, URL) {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = ["mpirun", "-np", String(np), "--oversubscribe", "--bind-to", "none", executable] + args
+        p.arguments = command
         var env = ProcessInfo.processInfo.environment
         if getuid() == 0 {
             env["OMPI_ALLOW_RUN_AS_ROOT"] = "1"
@@ -57,6 +63,11 @@ enum MPIRunner {
         p.standardInput = FileHandle.nullDevice
         try p.run()
         return (p, outURL, errURL)
+    }
+
+    /// Starts `rnn-dp args` on `np` ranks without waiting; `finish` collects it.
+    static func start(np: Int, _ args: [String], env extra: [String: String] = [:]) throws -> (Process, URL, URL) {
+        try launch(commandLine(np: np, args), env: extra)
     }
 
     static func finish(_ job: (Process, URL, URL), started: Date, timeout: Double, file: StaticString = #filePath, line: UInt = #line) -> Outcome {
@@ -100,41 +111,7 @@ enum MPIRunner {
     /// and records a failure after `timeout` seconds, so a hang fails the test instead of CI.
     static func run(np: Int, _ args: [String], env extra: [String: String] = [:], timeout: Double = 120,
                     file: StaticString = #filePath, line: UInt = #line) throws -> Outcome {
-        let p = Process()
-        if np > 0 {
-            p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-            p.arguments = ["mpirun", "-np", String(np), "--oversubscribe", "--bind-to", "none", executable] + args
-        } else {
-            p.executableURL = URL(fileURLWithPath: executable)
-            p.arguments = args
-        }
-        var env = ProcessInfo.processInfo.environment
-        if getuid() == 0 {
-            env["OMPI_ALLOW_RUN_AS_ROOT"] = "1"
-            env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
-        }
-        env["OMPI_MCA_btl_base_warn_component_unused"] = "0"
-        for (k, v) in extra { env[k] = v }
-        p.environment = env
-        let outURL = URL(fileURLWithPath: tempDir()).appendingPathComponent("out")
-        let errURL = outURL.deletingLastPathComponent().appendingPathComponent("err")
-        _ = FileManager.default.createFile(atPath: outURL.path, contents: nil)
-        _ = FileManager.default.createFile(atPath: errURL.path, contents: nil)
-        p.standardOutput = try FileHandle(forWritingTo: outURL)
-        p.standardError = try FileHandle(forWritingTo: errURL)
-        p.standardInput = FileHandle.nullDevice
-        let start = Date()
-        try p.run()
-        while p.isRunning && Date().timeIntervalSince(start) < timeout { usleep(20_000) }
-        if p.isRunning {
-            p.terminate()
-            usleep(500_000)
-            if p.isRunning { kill(p.processIdentifier, SIGKILL) }
-            XCTFail("rnn-dp \(args.joined(separator: " ")) on \(np) ranks did not finish within \(timeout) s", file: file, line: line)
-        }
-        p.waitUntilExit()
-        let out = (try? String(contentsOf: outURL, encoding: .utf8)) ?? ""
-        let err = (try? String(contentsOf: errURL, encoding: .utf8)) ?? ""
-        return Outcome(status: p.terminationStatus, stdout: out, stderr: err, seconds: Date().timeIntervalSince(start))
+        let started = Date()
+        return finish(try launch(commandLine(np: np, args), env: extra), started: started, timeout: timeout, file: file, line: line)
     }
 }
