@@ -48,7 +48,7 @@ let package = Package(
             "RNNTrain", "RNNDistributed",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
-        .testTarget(name: "RNNTests", dependencies: ["RNN"], exclude: ["Fixtures"]),
+        .testTarget(name: "RNNTests", dependencies: ["RNN", "RNNDistributed"], exclude: ["Fixtures"]),
         .testTarget(name: "RNNDataTests", dependencies: ["RNNData"]),
         .testTarget(name: "RNNTrainTests", dependencies: ["RNNTrain", "RNNData", "RNNDistributed", "RNN"], exclude: ["Fixtures"]),
         // Launches `mpirun -np N rnn-dp ...` on the built executable.

@@ -115,3 +115,44 @@ int cmpi_wait(int handle) {
     request_used[handle] = 0;
     return rc;
 }
+
+/* 16-bit float sums for compressed gradient exchange. */
+static float bf16_to_f32(uint16_t h) { uint32_t u = (uint32_t)h << 16; float f; memcpy(&f, &u, 4); return f; }
+static uint16_t f32_to_bf16(float f) {
+    uint32_t u; memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40); /* NaN stays NaN */
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+static float h16_to_f32(uint16_t h) { _Float16 x; memcpy(&x, &h, 2); return (float)x; }
+static uint16_t f32_to_h16(float f) { _Float16 x = (_Float16)f; uint16_t h; memcpy(&h, &x, 2); return h; }
+
+static void sum_bf16(void *in, void *inout, int *len, MPI_Datatype *type) {
+    (void)type;
+    uint16_t *a = in, *b = inout;
+    for (int i = 0; i < *len; i++) b[i] = f32_to_bf16(bf16_to_f32(a[i]) + bf16_to_f32(b[i]));
+}
+static void sum_h16(void *in, void *inout, int *len, MPI_Datatype *type) {
+    (void)type;
+    uint16_t *a = in, *b = inout;
+    for (int i = 0; i < *len; i++) b[i] = f32_to_h16(h16_to_f32(a[i]) + h16_to_f32(b[i]));
+}
+
+static MPI_Op half_ops[2] = {MPI_OP_NULL, MPI_OP_NULL};
+
+int cmpi_allreduce_sum_half(uint16_t *buf, int64_t count, int kind) {
+    if (kind < 0 || kind > 1) return MPI_ERR_ARG;
+    if (half_ops[kind] == MPI_OP_NULL) {
+        int rc = MPI_Op_create(kind == 0 ? sum_bf16 : sum_h16, 1, &half_ops[kind]);
+        if (rc != MPI_SUCCESS) return rc;
+    }
+    char *p = (char *)buf;
+    while (count > 0) {
+        int n = (int)(count < CHUNK ? count : CHUNK);
+        int rc = MPI_Allreduce(MPI_IN_PLACE, p, n, MPI_UINT16_T, half_ops[kind], MPI_COMM_WORLD);
+        if (rc != MPI_SUCCESS) return rc;
+        p += (size_t)n * 2;
+        count -= n;
+    }
+    return MPI_SUCCESS;
+}

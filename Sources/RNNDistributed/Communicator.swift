@@ -23,6 +23,9 @@ public protocol Communicator: AnyObject {
     /// In-place broadcast from `root`.
     func broadcast(_ buffer: UnsafeMutableBufferPointer<Float>, root: Int) throws
     func broadcast(_ buffer: UnsafeMutableBufferPointer<UInt8>, root: Int) throws
+    /// In-place sum of 16-bit floats (bfloat16 when `bfloat` else IEEE half), each pairwise sum
+    /// computed in float32.
+    func allreduceSumHalf(_ buffer: UnsafeMutableBufferPointer<UInt16>, bfloat: Bool) throws
     /// Starts an in-place sum over ranks; the buffer must stay untouched until the returned
     /// request completes (`test` or `wait`).
     func startAllreduceSum(_ buffer: UnsafeMutableBufferPointer<Float>) throws -> Int
@@ -96,6 +99,7 @@ public final class SingleProcessCommunicator: Communicator {
     public func broadcast(_ buffer: UnsafeMutableBufferPointer<UInt8>, root: Int) throws {}
     public func allgather(_ value: UInt64) throws -> [UInt64] { [value] }
     public func startAllreduceSum(_ buffer: UnsafeMutableBufferPointer<Float>) throws -> Int { 0 }
+    public func allreduceSumHalf(_ buffer: UnsafeMutableBufferPointer<UInt16>, bfloat: Bool) throws {}
     public func test(_ id: Int) throws -> Bool { true }
     public func wait(_ id: Int) throws {}
     public func abort(code: Int32) -> Never { exit(code) }

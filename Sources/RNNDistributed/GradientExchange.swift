@@ -81,3 +81,35 @@ public final class GradientExchange {
         exposedSeconds = GradientExchange.now() - t0
     }
 }
+
+/// Gradient compression for the exchange: the float32 sum of a rank's gradients is rounded to 16
+/// bits for the allreduce (half the bytes), summed pairwise in float32 inside the reduction, and
+/// widened back; the optimizer keeps float32 throughout.
+public enum Compression: String, CaseIterable, Sendable {
+    case none, bf16, fp16
+
+    /// bfloat16: the top 16 bits of the float32, rounded to nearest even (NaN kept).
+    @inline(__always) public static func toBF16(_ x: Float) -> UInt16 {
+        let u = x.bitPattern
+        if u & 0x7fff_ffff > 0x7f80_0000 { return UInt16(truncatingIfNeeded: u >> 16) | 0x40 }
+        return UInt16(truncatingIfNeeded: (u &+ 0x7fff &+ ((u >> 16) & 1)) >> 16)
+    }
+    @inline(__always) public static func fromBF16(_ h: UInt16) -> Float { Float(bitPattern: UInt32(h) << 16) }
+
+    /// Sums `buffer` over ranks through 16-bit floats, using `scratch` (at least buffer.count).
+    public func allreduce(_ buffer: UnsafeMutableBufferPointer<Float>, scratch: UnsafeMutableBufferPointer<UInt16>, comm: Communicator) throws {
+        let n = buffer.count
+        switch self {
+        case .none:
+            try comm.allreduceSum(buffer)
+        case .bf16:
+            for i in 0..<n { scratch[i] = Compression.toBF16(buffer[i]) }
+            try comm.allreduceSumHalf(UnsafeMutableBufferPointer(rebasing: scratch[0..<n]), bfloat: true)
+            for i in 0..<n { buffer[i] = Compression.fromBF16(scratch[i]) }
+        case .fp16:
+            for i in 0..<n { scratch[i] = Float16(buffer[i]).bitPattern }
+            try comm.allreduceSumHalf(UnsafeMutableBufferPointer(rebasing: scratch[0..<n]), bfloat: false)
+            for i in 0..<n { buffer[i] = Float(Float16(bitPattern: scratch[i])) }
+        }
+    }
+}

@@ -54,6 +54,9 @@ public final class MPICommunicator: Communicator {
         try check(cmpi_allgather_u64(value, &out), "allgather")
         return out
     }
+    public func allreduceSumHalf(_ b: UnsafeMutableBufferPointer<UInt16>, bfloat: Bool) throws {
+        try check(cmpi_allreduce_sum_half(b.baseAddress, Int64(b.count), bfloat ? 0 : 1), "allreduce(sum, \(bfloat ? "bf16" : "fp16"))")
+    }
     public func startAllreduceSum(_ b: UnsafeMutableBufferPointer<Float>) throws -> Int {
         var handle: Int32 = -1
         try check(cmpi_iallreduce_sum_f32(b.baseAddress, Int64(b.count), &handle), "iallreduce(sum, float)")

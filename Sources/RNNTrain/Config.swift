@@ -1,6 +1,7 @@
 import Foundation
 import RNN
 import Yams
+import RNNDistributed
 
 /// A config value after YAML parsing and type checking.
 public enum ConfigValue: Equatable, CustomStringConvertible, Sendable {
@@ -127,6 +128,7 @@ let configSchema: [KeySpec] = [
     KeySpec("training.eval_every", .int(min: 0), .int(0), "validation loss every N steps (0: only at the end)"),
     KeySpec("training.eval_samples", .int(min: 0, max: 100_000_000), .int(512), "at most this many validation samples"),
     KeySpec("training.threads", .int(min: 0, max: 1024), .int(0), "BLAS threads per rank (0: cores / ranks on the node)"),
+    KeySpec("training.compression", .choice(Compression.allCases.map(\.rawValue)), .string("none"), "exchange gradients as bf16 or fp16 (summed in float32 inside the reduction; one blocking allreduce, no buckets)"),
     KeySpec("training.accumulate_steps", .int(min: 1, max: 1_000_000), .int(1), "split each rank's rows into this many micro-batches, summing their gradients before the one exchange of the step"),
     KeySpec("training.bptt_length", .int(min: 0, max: 1_000_000), .int(0), "truncated BPTT: chunks of this many steps, hidden state carried across chunks without gradient (0: full BPTT; every_step models)"),
     KeySpec("training.bucket_mb", .double(min: 0, max: 4096), .double(4), "gradient exchange in buckets of this many MiB, each reduced (nonblocking) as soon as its gradients are final, overlapping the backward pass (0: one blocking allreduce after it)"),
@@ -406,6 +408,7 @@ public struct TrainConfig: Sendable {
         public var evalSamples: Int
         public var threads: Int
         public var bucketMB: Double
+        public var compression: Compression
         public var accumulateSteps: Int
         public var bpttLength: Int
         public var skipNonFinite: Bool
@@ -630,7 +633,7 @@ public struct TrainConfig: Sendable {
                             averageOverTime: bool("training.average_over_time")!,
                             checkEvery: int("training.check_every")!, evalEvery: int("training.eval_every")!,
                             evalSamples: int("training.eval_samples")!, threads: int("training.threads")!,
-                            bucketMB: dbl("training.bucket_mb")!, accumulateSteps: int("training.accumulate_steps")!, bpttLength: int("training.bptt_length")!,
+                            bucketMB: dbl("training.bucket_mb")!, compression: Compression(rawValue: str("training.compression")!)!, accumulateSteps: int("training.accumulate_steps")!, bpttLength: int("training.bptt_length")!,
                             skipNonFinite: str("training.on_nonfinite") == "skip", maxSkipped: int("training.max_skipped")!,
                             timeoutSeconds: dbl("training.timeout_seconds")!)
         self.output = Output(directory: str("output.directory")!, logEvery: int("output.log_every")!,

@@ -148,6 +148,7 @@ public final class Trainer {
     var exchangeError: Error?
     var timing = StepTiming()
     var nanFaultStep: Int?
+    var compressionScratch: [UInt16] = []
 
     /// Per-step compute, communication and exposed (waited-for) communication times, averaged
     /// over a log interval.
@@ -247,7 +248,11 @@ public final class Trainer {
                      + (a > 1 ? " in \(a) micro-batches" : "") + (chunkLength < dataset.steps ? "; truncated BPTT in chunks of \(chunkLength) steps" : ""))
 
         optimizer = makeOptimizer(config.training.optimizer, count: net.layout.count, as: Float.self)
-        if config.training.bucketMB > 0 && comm.size > 1 {
+        let compression = config.training.compression
+        if compression != .none {
+            compressionScratch = [UInt16](repeating: 0, count: net.layout.count)
+            console.info("exchange: gradients as \(compression.rawValue), one allreduce after the backward pass")
+        } else if config.training.bucketMB > 0 && comm.size > 1 {
             let e = GradientExchange(comm: comm, buffer: net.gradients.buffer, bucketBytes: Int(config.training.bucketMB * 1_048_576))
             exchange = e
             console.info("exchange: \(e.buckets.count) bucket\(e.buckets.count == 1 ? "" : "s") of up to \(config.training.bucketMB) MiB, started during the backward pass")
@@ -301,7 +306,13 @@ public final class Trainer {
                 try exchange.finish()
                 timing.add(compute: computeEnd - computeStart - 0, communication: exchange.communicationSeconds, exposed: exchange.exposedSeconds)
             } else {
-                try comm.allreduceSum(net.gradients.buffer)
+                if compression != .none {
+                    try compressionScratch.withUnsafeMutableBufferPointer {
+                        try compression.allreduce(net.gradients.buffer, scratch: $0, comm: comm)
+                    }
+                } else {
+                    try comm.allreduceSum(net.gradients.buffer)
+                }
                 let t = monotonicSeconds() - computeEnd
                 timing.add(compute: computeEnd - computeStart, communication: t, exposed: t)
             }

@@ -80,6 +80,9 @@ public final class WatchedCommunicator: Communicator {
         try watch("allgather") { try inner.allgather(value) }
     }
     public func startAllreduceSum(_ b: UnsafeMutableBufferPointer<Float>) throws -> Int { try inner.startAllreduceSum(b) }
+    public func allreduceSumHalf(_ b: UnsafeMutableBufferPointer<UInt16>, bfloat: Bool) throws {
+        try watch("allreduce of \(b.count) 16-bit floats") { try inner.allreduceSumHalf(b, bfloat: bfloat) }
+    }
     public func test(_ id: Int) throws -> Bool { try inner.test(id) }
     public func wait(_ id: Int) throws { try watch("wait for a gradient bucket's allreduce") { try inner.wait(id) } }
     public func abort(code: Int32) -> Never { inner.abort(code: code) }

@@ -165,6 +165,7 @@ final class TrainerTests: XCTestCase {
             func broadcast(_ b: UnsafeMutableBufferPointer<UInt8>, root: Int) throws {}
             func allgather(_ v: UInt64) throws -> [UInt64] { [v, v, v, v] }
             func startAllreduceSum(_ b: UnsafeMutableBufferPointer<Float>) throws -> Int { 0 }
+            func allreduceSumHalf(_ b: UnsafeMutableBufferPointer<UInt16>, bfloat: Bool) throws {}
             func test(_ id: Int) throws -> Bool { true }
             func wait(_ id: Int) throws {}
             func abort(code: Int32) -> Never { fatalError() }

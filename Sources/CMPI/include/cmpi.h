@@ -50,6 +50,10 @@ int cmpi_test(int handle, int *done);
 /* Blocks until the request completes; frees its slot. */
 int cmpi_wait(int handle);
 
+/* In-place sum of 16-bit floats: kind 0 = bfloat16, 1 = IEEE half. Each pairwise sum is done in
+ * float32 and rounded back to 16 bits (round to nearest even). */
+int cmpi_allreduce_sum_half(uint16_t *buf, int64_t count, int kind);
+
 /* Every rank contributes `value`; recv (size cmpi_size()) receives all of them in rank order. */
 int cmpi_allgather_u64(uint64_t value, uint64_t *recv);
 
