@@ -14,7 +14,7 @@ struct RNNDP: ParsableCommand {
         1 runtime failure, 3 replicas diverged, 75 stopped by a signal after writing a checkpoint \
         (continue with --resume).
         """,
-        subcommands: [Train.self, Sample.self, Eval.self, Inspect.self, Keys.self, BenchCommand.self])
+        subcommands: [Train.self, Sample.self, Eval.self, Inspect.self, Keys.self, BenchCommand.self, BenchAllreduce.self])
 }
 
 struct Train: ParsableCommand {
@@ -182,6 +182,47 @@ struct BenchCommand: ParsableCommand {
                     console.info(name + String(format: " %6d %6d %8.2f %9.0f %9.1f %8.0f%% %11.2f %16.3f", r.ranks, r.globalBatch,
                                         r.medianStep * 1000, r.tokensPerSecond, r.gflops, r.fractionOfSgemm * 100, r.medianCompute * 1000, r.medianExposedComm * 1000))
                 }
+            }
+        }
+        if code != 0 { throw ExitCode(code) }
+    }
+}
+
+struct BenchAllreduce: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bench-allreduce",
+        abstract: "Measure MPI_Allreduce latency and bandwidth over message sizes and fit the alpha-beta model of a ring allreduce.",
+        discussion: "Run under mpirun with 2 or more ranks: mpirun -np 2 rnn-dp bench-allreduce")
+
+    @Option(help: "Repetitions per size (median reported).")
+    var repeats: Int = 20
+    @Option(name: .customLong("max-mb"), help: "Largest message in MiB.")
+    var maxMB: Int = 64
+    @Flag(help: "One JSON object per size, then one for the fit.")
+    var json = false
+
+    func validate() throws {
+        guard repeats >= 1, maxMB >= 1 else { throw ValidationError("--repeats >= 1, --max-mb >= 1") }
+    }
+
+    func run() throws {
+        let code = Job.run { comm, console in
+            guard comm.size > 1 else { throw RNNDPError("bench-allreduce needs at least 2 ranks: mpirun -np 2 rnn-dp bench-allreduce", collective: true) }
+            var sizes: [Int] = []
+            var b = 4
+            while b <= maxMB << 20 { sizes.append(b); b *= 4 }
+            let points = try Bench.allreduceTimes(comm: comm, sizes: sizes, repeats: repeats)
+            if !json { console.info("MPI_Allreduce (float sum, in place) on \(comm.size) ranks, median of \(repeats)") ; console.info("bytes        time us   GB/s (algorithm bandwidth)") }
+            for (bytes, t) in points {
+                if json {
+                    console.info("{\"bytes\":\(bytes),\"seconds\":\(t),\"ranks\":\(comm.size)}")
+                } else {
+                    console.info(String(format: "%-12d %9.1f %7.2f", bytes, t * 1e6, Double(bytes) / t / 1e9))
+                }
+            }
+            if let m = AllreduceModel.fit(points.map { (Double($0.bytes), $0.seconds) }, ranks: comm.size) {
+                if json { console.info("{\"alpha\":\(m.alpha),\"beta\":\(m.beta),\"ranks\":\(comm.size)}") }
+                else { console.info(String(format: "fit: alpha = %.2f us per message, beta = %.3f ns per byte (%.2f GB/s)", m.alpha * 1e6, m.beta * 1e9, 1 / m.beta / 1e9)) }
             }
         }
         if code != 0 { throw ExitCode(code) }
