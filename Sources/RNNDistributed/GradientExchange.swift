@@ -16,6 +16,7 @@ public final class GradientExchange {
     /// Buckets as ranges of the buffer, in the order they are started (from the end).
     public let buckets: [Range<Int>]
     private var next = 0  // index of the next bucket to start
+    static let maxOutstanding = 128  // below CMPI_MAX_REQUESTS
     private var pending: [(id: Int, bucket: Int, started: Double)] = []
     /// Seconds from each bucket's start to its observed completion (summed) and waiting in finish().
     public private(set) var communicationSeconds = 0.0
@@ -52,6 +53,13 @@ public final class GradientExchange {
     /// Gradients at [offset, end) are final: start every bucket that lies wholly inside.
     public func ready(from offset: Int) throws {
         while next < buckets.count && buckets[next].lowerBound >= offset {
+            // The shim holds a bounded number of requests: complete the oldest first when full,
+            // the same on every rank (the decision depends on counts only).
+            if pending.count >= GradientExchange.maxOutstanding {
+                let oldest = pending.removeFirst()
+                try comm.wait(oldest.id)
+                communicationSeconds += GradientExchange.now() - oldest.started
+            }
             let b = buckets[next]
             let id = try comm.startAllreduceSum(UnsafeMutableBufferPointer(start: buffer + b.lowerBound, count: b.count))
             pending.append((id, next, GradientExchange.now()))
@@ -97,19 +105,22 @@ public enum Compression: String, CaseIterable, Sendable {
     @inline(__always) public static func fromBF16(_ h: UInt16) -> Float { Float(bitPattern: UInt32(h) << 16) }
 
     /// Sums `buffer` over ranks through 16-bit floats, using `scratch` (at least buffer.count).
+    /// Each rank's contribution is divided by the number of ranks before rounding (the reduction
+    /// then forms the mean, which stays in fp16's range) and the result multiplied back.
     public func allreduce(_ buffer: UnsafeMutableBufferPointer<Float>, scratch: UnsafeMutableBufferPointer<UInt16>, comm: Communicator) throws {
         let n = buffer.count
+        let inv = 1 / Float(comm.size), size = Float(comm.size)
         switch self {
         case .none:
             try comm.allreduceSum(buffer)
         case .bf16:
-            for i in 0..<n { scratch[i] = Compression.toBF16(buffer[i]) }
+            for i in 0..<n { scratch[i] = Compression.toBF16(buffer[i] * inv) }
             try comm.allreduceSumHalf(UnsafeMutableBufferPointer(rebasing: scratch[0..<n]), bfloat: true)
-            for i in 0..<n { buffer[i] = Compression.fromBF16(scratch[i]) }
+            for i in 0..<n { buffer[i] = Compression.fromBF16(scratch[i]) * size }
         case .fp16:
-            for i in 0..<n { scratch[i] = Float16(buffer[i]).bitPattern }
+            for i in 0..<n { scratch[i] = Float16(buffer[i] * inv).bitPattern }
             try comm.allreduceSumHalf(UnsafeMutableBufferPointer(rebasing: scratch[0..<n]), bfloat: false)
-            for i in 0..<n { buffer[i] = Float(Float16(bitPattern: scratch[i])) }
+            for i in 0..<n { buffer[i] = Float(Float16(bitPattern: scratch[i])) * size }
         }
     }
 }

@@ -13,6 +13,7 @@ public enum Signals {
     public static let handled = [SIGTERM, SIGINT, SIGUSR1]
 
     public static func install() {
+        _ = signalFlag.pointee  // initialize the global now, never inside a handler
         for s in handled { signal(s) { received in signalFlag.pointee = received } }
     }
 

@@ -148,6 +148,9 @@ public final class Trainer {
     var exchangeError: Error?
     var timing = StepTiming()
     var nanFaultStep: Int?
+    /// Consecutive skipped steps (saved in checkpoints, so a resumed run counts on).
+    var skippedInARow = 0
+    var resumedSkippedInARow = 0
     var compressionScratch: [UInt16] = []
 
     /// Per-step compute, communication and exposed (waited-for) communication times, averaged
@@ -269,6 +272,7 @@ public final class Trainer {
             console.info("parameters: loaded from \(from)")
         }
         try comm.broadcast(net.parameters.buffer, root: 0)
+        if net.runningStatistics.count > 0 { try comm.broadcast(net.runningStatistics.buffer, root: 0) }
         try verifyReplicas(step: startStep)
 
         let T = dataset.steps
@@ -282,15 +286,19 @@ public final class Trainer {
         let runStart = intervalStart
         var validation: Double?
         let fault = FaultInjection.fromEnvironment()
-        if let f = fault, f.kind == .nan, f.rank == comm.rank { nanFaultStep = f.step }
+        // Every rank drops the exchange hooks at the injected step, so collectives stay in step.
+        if let f = fault, f.kind == .nan { nanFaultStep = f.step }
         let text = config.data.kind == "text"
-        var skippedInARow = 0
+        skippedInARow = resumedSkippedInARow
 
         for step in (startStep + 1)..<(steps + 1) {
             watched?.step = step
             let lr = schedule.learningRate(step: step - 1)
             let logNow = step % config.output.logEvery == 0 || step == steps
             net.gradients.zero()
+            // Batch norm's running statistics move in every forward pass; a step whose gradient
+            // turns out non-finite must not leave them changed (they may hold the NaN too).
+            let runningBefore = net.spec.batchNorm ? net.runningStatistics.array : []
             let computeStart = monotonicSeconds()
             exchange?.begin()
             let (local, diagnosticSums) = computeGradients(step: step, rows: shardRows, diagnostics: logNow)
@@ -326,6 +334,7 @@ public final class Trainer {
             // Every rank holds the same reduced gradient, so every rank decides the same here.
             if !(lastLoss.isFinite && Float.allFinite(net.gradients.pointer, net.gradients.count)) {
                 let bad = nonFiniteTensors()
+                for (i, v) in runningBefore.enumerated() { net.runningStatistics[i] = v }
                 if config.training.skipNonFinite && skippedInARow + 1 < config.training.maxSkipped {
                     skippedInARow += 1
                     skippedSteps += 1
@@ -599,6 +608,7 @@ public final class Trainer {
         m["optimizer_steps"] = String(optimizer.steps)
         m["schedule"] = "rate=\(schedule.plateauRate) best=\(schedule.best) bad=\(schedule.badEvaluations) cooldown=\(schedule.cooldownLeft)"
         m["skipped_steps"] = String(skippedSteps)
+        m["skipped_in_a_row"] = String(skippedInARow)
         m["world_size"] = String(comm.size)
         return m
     }
@@ -657,6 +667,7 @@ public final class Trainer {
             }
         }
         skippedSteps = Int(file.metadata["skipped_steps"] ?? "") ?? 0
+        resumedSkippedInARow = Int(file.metadata["skipped_in_a_row"] ?? "") ?? 0
         return step
     }
 
