@@ -324,11 +324,9 @@ public final class Trainer {
                 let t = monotonicSeconds() - computeEnd
                 timing.add(compute: computeEnd - computeStart, communication: t, exposed: t)
             }
-            // Loss sums, and whether any rank received a stop signal (its number, by max).
+            // Loss sums.
             var sums = [local.sum, Double(local.count), Double(local.correct)]
             try comm.allreduceSum(&sums)
-            var signal = [Double(Signals.received)]
-            try comm.allreduceMax(&signal)
             net.normalizeGradients(globalSamples: B, steps: T)
             lastLoss = sums[0] / sums[1]
             // Every rank holds the same reduced gradient, so every rank decides the same here.
@@ -339,7 +337,7 @@ public final class Trainer {
                     skippedInARow += 1
                     skippedSteps += 1
                     console.warn("step \(step): non-finite loss (\(lastLoss)) or gradient in \(bad.joined(separator: ", ")): update skipped (\(skippedInARow) in a row, \(skippedSteps) in all)")
-                    if signal[0] > 0 { try stopForSignal(Int32(signal[0]), step: step) }
+                    try stopIfSignalled(step: step)
                     continue
                 }
                 let saved = try saveCheckpoint(step: step - 1)
@@ -402,7 +400,9 @@ public final class Trainer {
                 }
                 try metrics?.write(record)
             }
-            if signal[0] > 0 { try stopForSignal(Int32(signal[0]), step: step) }
+            // Checked at the very end of the step (after evaluation and logging), so a signal
+            // that arrived during them is acted on now, not a step later.
+            try stopIfSignalled(step: step)
             if config.checkpoint.every > 0 && step % config.checkpoint.every == 0 && step != steps {
                 _ = try saveCheckpoint(step: step)
             }
@@ -489,6 +489,14 @@ public final class Trainer {
             }
         }
         return (stats, sums)
+    }
+
+    /// One allreduce(max) of the stop signal received on any rank; if there is one, every rank
+    /// stops here together (after rank 0's checkpoint). Called exactly once per step on every path.
+    func stopIfSignalled(step: Int) throws {
+        var signal = [Double(Signals.received)]
+        try comm.allreduceMax(&signal)
+        if signal[0] > 0 { try stopForSignal(Int32(signal[0]), step: step) }
     }
 
     /// Every rank agreed that a stop signal arrived: checkpoint, then end with the resume code.
@@ -656,6 +664,17 @@ public final class Trainer {
             throw RNNDPError("--resume: \(path): tensor '\(SafeTensors.printable(extra.name))' does not belong to this model and optimizer")
         }
         optimizer.steps = Int(file.metadata["optimizer_steps"] ?? "") ?? step
+        // Keys that decide which samples a step sees: a change breaks the continuation of the run.
+        var stored: [String: String] = [:]
+        for line in (file.metadata["config"] ?? "").split(separator: "\n") {
+            if let colon = line.firstIndex(of: ":") { stored[String(line[..<colon])] = String(line[line.index(colon, offsetBy: 2)...]) }
+        }
+        let now = Dictionary(uniqueKeysWithValues: config.resolved.map { ($0.key, $0.value.description) })
+        for key in ["seed", "training.global_batch_size", "training.sequence_length", "training.accumulate_steps", "training.bptt_length", "data.path"] {
+            if let a = stored[key], let b = now[key], a != b {
+                console.warn("--resume: \(key) was \(a) in the checkpoint and is \(b) now: the run continues with a different data order or batch")
+            }
+        }
         if let sched = file.metadata["schedule"] {
             var fields: [String: Double] = [:]
             for part in sched.split(separator: " ") {
