@@ -358,6 +358,12 @@ public final class Network<S: RNNScalar> {
         return applyLoss(batch, scale: 0)
     }
 
+    /// The loss terms of the latest `forward(batch)`, read from the head's outputs (which it then
+    /// overwrites): for callers that also need the outputs themselves, without a second forward.
+    public func lossOfLastForward(_ batch: Batch) -> LossStats {
+        applyLoss(batch, scale: 0)
+    }
+
     /// Replaces the head's outputs by scale * dl/d(outputs) and returns the loss sums.
     private func applyLoss(_ batch: Batch, scale: S) -> LossStats {
         let rows = headRows

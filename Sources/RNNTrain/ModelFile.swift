@@ -39,9 +39,7 @@ public struct TrainedModel {
             spec = try specWithoutData(config, file: file, vocabulary: vocabulary, path: path)
         }
         let net = Network<Float>(spec: spec)
-        do { try loadParameters(from: file, path: path, into: net) } catch let e as RNNDPError {
-            throw RNNDPError(e.message.replacingOccurrences(of: "model.init_from: ", with: ""))
-        }
+        try loadParameters(from: file, path: path, into: net, context: nil)
         return (TrainedModel(path: path, config: config, network: net, vocabulary: vocabulary, normalization: normalization,
                              step: Int(file.metadata["step"] ?? "") ?? 0), dataset)
     }
@@ -52,16 +50,9 @@ public struct TrainedModel {
             throw RNNDPError("\(path): no rnn.weight_ih_l0 / head.weight tensors")
         }
         let input: InputKind = vocabulary != nil ? .tokens(vocabulary: wih.shape[1]) : .dense(features: wih.shape[1])
-        let loss = config.training.loss ?? (vocabulary != nil ? .crossEntropy : .mse)
-        let output = config.model.output ?? (vocabulary != nil ? .everyStep : .lastStep)
-        var spec = ModelSpec(cell: config.model.cell, activation: config.model.activation, input: input,
-                             hiddenSize: config.model.hiddenSize, layers: config.model.layers, outputSize: head.shape[0],
-                             output: output, loss: loss, averageOverTime: config.training.averageOverTime)
-        spec.leakySlope = config.model.leakySlope
-        spec.learnedInitialState = config.model.learnedInitialState
-        spec.layerNorm = config.model.layerNorm
-        spec.batchNorm = config.model.batchNorm
-        return spec
+        return makeModelSpec(config, input: input, outputSize: head.shape[0],
+                             output: config.model.output ?? (vocabulary != nil ? .everyStep : .lastStep),
+                             loss: config.training.loss ?? (vocabulary != nil ? .crossEntropy : .mse))
     }
 
     /// Characters generated one at a time after feeding `prime`, carrying the hidden state;
@@ -146,39 +137,48 @@ public struct Evaluation {
 }
 
 extension TrainedModel {
-    /// Loss (and accuracy, or RMSE/MAE in original units) over the dataset's validation samples,
-    /// each rank taking its shard; identical on every rank after the reduction.
+    /// `rnn-dp eval`: the validation evaluation of this model on `dataset`.
     public func evaluate(_ dataset: Dataset, comm: Communicator) throws -> Evaluation {
-        let n = dataset.validationCount
-        guard n > 0 else { throw RNNDPError("\(path): the data has no validation samples (data.validation_fraction, data.validation_path)", collective: true) }
-        let mine = Shard.rows(globalBatch: n, rank: comm.rank, size: comm.size)
-        var sums = [Double](repeating: 0, count: 5)  // loss, terms, correct, squared error, absolute error (original units)
-        let std = normalization?.std ?? 1
-        var i = mine.lowerBound
-        while i < mine.upperBound {
-            let j = min(i + 256, mine.upperBound)
-            let batch = dataset.validationBatch(i..<j)
-            if network.spec.loss == .mse {
-                network.forward(batch)
-                for (k, y) in network.outputs.enumerated() {
-                    let e = Double(y - batch.targetValues[k]) * std
-                    sums[3] += e * e
-                    sums[4] += abs(e)
-                }
-            }
-            let s = network.loss(batch)
-            sums[0] += s.sum
-            sums[1] += Double(s.count)
-            sums[2] += Double(s.correct)
-            i = j
+        guard let e = try evaluateValidation(network: network, dataset: dataset, comm: comm, std: normalization?.std ?? 1) else {
+            throw RNNDPError("\(path): the data has no validation samples (data.validation_fraction, data.validation_path)", collective: true)
         }
-        try comm.allreduceSum(&sums)
-        let values = sums[1] * Double(network.spec.outputSize)
-        return Evaluation(samples: n, loss: sums[0] / sums[1],
-                          accuracy: network.spec.loss == .crossEntropy ? sums[2] / sums[1] : nil,
-                          rmse: network.spec.loss == .mse ? (sums[3] / values).squareRoot() : nil,
-                          mae: network.spec.loss == .mse ? sums[4] / values : nil)
+        return e
     }
+}
+
+/// Loss (and accuracy, or RMSE/MAE in original units, `std` being the series' scale) over the
+/// dataset's validation samples, each rank taking its shard in batches of 256; identical on every
+/// rank after one reduction. nil when the data has no validation samples. Used by training's
+/// evaluations and by `rnn-dp eval`, so both report the same number.
+func evaluateValidation(network: Network<Float>, dataset: Dataset, comm: Communicator, std: Double) throws -> Evaluation? {
+    let n = dataset.validationCount
+    guard n > 0 else { return nil }
+    let mine = Shard.rows(globalBatch: n, rank: comm.rank, size: comm.size)
+    var sums = [Double](repeating: 0, count: 5)  // loss, terms, correct, squared error, absolute error (original units)
+    var i = mine.lowerBound
+    while i < mine.upperBound {
+        let j = min(i + 256, mine.upperBound)
+        let batch = dataset.validationBatch(i..<j)
+        network.forward(batch)
+        if network.spec.loss == .mse {
+            for (k, y) in network.outputs.enumerated() {
+                let e = Double(y - batch.targetValues[k]) * std
+                sums[3] += e * e
+                sums[4] += abs(e)
+            }
+        }
+        let s = network.lossOfLastForward(batch)
+        sums[0] += s.sum
+        sums[1] += Double(s.count)
+        sums[2] += Double(s.correct)
+        i = j
+    }
+    try comm.allreduceSum(&sums)
+    let values = sums[1] * Double(network.spec.outputSize)
+    return Evaluation(samples: n, loss: sums[0] / sums[1],
+                      accuracy: network.spec.loss == .crossEntropy ? sums[2] / sums[1] : nil,
+                      rmse: network.spec.loss == .mse ? (sums[3] / values).squareRoot() : nil,
+                      mae: network.spec.loss == .mse ? sums[4] / values : nil)
 }
 
 /// `rnn-dp inspect`: what a file holds, and whether its checksum matches.

@@ -49,9 +49,14 @@ public func makeModelSpec(_ config: TrainConfig, dataset: Dataset) throws -> Mod
         loss = a.loss
         output = a.output
     }
-    var spec = ModelSpec(cell: config.model.cell, activation: config.model.activation, input: dataset.input,
-                         hiddenSize: config.model.hiddenSize, layers: config.model.layers, outputSize: dataset.outputSize,
-                         output: output!, loss: loss!, averageOverTime: config.training.averageOverTime)
+    return makeModelSpec(config, input: dataset.input, outputSize: dataset.outputSize, output: output!, loss: loss!)
+}
+
+/// The model's shape from the config, given what the data (or a model file) decides.
+func makeModelSpec(_ config: TrainConfig, input: InputKind, outputSize: Int, output: OutputMode, loss: LossKind) -> ModelSpec {
+    var spec = ModelSpec(cell: config.model.cell, activation: config.model.activation, input: input,
+                         hiddenSize: config.model.hiddenSize, layers: config.model.layers, outputSize: outputSize,
+                         output: output, loss: loss, averageOverTime: config.training.averageOverTime)
     spec.leakySlope = config.model.leakySlope
     spec.learnedInitialState = config.model.learnedInitialState
     spec.layerNorm = config.model.layerNorm
@@ -83,35 +88,33 @@ public func loadParameters(from path: String, into net: Network<Float>) throws {
     do { file = try SafeTensors.read(path: path) } catch let e as SafeTensors.FormatError {
         throw RNNDPError("model.init_from: \(e.message)")
     }
-    try loadParameters(from: file, path: path, into: net)
+    try loadParameters(from: file, path: path, into: net, context: "model.init_from")
 }
 
-public func loadParameters(from file: SafeTensors.File, path: String, into net: Network<Float>) throws {
+/// Copies tensor `name` into `buffer` at `offset`, requiring it with exactly `shape`. Errors
+/// start with `prefix` (the option and the file).
+func copyTensor(_ file: SafeTensors.File, _ name: String, shape: [Int], into buffer: Buffer<Float>, at offset: Int, prefix: String) throws {
+    guard let t = file.tensor(name) else { throw RNNDPError("\(prefix): no tensor '\(name)' (expected shape \(shape))") }
+    guard t.shape == shape else { throw RNNDPError("\(prefix): tensor '\(name)' has shape \(t.shape), this model needs \(shape)") }
+    for (i, x) in t.values.enumerated() { buffer[offset + i] = x }
+}
+
+/// - context: the option the file came from, leading the error messages ("model.init_from"), or
+///   nil for a file named on its own.
+public func loadParameters(from file: SafeTensors.File, path: String, into net: Network<Float>, context: String? = "model.init_from") throws {
+    let prefix = context.map { "\($0): \(path)" } ?? path
     let running = runningStatisticsTensors(net)
-    for r in running {
-        guard let t = file.tensor(r.name) else { continue }
-        guard t.shape == r.shape else {
-            throw RNNDPError("model.init_from: \(path): tensor '\(r.name)' has shape \(t.shape), this model needs \(r.shape)")
-        }
-    }
     let model = file.tensors.filter { t in !t.name.hasPrefix("optimizer.") && !running.contains { $0.name == t.name } }
     let names = Set(net.layout.views.map(\.name))
     if let extra = model.first(where: { !names.contains($0.name) }) {
-        throw RNNDPError("model.init_from: \(path): tensor '\(SafeTensors.printable(extra.name))' \(extra.shape) is not a parameter of this model (\(net.layout.views.map(\.name).joined(separator: ", ")))")
+        throw RNNDPError("\(prefix): tensor '\(SafeTensors.printable(extra.name))' \(extra.shape) is not a parameter of this model (\(net.layout.views.map(\.name).joined(separator: ", ")))")
     }
     for v in net.layout.views {
-        guard let t = file.tensor(v.name) else {
-            throw RNNDPError("model.init_from: \(path): no tensor '\(v.name)' (expected shape \(v.shape))")
-        }
-        guard t.shape == v.shape else {
-            throw RNNDPError("model.init_from: \(path): tensor '\(v.name)' has shape \(t.shape), this model needs \(v.shape)")
-        }
-        for (i, x) in t.values.enumerated() { net.parameters[v.offset + i] = x }
+        try copyTensor(file, v.name, shape: v.shape, into: net.parameters, at: v.offset, prefix: prefix)
     }
-    let gh = net.spec.cell.gates * net.spec.hiddenSize
-    for (i, r) in running.enumerated() {  // order: mean_l0, var_l0, mean_l1, ...: slot i of (L, 2, G*H)
-        guard let t = file.tensor(r.name) else { continue }
-        for (j, x) in t.values.enumerated() { net.runningStatistics[i * gh + j] = x }
+    // Running statistics are loaded when present (a file from PyTorch has none).
+    for (i, r) in running.enumerated() where file.tensor(r.name) != nil {
+        try copyTensor(file, r.name, shape: r.shape, into: net.runningStatistics, at: i * r.values.count, prefix: prefix)
     }
 }
 
@@ -541,20 +544,9 @@ public final class Trainer {
 
     /// Mean validation loss over the fixed validation samples, sharded across ranks.
     func evaluate() throws -> Double? {
-        let n = dataset.validationCount
-        guard n > 0 else { return nil }
-        let mine = Shard.rows(globalBatch: n, rank: comm.rank, size: comm.size)
-        var stats = LossStats()
-        var i = mine.lowerBound
-        while i < mine.upperBound {
-            let j = min(i + 256, mine.upperBound)
-            stats += network.loss(dataset.validationBatch(i..<j))
-            i = j
-        }
-        var sums = [stats.sum, Double(stats.count), Double(stats.correct)]
-        try comm.allreduceSum(&sums)
-        validationAccuracy = network.spec.loss == .crossEntropy ? sums[2] / sums[1] : nil
-        return sums[0] / sums[1]
+        let e = try evaluateValidation(network: network, dataset: dataset, comm: comm, std: (dataset as? SeriesDataset)?.std ?? 1)
+        validationAccuracy = e?.accuracy
+        return e?.loss
     }
 
     func describeValidation(_ v: Double) -> String {
@@ -646,17 +638,19 @@ public final class Trainer {
         }
         let net = network!
         let running = runningStatisticsTensors(net)
-        func load(_ name: String, _ shape: [Int], into buffer: Buffer<Float>, at offset: Int) throws {
-            guard let t = file.tensor(name) else { throw RNNDPError("--resume: \(path): no tensor '\(name)' (expected shape \(shape))") }
-            guard t.shape == shape else { throw RNNDPError("--resume: \(path): tensor '\(name)' has shape \(t.shape), this model needs \(shape)") }
-            for (i, x) in t.values.enumerated() { buffer[offset + i] = x }
-        }
+        let prefix = "--resume: \(path)"
         var expected = Set<String>()
-        for v in net.layout.views { try load(v.name, v.shape, into: net.parameters, at: v.offset); expected.insert(v.name) }
-        for (i, r) in running.enumerated() { try load(r.name, r.shape, into: net.runningStatistics, at: i * r.values.count); expected.insert(r.name) }
+        for v in net.layout.views {
+            try copyTensor(file, v.name, shape: v.shape, into: net.parameters, at: v.offset, prefix: prefix)
+            expected.insert(v.name)
+        }
+        for (i, r) in running.enumerated() {
+            try copyTensor(file, r.name, shape: r.shape, into: net.runningStatistics, at: i * r.values.count, prefix: prefix)
+            expected.insert(r.name)
+        }
         for (state, buffer) in optimizer.state {
             for v in net.layout.views {
-                try load("optimizer.\(state).\(v.name)", v.shape, into: buffer, at: v.offset)
+                try copyTensor(file, "optimizer.\(state).\(v.name)", shape: v.shape, into: buffer, at: v.offset, prefix: prefix)
                 expected.insert("optimizer.\(state).\(v.name)")
             }
         }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import RNNTrain
+import RNNDistributed
 import RNN
 
 @main
@@ -15,6 +16,12 @@ struct RNNDP: ParsableCommand {
         (continue with --resume).
         """,
         subcommands: [Train.self, Sample.self, Eval.self, Inspect.self, Keys.self, BenchCommand.self, BenchAllreduce.self])
+}
+
+/// Runs a command's body on every rank (Job.run) and exits with its code when it failed.
+func runOnEveryRank(_ body: (Communicator, Console) throws -> Void) throws {
+    let code = Job.run(body)
+    if code != 0 { throw ExitCode(code) }
 }
 
 struct Train: ParsableCommand {
@@ -37,7 +44,7 @@ struct Train: ParsableCommand {
 
     func run() throws {
         Signals.install()
-        let code = Job.run { comm, console in
+        try runOnEveryRank { comm, console in
             let (cfg, checkpoint) = try Job.collectively(comm) { () -> (TrainConfig, String?) in
                 let checkpoint = try resume.map { path in
                     do { return try Checkpoint.resolve(path) } catch let e as Checkpoint.Error { throw RNNDPError("--resume: \(e.message)") }
@@ -47,7 +54,6 @@ struct Train: ParsableCommand {
             }
             try Trainer(config: cfg, comm: comm, console: console, resume: checkpoint).run()
         }
-        if code != 0 { throw ExitCode(code) }
     }
 }
 
@@ -71,12 +77,11 @@ struct Sample: ParsableCommand {
     }
 
     func run() throws {
-        let code = Job.run { comm, console in
+        try runOnEveryRank { comm, console in
             let model = try Job.collectively(comm) { try TrainedModel.load(path: checkpoint, loadData: false).0 }
             let text = try Job.collectively(comm) { try model.sample(prime: prime, length: length, temperature: temperature, seed: seed) }
             console.info(prime + text)
         }
-        if code != 0 { throw ExitCode(code) }
     }
 }
 
@@ -93,7 +98,7 @@ struct Eval: ParsableCommand {
     var overrides: [String] = []
 
     func run() throws {
-        let code = Job.run { comm, console in
+        try runOnEveryRank { comm, console in
             let sets = overrides + (data.map { ["data.path=\($0)"] } ?? [])
             let (model, dataset) = try Job.collectively(comm) { try TrainedModel.load(path: checkpoint, overrides: sets) }
             let result = try model.evaluate(dataset!, comm: comm)
@@ -101,7 +106,6 @@ struct Eval: ParsableCommand {
             console.info("data: \(dataset!.summary)")
             for line in result.lines { console.info(line) }
         }
-        if code != 0 { throw ExitCode(code) }
     }
 }
 
@@ -162,7 +166,7 @@ struct BenchCommand: ParsableCommand {
     }
 
     func run() throws {
-        let code = Job.run { comm, console in
+        try runOnEveryRank { comm, console in
             setBLASThreads(threads)
             let sgemm = Bench.sgemmRate()
             var rate = [sgemm]
@@ -184,7 +188,6 @@ struct BenchCommand: ParsableCommand {
                 }
             }
         }
-        if code != 0 { throw ExitCode(code) }
     }
 }
 
@@ -206,7 +209,7 @@ struct BenchAllreduce: ParsableCommand {
     }
 
     func run() throws {
-        let code = Job.run { comm, console in
+        try runOnEveryRank { comm, console in
             guard comm.size > 1 else { throw RNNDPError("bench-allreduce needs at least 2 ranks: mpirun -np 2 rnn-dp bench-allreduce", collective: true) }
             var sizes: [Int] = []
             var b = 4
@@ -225,6 +228,5 @@ struct BenchAllreduce: ParsableCommand {
                 else { console.info(String(format: "fit: alpha = %.2f us per message, beta = %.3f ns per byte (%.2f GB/s)", m.alpha * 1e6, m.beta * 1e9, 1 / m.beta / 1e9)) }
             }
         }
-        if code != 0 { throw ExitCode(code) }
     }
 }
