@@ -33,7 +33,14 @@ public enum Bench {
         public var fractionOfSgemm: Double
         public var medianCompute: Double
         public var medianExposedComm: Double
+        /// Total communication time per step: from each bucket's start to its completion, summed
+        /// (equal to the exposed time when the exchange is one blocking allreduce).
+        public var medianCommunication: Double
         public var parameters: Int
+        /// Bytes each rank contributes to the allreduce per step (the flat float32 gradient).
+        public var bytesPerStep: Int { parameters * MemoryLayout<Float>.stride }
+        /// Achieved allreduce algorithm bandwidth: bytes per step over total communication time.
+        public var allreduceGBps: Double { ranks > 1 && medianCommunication > 0 ? Double(bytesPerStep) / medianCommunication / 1e9 : 0 }
     }
 
     /// Matrix-product FLOPs of one training step (forward + backward) of the whole global batch.
@@ -88,7 +95,7 @@ public enum Bench {
         let batch = Batch(batchSize: rows.count, steps: T,
                           tokens: (0..<(T * rows.count)).map { _ in Int32(rng.nextInt(below: vocabulary)) },
                           targetClasses: (0..<(T * rows.count)).map { _ in Int32(rng.nextInt(below: vocabulary)) })
-        var stepTimes: [Double] = [], computeTimes: [Double] = [], commTimes: [Double] = []
+        var stepTimes: [Double] = [], computeTimes: [Double] = [], commTimes: [Double] = [], totalCommTimes: [Double] = []
         // The training exchange: buckets reduced during the backward pass (more than one rank).
         let exchange = comm.size > 1 && bucketBytes > 0 ? GradientExchange(comm: comm, buffer: net.gradients.buffer, bucketBytes: bucketBytes) : nil
         var failure: Error?
@@ -113,16 +120,17 @@ public enum Bench {
                 stepTimes.append(t3 - t0)
                 computeTimes.append((t1 - t0) + (t3 - t2))
                 commTimes.append(t2 - t1)
+                totalCommTimes.append(exchange.map { max($0.communicationSeconds, t2 - t1) } ?? (t2 - t1))
             }
         }
         // Rank 0 reports the slowest rank's times (a step is as slow as its slowest rank).
-        var med = [median(stepTimes), median(computeTimes), median(commTimes)]
+        var med = [median(stepTimes), median(computeTimes), median(commTimes), median(totalCommTimes)]
         try comm.allreduceMax(&med)
         let f = flops(c, globalBatch: B)
         let perRankGflops = f / Double(comm.size) / med[0] / 1e9
         return Result(name: c.name, ranks: comm.size, globalBatch: B, medianStep: med[0],
                       tokensPerSecond: Double(B * T) / med[0], gflops: f / med[0] / 1e9,
                       fractionOfSgemm: perRankGflops / sgemm, medianCompute: med[1], medianExposedComm: med[2],
-                      parameters: net.layout.count)
+                      medianCommunication: med[3], parameters: net.layout.count)
     }
 }

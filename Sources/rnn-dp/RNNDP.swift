@@ -180,7 +180,7 @@ struct BenchCommand: ParsableCommand {
                 let r = try Bench.run(c, comm: comm, strong: scaling == "strong", warmup: warmup, steps: steps, sgemm: rate[0],
                                       bucketBytes: Int(bucketMB * 1_048_576))
                 if json {
-                    console.info("{\"case\":\"\(r.name)\",\"ranks\":\(r.ranks),\"global_batch\":\(r.globalBatch),\"step_s\":\(r.medianStep),\"tokens_per_s\":\(r.tokensPerSecond),\"gflops\":\(r.gflops),\"fraction_of_sgemm\":\(r.fractionOfSgemm),\"compute_s\":\(r.medianCompute),\"exposed_comm_s\":\(r.medianExposedComm),\"sgemm_gflops\":\(rate[0]),\"threads\":\(threads),\"scaling\":\"\(scaling)\"}")
+                    console.info("{\"case\":\"\(r.name)\",\"ranks\":\(r.ranks),\"global_batch\":\(r.globalBatch),\"step_s\":\(r.medianStep),\"tokens_per_s\":\(r.tokensPerSecond),\"gflops\":\(r.gflops),\"fraction_of_sgemm\":\(r.fractionOfSgemm),\"compute_s\":\(r.medianCompute),\"exposed_comm_s\":\(r.medianExposedComm),\"comm_s\":\(r.medianCommunication),\"bytes_per_step\":\(r.bytesPerStep),\"allreduce_gbps\":\(r.allreduceGBps),\"parameters\":\(r.parameters),\"bucket_mb\":\(bucketMB),\"sgemm_gflops\":\(rate[0]),\"threads\":\(threads),\"scaling\":\"\(scaling)\"}")
                 } else {
                     let name = r.name.padding(toLength: 12, withPad: " ", startingAt: 0)
                     console.info(name + String(format: " %6d %6d %8.2f %9.0f %9.1f %8.0f%% %11.2f %16.3f", r.ranks, r.globalBatch,
