@@ -86,6 +86,13 @@ public final class Network<S: RNNScalar> {
     /// numerics stay free of MPI.
     public var reduceAcrossRanks: ((UnsafeMutableBufferPointer<Double>) -> Void)?
 
+    /// Deferred running statistics (training.reproducible): when set, training forwards leave
+    /// `runningStatistics` alone and add each forward's batch statistics here instead, (L, 2, G*H):
+    /// mean, then unbiased variance, plus in the last element the number of forwards added. The
+    /// trainer sums these over micro-shards exactly and applies them once per step with
+    /// `updateRunningStatistics`.
+    public var deferredStatistics: [Double]?
+
     // Batch norm's per-layer statistics of the latest forward: mean and 1/std, (G*H) each.
     private var bnMean: [[Double]] = []
     private var bnRstd: [[Double]] = []
@@ -275,9 +282,16 @@ public final class Network<S: RNNScalar> {
                 let variance = max(sums[GH + j] / n - mean[j] * mean[j], 0)
                 rstd[j] = 1 / (variance + Kernels.normEps).squareRoot()
                 let rm = (2 * k) * GH + j, rv = (2 * k + 1) * GH + j
-                runningStatistics[rm] = S((1 - m) * Double(runningStatistics[rm]) + m * mean[j])
-                runningStatistics[rv] = S((1 - m) * Double(runningStatistics[rv]) + m * variance * n / max(n - 1, 1))
+                let unbiased = variance * n / max(n - 1, 1)
+                if deferredStatistics != nil {
+                    deferredStatistics![rm] += mean[j]
+                    deferredStatistics![rv] += unbiased
+                } else {
+                    runningStatistics[rm] = S((1 - m) * Double(runningStatistics[rm]) + m * mean[j])
+                    runningStatistics[rv] = S((1 - m) * Double(runningStatistics[rv]) + m * unbiased)
+                }
             }
+            if k == 0 && deferredStatistics != nil { deferredStatistics![spec.layers * 2 * GH] += 1 }
         } else {
             for j in 0..<GH {
                 mean[j] = Double(runningStatistics[(2 * k) * GH + j])
@@ -288,6 +302,20 @@ public final class Network<S: RNNScalar> {
                          xhat: store[k].bnHat.pointer)
         bnMean[k] = mean
         bnRstd[k] = rstd
+    }
+
+    /// An empty buffer for `deferredStatistics`: (L, 2, G*H) statistics and a count.
+    public func emptyDeferredStatistics() -> [Double] { [Double](repeating: 0, count: runningStatistics.count + 1) }
+
+    /// Moves the running statistics once with the mean of deferred batch statistics `sums` (a
+    /// `deferredStatistics` buffer summed over micro-shards): running = (1 - 0.1) running + 0.1 mean.
+    public func updateRunningStatistics(_ sums: [Double]) {
+        let n = sums[runningStatistics.count]
+        guard n > 0 else { return }
+        let m = Self.batchNormMomentum
+        for i in 0..<runningStatistics.count {
+            runningStatistics[i] = S((1 - m) * Double(runningStatistics[i]) + m * sums[i] / n)
+        }
     }
 
     /// The backward twin of batchNormForward (training statistics): dz (T*B, G*H), the gradient

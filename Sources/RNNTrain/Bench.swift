@@ -37,8 +37,11 @@ public enum Bench {
         /// (equal to the exposed time when the exchange is one blocking allreduce).
         public var medianCommunication: Double
         public var parameters: Int
-        /// Bytes each rank contributes to the allreduce per step (the flat float32 gradient).
-        public var bytesPerStep: Int { parameters * MemoryLayout<Float>.stride }
+        /// Reproducible mode: the number of micro-shards (the exchange then sums int64).
+        public var microShards: Int?
+        /// Bytes each rank contributes to the allreduce per step (the flat float32 gradient, or
+        /// int64 in reproducible mode).
+        public var bytesPerStep: Int { parameters * (microShards == nil ? MemoryLayout<Float>.stride : MemoryLayout<Int64>.stride) }
         /// Achieved allreduce algorithm bandwidth: bytes per step over total communication time.
         public var allreduceGBps: Double { ranks > 1 && medianCommunication > 0 ? Double(bytesPerStep) / medianCommunication / 1e9 : 0 }
     }
@@ -80,9 +83,12 @@ public enum Bench {
     /// Runs one case: `warmup` untimed steps, then `steps` timed ones. Every rank computes its
     /// shard; the exchange is the training exchange (allreduce of the flat gradient).
     public static func run(_ c: Case, comm: Communicator, strong: Bool, warmup: Int, steps: Int, sgemm: Double,
-                           bucketBytes: Int = 4 << 20) throws -> Result {
+                           bucketBytes: Int = 4 << 20, microShards: Int? = nil) throws -> Result {
         let B = strong ? c.batch : c.batch * comm.size
         guard B >= comm.size else { throw RNNDPError("bench \(c.name): global batch \(B) is smaller than \(comm.size) ranks", collective: true) }
+        if let M = microShards, !(comm.size...B).contains(M) {
+            throw RNNDPError("bench \(c.name): --micro-shards \(M) must be between the \(comm.size) ranks and the global batch \(B)", collective: true)
+        }
         let spec = ModelSpec(cell: c.cell, activation: .tanh, input: .tokens(vocabulary: vocabulary), hiddenSize: c.hidden,
                              layers: c.layers, outputSize: vocabulary, output: .everyStep, loss: .crossEntropy)
         let net = Network<Float>(spec: spec)
@@ -92,12 +98,23 @@ public enum Bench {
         // A fixed random batch per rank (data loading is not what is measured).
         var rng = Xoshiro256(seed: 7, stream: RandomStream.trainingData.rawValue, index: UInt64(comm.rank))
         let T = c.steps
-        let batch = Batch(batchSize: rows.count, steps: T,
-                          tokens: (0..<(T * rows.count)).map { _ in Int32(rng.nextInt(below: vocabulary)) },
-                          targetClasses: (0..<(T * rows.count)).map { _ in Int32(rng.nextInt(below: vocabulary)) })
+        func randomBatch(_ n: Int) -> Batch {
+            Batch(batchSize: n, steps: T, tokens: (0..<(T * n)).map { _ in Int32(rng.nextInt(below: vocabulary)) },
+                  targetClasses: (0..<(T * n)).map { _ in Int32(rng.nextInt(below: vocabulary)) })
+        }
+        let batch = randomBatch(rows.count)
+        // Reproducible mode (training.reproducible): this rank's micro-shards, each computed on its
+        // own, summed exactly in fixed point.
+        var microBatches: [Batch] = [], workspaces: [Buffer<Float>] = []
+        var reduction: FixedPointReduction?
+        if let M = microShards {
+            microBatches = Shard.rows(globalBatch: M, rank: comm.rank, size: comm.size).map { j in randomBatch(Shard.rows(globalBatch: B, rank: j, size: M).count) }
+            workspaces = microBatches.dropLast().map { _ in Buffer<Float>(count: net.layout.count) }
+            reduction = FixedPointReduction(comm: comm, count: net.layout.count, segments: net.layout.views.map(\.range))
+        }
         var stepTimes: [Double] = [], computeTimes: [Double] = [], commTimes: [Double] = [], totalCommTimes: [Double] = []
         // The training exchange: buckets reduced during the backward pass (more than one rank).
-        let exchange = comm.size > 1 && bucketBytes > 0 ? GradientExchange(comm: comm, buffer: net.gradients.buffer, bucketBytes: bucketBytes) : nil
+        let exchange = comm.size > 1 && bucketBytes > 0 && microShards == nil ? GradientExchange(comm: comm, buffer: net.gradients.buffer, bucketBytes: bucketBytes) : nil
         var failure: Error?
         if let exchange {
             net.onGradientsFinal = { offset in do { try exchange.ready(from: offset) } catch { failure = failure ?? error } }
@@ -106,13 +123,27 @@ public enum Bench {
         for i in 0..<(warmup + steps) {
             try comm.barrier()
             let t0 = monotonicSeconds()
-            net.gradients.zero()
-            exchange?.begin()
-            net.lossAndGradient(batch)
-            if let failure { throw failure }
-            let t1 = monotonicSeconds()
-            if let exchange { try exchange.finish() } else { try comm.allreduceSum(net.gradients.buffer) }
-            let t2 = monotonicSeconds()
+            var t1 = t0, t2 = t0
+            if let reduction {
+                var parts: [UnsafePointer<Float>] = []
+                for (n, micro) in microBatches.enumerated() {
+                    net.gradients.zero()
+                    net.lossAndGradient(micro)
+                    if n < workspaces.count { workspaces[n].copy(from: net.gradients); parts.append(UnsafePointer(workspaces[n].pointer)) }
+                    else { parts.append(UnsafePointer(net.gradients.pointer)) }
+                }
+                t1 = monotonicSeconds()
+                try reduction.reduce(parts, into: net.gradients.pointer, totalParts: microShards!)
+                t2 = monotonicSeconds()
+            } else {
+                net.gradients.zero()
+                exchange?.begin()
+                net.lossAndGradient(batch)
+                if let failure { throw failure }
+                t1 = monotonicSeconds()
+                if let exchange { try exchange.finish() } else { try comm.allreduceSum(net.gradients.buffer) }
+                t2 = monotonicSeconds()
+            }
             net.normalizeGradients(globalSamples: B, steps: T)
             opt.step(parameters: net.parameters, gradients: net.gradients, learningRate: 1e-3)
             let t3 = monotonicSeconds()
@@ -131,6 +162,6 @@ public enum Bench {
         return Result(name: c.name, ranks: comm.size, globalBatch: B, medianStep: med[0],
                       tokensPerSecond: Double(B * T) / med[0], gflops: f / med[0] / 1e9,
                       fractionOfSgemm: perRankGflops / sgemm, medianCompute: med[1], medianExposedComm: med[2],
-                      medianCommunication: med[3], parameters: net.layout.count)
+                      medianCommunication: med[3], parameters: net.layout.count, microShards: microShards)
     }
 }

@@ -130,6 +130,8 @@ let configSchema: [KeySpec] = [
     KeySpec("training.threads", .int(min: 0, max: 1024), .int(0), "BLAS threads per rank (0: cores / ranks on the node)"),
     KeySpec("training.compression", .choice(Compression.allCases.map(\.rawValue)), .string("none"), "exchange gradients as bf16 or fp16 (summed in float32 inside the reduction; one blocking allreduce, no buckets)"),
     KeySpec("training.accumulate_steps", .int(min: 1, max: 1_000_000), .int(1), "split each rank's rows into this many micro-batches, summing their gradients before the one exchange of the step"),
+    KeySpec("training.reproducible", .bool, .bool(false), "bitwise-identical results on any number of ranks: fixed micro-shards, gradients summed exactly in 64-bit fixed point, ghost batch norm per micro-shard (docs/REPRODUCIBILITY.md)"),
+    KeySpec("training.micro_shards", .int(min: 0, max: 1_000_000), .int(0), "reproducible: the global batch in this many fixed micro-shards, each computed on its own; at most this many ranks (0: min(global_batch_size, 8))"),
     KeySpec("training.bptt_length", .int(min: 0, max: 1_000_000), .int(0), "truncated BPTT: chunks of this many steps, hidden state carried across chunks without gradient (0: full BPTT; every_step models)"),
     KeySpec("training.bucket_mb", .double(min: 0, max: 4096), .double(4), "gradient exchange in buckets of this many MiB, each reduced (nonblocking) as soon as its gradients are final, overlapping the backward pass (0: one blocking allreduce after it)"),
     KeySpec("training.on_nonfinite", .choice(["stop", "skip"]), .string("stop"), "non-finite loss or gradient: stop (checkpoint the last good state) or skip the update"),
@@ -410,6 +412,8 @@ public struct TrainConfig: Sendable {
         public var bucketMB: Double
         public var compression: Compression
         public var accumulateSteps: Int
+        /// training.reproducible: the number of fixed micro-shards of the global batch; nil when off.
+        public var microShards: Int?
         public var bpttLength: Int
         public var skipNonFinite: Bool
         public var maxSkipped: Int
@@ -615,6 +619,24 @@ public struct TrainConfig: Sendable {
             schedule = .constant
         }
 
+        // Reproducible mode: micro-shards replace accumulation, and the exchange is exact.
+        var microShards: Int?
+        if bool("training.reproducible")! {
+            let B = int("training.global_batch_size")!
+            if int("training.micro_shards")! == 0 { v["training.micro_shards"] = .int(min(B, 8)) }
+            let m = int("training.micro_shards")!
+            guard m <= B else { throw err("training.micro_shards", "\(m) micro-shards need at least as many samples, but training.global_batch_size is \(B)") }
+            if int("training.accumulate_steps")! > 1 {
+                throw err("training.accumulate_steps", "cannot be combined with training.reproducible: the micro-shards already split the batch (set training.micro_shards)")
+            }
+            if str("training.compression") != "none" {
+                throw err("training.compression", "cannot be combined with training.reproducible: the exact exchange sums 64-bit integers")
+            }
+            microShards = m
+        } else if given.contains("training.micro_shards") {
+            warnings.append("\(source): training.micro_shards: ignored: applies only when training.reproducible is true")
+        }
+
         seed = UInt64(int("seed")!)
         data = Data(kind: kind, path: str("data.path"), column: str("data.column"),
                     validationFraction: dbl("data.validation_fraction") ?? 0, interpolateMissing: bool("data.interpolate_missing") ?? false,
@@ -633,7 +655,8 @@ public struct TrainConfig: Sendable {
                             averageOverTime: bool("training.average_over_time")!,
                             checkEvery: int("training.check_every")!, evalEvery: int("training.eval_every")!,
                             evalSamples: int("training.eval_samples")!, threads: int("training.threads")!,
-                            bucketMB: dbl("training.bucket_mb")!, compression: Compression(rawValue: str("training.compression")!)!, accumulateSteps: int("training.accumulate_steps")!, bpttLength: int("training.bptt_length")!,
+                            bucketMB: dbl("training.bucket_mb")!, compression: Compression(rawValue: str("training.compression")!)!, accumulateSteps: int("training.accumulate_steps")!,
+                            microShards: microShards, bpttLength: int("training.bptt_length")!,
                             skipNonFinite: str("training.on_nonfinite") == "skip", maxSkipped: int("training.max_skipped")!,
                             timeoutSeconds: dbl("training.timeout_seconds")!)
         self.output = Output(directory: str("output.directory")!, logEvery: int("output.log_every")!,
@@ -644,6 +667,7 @@ public struct TrainConfig: Sendable {
         var hidden: Set<String> = cell == .rnn ? [] : ["model.activation", "model.leaky_slope"]
         if str("model.activation") != "leaky_relu" { hidden.insert("model.leaky_slope") }
         if cell != .lstm { hidden.insert("model.init.forget_bias") }
+        if microShards == nil { hidden.insert("training.micro_shards") }
         if fromFiles { hidden.insert("training.sequence_length") }
         let final = v
         resolved = configSchema.compactMap { s in

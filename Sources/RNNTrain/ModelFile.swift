@@ -153,13 +153,14 @@ extension TrainedModel {
 func evaluateValidation(network: Network<Float>, dataset: Dataset, comm: Communicator, std: Double) throws -> Evaluation? {
     let n = dataset.validationCount
     guard n > 0 else { return nil }
-    let mine = Shard.rows(globalBatch: n, rank: comm.rank, size: comm.size)
-    var sums = [Double](repeating: 0, count: 5)  // loss, terms, correct, squared error, absolute error (original units)
-    var i = mine.lowerBound
-    while i < mine.upperBound {
-        let j = min(i + 256, mine.upperBound)
-        let batch = dataset.validationBatch(i..<j)
+    // Fixed chunks of 128 samples, whole chunks per rank, and an exact (fixed-point) sum of the
+    // per-chunk sums: the result has the same bits on any number of ranks.
+    let chunk = 128, chunks = (n + chunk - 1) / chunk
+    var parts: [[Double]] = []  // per chunk: loss, terms, correct, squared error, absolute error (original units)
+    for c in Shard.rows(globalBatch: chunks, rank: comm.rank, size: comm.size) {
+        let batch = dataset.validationBatch((c * chunk)..<min((c + 1) * chunk, n))
         network.forward(batch)
+        var sums = [Double](repeating: 0, count: 5)
         if network.spec.loss == .mse {
             for (k, y) in network.outputs.enumerated() {
                 let e = Double(y - batch.targetValues[k]) * std
@@ -168,12 +169,12 @@ func evaluateValidation(network: Network<Float>, dataset: Dataset, comm: Communi
             }
         }
         let s = network.lossOfLastForward(batch)
-        sums[0] += s.sum
-        sums[1] += Double(s.count)
-        sums[2] += Double(s.correct)
-        i = j
+        sums[0] = s.sum
+        sums[1] = Double(s.count)
+        sums[2] = Double(s.correct)
+        parts.append(sums)
     }
-    try comm.allreduceSum(&sums)
+    let sums = try FixedPoint.sum(parts, count: 5, totalParts: chunks, comm: comm)
     let values = sums[1] * Double(network.spec.outputSize)
     return Evaluation(samples: n, loss: sums[0] / sums[1],
                       accuracy: network.spec.loss == .crossEntropy ? sums[2] / sums[1] : nil,

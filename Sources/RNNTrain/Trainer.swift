@@ -155,6 +155,10 @@ public final class Trainer {
     var skippedInARow = 0
     var resumedSkippedInARow = 0
     var compressionScratch: [UInt16] = []
+    /// training.reproducible: the exact exchange, and the gradients of this rank's micro-shards
+    /// but the last, (P) each.
+    var fixedPointReduction: FixedPointReduction?
+    var microShardGradients: [Buffer<Float>] = []
 
     /// Per-step compute, communication and exposed (waited-for) communication times, averaged
     /// over a log interval.
@@ -187,6 +191,8 @@ public final class Trainer {
     func chooseThreads() -> (threads: Int, reason: String) {
         let cores = ProcessInfo.processInfo.activeProcessorCount
         if config.training.threads > 0 { return (config.training.threads, "training.threads") }
+        // The bits of a BLAS product may depend on its thread count, which must not follow N.
+        if config.training.microShards != nil { return (1, "training.reproducible; set training.threads for more, the same in every run you compare") }
         let t = max(1, cores / max(1, comm.localSize))
         return (t, "\(cores) cores / \(comm.localSize) rank\(comm.localSize == 1 ? "" : "s") on this node")
     }
@@ -255,7 +261,16 @@ public final class Trainer {
 
         optimizer = makeOptimizer(config.training.optimizer, count: net.layout.count, as: Float.self)
         let compression = config.training.compression
-        if compression != .none {
+        if let M = config.training.microShards {
+            guard M >= comm.size else {
+                throw RNNDPError("\(config.source): training.micro_shards \(M) is fewer than the \(comm.size) ranks: in reproducible mode every rank needs a micro-shard; raise training.micro_shards (a multiple of every rank count you use)", collective: true)
+            }
+            // Batch norm per micro-shard (ghost batch norm), not across ranks.
+            net.reduceAcrossRanks = nil
+            fixedPointReduction = FixedPointReduction(comm: comm, count: net.layout.count, segments: net.layout.views.map(\.range))
+            let mine = Shard.rows(globalBatch: M, rank: comm.rank, size: comm.size)
+            console.info("exchange: reproducible, \(M) fixed micro-shards of about \(B / M) samples summed exactly in 64-bit fixed point; rank 0 computes micro-shards \(mine.lowerBound)..<\(mine.upperBound)")
+        } else if compression != .none {
             compressionScratch = [UInt16](repeating: 0, count: net.layout.count)
             console.info("exchange: gradients as \(compression.rawValue), one allreduce after the backward pass")
         } else if config.training.bucketMB > 0 && comm.size > 1 {
@@ -303,35 +318,52 @@ public final class Trainer {
             // turns out non-finite must not leave them changed (they may hold the NaN too).
             let runningBefore = net.spec.batchNorm ? net.runningStatistics.array : []
             let computeStart = monotonicSeconds()
-            exchange?.begin()
-            let (local, diagnosticSums) = computeGradients(step: step, rows: shardRows, diagnostics: logNow)
-            if let f = fault, f.rank == comm.rank, f.step == step {
-                if f.kind == .nan { net.gradients[0] = .nan }
-                if f.kind == .hang { while true { sleep(60) } }
-            }
-            // The exchange: sum of per-sample gradients over ranks, then divide by the global count.
-            // In buckets, most of it already overlapped the backward pass; finish() waits for the rest.
-            if let error = exchangeError { throw error }
-            let computeEnd = monotonicSeconds()
-            if let exchange {
-                try exchange.finish()
-                timing.add(compute: computeEnd - computeStart - 0, communication: exchange.communicationSeconds, exposed: exchange.exposedSeconds)
+            // The global loss sums (loss, terms, correct) and diagnostic sums of the step, and the
+            // summed gradient in the gradient buffer.
+            var lossSums: [Double]
+            var diagnosticTotals: [Double]?
+            if fixedPointReduction != nil {
+                let here = fault.map { $0.rank == comm.rank && $0.step == step } ?? false
+                (lossSums, diagnosticTotals) = try reproducibleGradients(step: step, diagnostics: logNow, injectNaN: here && fault?.kind == .nan,
+                                                                         hang: here && fault?.kind == .hang)
+                let t = monotonicSeconds() - computeStart
+                timing.add(compute: t, communication: 0, exposed: 0)
             } else {
-                if compression != .none {
-                    try compressionScratch.withUnsafeMutableBufferPointer {
-                        try compression.allreduce(net.gradients.buffer, scratch: $0, comm: comm)
-                    }
-                } else {
-                    try comm.allreduceSum(net.gradients.buffer)
+                exchange?.begin()
+                let (local, diagnosticSums) = computeGradients(step: step, rows: shardRows, diagnostics: logNow)
+                if let f = fault, f.rank == comm.rank, f.step == step {
+                    if f.kind == .nan { net.gradients[0] = .nan }
+                    if f.kind == .hang { while true { sleep(60) } }
                 }
-                let t = monotonicSeconds() - computeEnd
-                timing.add(compute: computeEnd - computeStart, communication: t, exposed: t)
+                // The exchange: sum of per-sample gradients over ranks, then divide by the global
+                // count. In buckets, most of it already overlapped the backward pass; finish()
+                // waits for the rest.
+                if let error = exchangeError { throw error }
+                let computeEnd = monotonicSeconds()
+                if let exchange {
+                    try exchange.finish()
+                    timing.add(compute: computeEnd - computeStart - 0, communication: exchange.communicationSeconds, exposed: exchange.exposedSeconds)
+                } else {
+                    if compression != .none {
+                        try compressionScratch.withUnsafeMutableBufferPointer {
+                            try compression.allreduce(net.gradients.buffer, scratch: $0, comm: comm)
+                        }
+                    } else {
+                        try comm.allreduceSum(net.gradients.buffer)
+                    }
+                    let t = monotonicSeconds() - computeEnd
+                    timing.add(compute: computeEnd - computeStart, communication: t, exposed: t)
+                }
+                lossSums = [local.sum, Double(local.count), Double(local.correct)]
+                try comm.allreduceSum(&lossSums)
+                // Diagnostics on log steps, from values summed across ranks (N-independent).
+                if var sums = diagnosticSums {
+                    try comm.allreduceSum(&sums)
+                    diagnosticTotals = sums
+                }
             }
-            // Loss sums.
-            var sums = [local.sum, Double(local.count), Double(local.correct)]
-            try comm.allreduceSum(&sums)
             net.normalizeGradients(globalSamples: B, steps: T)
-            lastLoss = sums[0] / sums[1]
+            lastLoss = lossSums[0] / lossSums[1]
             // Every rank holds the same reduced gradient, so every rank decides the same here.
             if !(lastLoss.isFinite && Float.allFinite(net.gradients.pointer, net.gradients.count)) {
                 let bad = nonFiniteTensors()
@@ -349,11 +381,9 @@ public final class Trainer {
                                  exitCode: RNNDPError.runtimeFailure, collective: true)
             }
             skippedInARow = 0
-            // Diagnostics on log steps, from values summed across ranks (N-independent).
             var diagnostics: Diagnostics?
             var tensorGradNorms: [(name: String, norm: Double)] = []
-            if logNow, var sums = diagnosticSums {
-                try comm.allreduceSum(&sums)
+            if let sums = diagnosticTotals {
                 diagnostics = Diagnostics(sums: sums, spec: net.spec, steps: chunkLength)
                 tensorGradNorms = tensorNorms(net.gradients, layout: net.layout)
             }
@@ -438,60 +468,116 @@ public final class Trainer {
     }
 
     /// This rank's gradient sum for a step: its rows in `accumulate_steps` micro-batches, each in
-    /// chunks of `bptt_length` steps with the hidden state carried from chunk to chunk (no
-    /// gradient across the boundary). Every rank makes the same number of forward passes, which
-    /// batch norm's reductions require. With diagnostics, also their (additive) sums, per micro-
-    /// batch; with truncated BPTT the per-step norms are those of each micro-batch's last chunk.
+    /// chunks of `bptt_length` steps (see `gradientOfRows`). Every rank makes the same number of
+    /// forward passes, which batch norm's reductions require. With diagnostics, also their
+    /// (additive) sums, per micro-batch; with truncated BPTT the per-step norms are those of each
+    /// micro-batch's last chunk.
     func computeGradients(step: Int, rows: Range<Int>, diagnostics: Bool) -> (LossStats, [Double]?) {
-        let net = network!
         let a = config.training.accumulateSteps
+        var stats = LossStats()
+        var sums: [Double]?
+        for m in 0..<a {
+            let lo = rows.lowerBound + m * rows.count / a, hi = rows.lowerBound + (m + 1) * rows.count / a
+            let (s, d) = gradientOfRows(step: step, rows: lo..<hi, diagnostics: diagnostics, lastOfStep: m == a - 1)
+            stats += s
+            if let d { sums = sums.map { zip($0, d).map { $0 + $1 } } ?? d }
+        }
+        return (stats, sums)
+    }
+
+    /// Adds to the gradient buffer the gradient of global rows `rows` of this step's batch, in
+    /// chunks of `bptt_length` steps with the hidden state carried from chunk to chunk (no gradient
+    /// across the boundary). `lastOfStep`: the pass after which the gradients are final, which
+    /// drives the bucketed exchange.
+    func gradientOfRows(step: Int, rows: Range<Int>, diagnostics: Bool, lastOfStep: Bool) -> (LossStats, [Double]?) {
+        let net = network!
         let T = dataset.steps, k = chunkLength
         var stats = LossStats()
         var sums: [Double]?
         var state = [Float](repeating: 0, count: 0)
-        for m in 0..<a {
-            let lo = rows.lowerBound + m * rows.count / a, hi = rows.lowerBound + (m + 1) * rows.count / a
-            let batch = dataset.trainingBatch(step: step - 1, globalBatch: config.training.globalBatchSize, rows: lo..<hi)
-            var t0 = 0
-            while t0 < T {
-                let t1 = min(t0 + k, T)
-                let last = t1 == T
-                net.collectDiagnostics = diagnostics && last
-                // Hooks on the pass after which the gradients are final (not when a test injects a
-                // NaN into them afterwards: the buffer must not change under a running reduction).
-                if let exchange, last && m == a - 1, nanFaultStep != step {
-                    net.onGradientsFinal = { [unowned self] offset in
-                        do { try exchange.ready(from: offset) } catch { self.exchangeError = self.exchangeError ?? error }
-                    }
-                    net.onProgress = { [unowned self] in
-                        do { try exchange.progress() } catch { self.exchangeError = self.exchangeError ?? error }
-                    }
-                } else {
-                    net.onGradientsFinal = nil
-                    net.onProgress = nil
+        let batch = dataset.trainingBatch(step: step - 1, globalBatch: config.training.globalBatchSize, rows: rows)
+        var t0 = 0
+        while t0 < T {
+            let t1 = min(t0 + k, T)
+            let last = t1 == T
+            net.collectDiagnostics = diagnostics && last
+            // Hooks on the pass after which the gradients are final (not when a test injects a
+            // NaN into them afterwards: the buffer must not change under a running reduction).
+            if let exchange, last && lastOfStep, nanFaultStep != step {
+                net.onGradientsFinal = { [unowned self] offset in
+                    do { try exchange.ready(from: offset) } catch { self.exchangeError = self.exchangeError ?? error }
                 }
-                if k == T {
-                    stats += net.lossAndGradient(batch)
-                } else {
-                    let chunk = batch.timeSlice(t0..<t1, everyStep: true, inputWidth: net.spec.input.width, outputWidth: net.spec.outputSize)
-                    if t0 == 0 {
-                        stats += net.lossAndGradient(chunk)  // the model's own initial state
-                    } else {
-                        stats += state.withUnsafeBufferPointer { net.lossAndGradient(chunk, initialState: $0.baseAddress) }
-                    }
-                    if !last {
-                        state = [Float](repeating: 0, count: net.stateCount * (hi - lo))
-                        state.withUnsafeMutableBufferPointer { net.finalState(into: $0.baseAddress!) }
-                    }
+                net.onProgress = { [unowned self] in
+                    do { try exchange.progress() } catch { self.exchangeError = self.exchangeError ?? error }
                 }
-                if diagnostics && last {
-                    let d = net.diagnosticSums()
-                    sums = sums.map { zip($0, d).map { $0 + $1 } } ?? d
-                }
-                t0 = t1
+            } else {
+                net.onGradientsFinal = nil
+                net.onProgress = nil
             }
+            if k == T {
+                stats += net.lossAndGradient(batch)
+            } else {
+                let chunk = batch.timeSlice(t0..<t1, everyStep: true, inputWidth: net.spec.input.width, outputWidth: net.spec.outputSize)
+                if t0 == 0 {
+                    stats += net.lossAndGradient(chunk)  // the model's own initial state
+                } else {
+                    stats += state.withUnsafeBufferPointer { net.lossAndGradient(chunk, initialState: $0.baseAddress) }
+                }
+                if !last {
+                    state = [Float](repeating: 0, count: net.stateCount * rows.count)
+                    state.withUnsafeMutableBufferPointer { net.finalState(into: $0.baseAddress!) }
+                }
+            }
+            if diagnostics && last { sums = net.diagnosticSums() }
+            t0 = t1
         }
         return (stats, sums)
+    }
+
+    /// training.reproducible: the global batch in M fixed micro-shards (micro-shard j holds global
+    /// rows [j*B/M, (j+1)*B/M)); this rank computes micro-shards [r*M/N, (r+1)*M/N), each on its
+    /// own with fixed shapes, and everything that feeds the update is summed exactly over all
+    /// micro-shards in 64-bit fixed point: the gradient (left in the gradient buffer), the loss
+    /// sums, the diagnostics, and batch norm's (per micro-shard) statistics, which move the running
+    /// statistics once. The result's bits do not depend on N. Returns the global loss sums (loss,
+    /// terms, correct) and diagnostic sums.
+    func reproducibleGradients(step: Int, diagnostics: Bool, injectNaN: Bool, hang: Bool) throws -> (loss: [Double], diagnostics: [Double]?) {
+        let net = network!, M = config.training.microShards!, B = config.training.globalBatchSize
+        let mine = Shard.rows(globalBatch: M, rank: comm.rank, size: comm.size)
+        // Every micro-shard but the last keeps its gradient in a workspace made once (the last
+        // stays in the gradient buffer, which the reduction then overwrites with the sum).
+        while microShardGradients.count < mine.count - 1 { microShardGradients.append(Buffer<Float>(count: net.layout.count)) }
+        var lossParts: [[Double]] = [], diagnosticParts: [[Double]] = [], statisticParts: [[Double]] = []
+        var parts: [UnsafePointer<Float>] = []
+        for (n, j) in mine.enumerated() {
+            net.gradients.zero()
+            if net.spec.batchNorm { net.deferredStatistics = net.emptyDeferredStatistics() }
+            let (stats, sums) = gradientOfRows(step: step, rows: Shard.rows(globalBatch: B, rank: j, size: M),
+                                               diagnostics: diagnostics, lastOfStep: false)
+            if injectNaN && n == 0 { net.gradients[0] = .nan }
+            if hang && n == mine.count - 1 { while true { sleep(60) } }
+            if n < mine.count - 1 {
+                microShardGradients[n].copy(from: net.gradients)
+                parts.append(UnsafePointer(microShardGradients[n].pointer))
+            } else {
+                parts.append(UnsafePointer(net.gradients.pointer))
+            }
+            lossParts.append([stats.sum, Double(stats.count), Double(stats.correct)])
+            if let sums { diagnosticParts.append(sums) }
+            if let d = net.deferredStatistics { statisticParts.append(d) }
+        }
+        net.deferredStatistics = nil
+        if mine.isEmpty { net.gradients.zero() }
+        try fixedPointReduction!.reduce(parts, into: net.gradients.pointer, totalParts: M)
+        let loss = try FixedPoint.sum(lossParts, count: 3, totalParts: M, comm: comm)
+        var diagnosticTotals: [Double]?
+        if diagnostics {
+            diagnosticTotals = try FixedPoint.sum(diagnosticParts, count: net.diagnosticSumCount(steps: chunkLength), totalParts: M, comm: comm)
+        }
+        if net.spec.batchNorm {
+            net.updateRunningStatistics(try FixedPoint.sum(statisticParts, count: net.runningStatistics.count + 1, totalParts: M, comm: comm))
+        }
+        return (loss, diagnosticTotals)
     }
 
     /// One allreduce(max) of the stop signal received on any rank; if there is one, every rank

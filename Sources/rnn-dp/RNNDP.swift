@@ -154,10 +154,15 @@ struct BenchCommand: ParsableCommand {
     var threads: Int = 1
     @Option(name: .customLong("bucket-mb"), help: "Gradient bucket size in MiB (0: one blocking allreduce after the backward pass).")
     var bucketMB: Double = 4
+    @Flag(help: "Reproducible mode (training.reproducible): micro-shards computed on their own and summed exactly in 64-bit fixed point.")
+    var reproducible = false
+    @Option(name: .customLong("micro-shards"), help: "Reproducible mode: micro-shards of the global batch (default: one per rank).")
+    var microShards: Int?
     @Flag(help: "One JSON object per case.")
     var json = false
 
     func validate() throws {
+        if microShards != nil && !reproducible { throw ValidationError("--micro-shards needs --reproducible") }
         guard ["weak", "strong"].contains(scaling) else { throw ValidationError("--scaling must be weak or strong") }
         guard steps >= 1, warmup >= 0, threads >= 1, bucketMB >= 0 else { throw ValidationError("--steps >= 1, --warmup >= 0, --threads >= 1, --bucket-mb >= 0") }
         for c in cases where !Bench.standard.contains(where: { $0.name == c }) {
@@ -172,15 +177,16 @@ struct BenchCommand: ParsableCommand {
             var rate = [sgemm]
             try comm.allreduceMax(&rate)
             if !json {
-                console.info("rnn-dp bench: \(comm.name), \(threads) BLAS thread\(threads == 1 ? "" : "s") per rank, \(scaling) scaling, \(steps) steps after \(warmup) warm-up")
+                console.info("rnn-dp bench: \(comm.name), \(threads) BLAS thread\(threads == 1 ? "" : "s") per rank, \(scaling) scaling, \(steps) steps after \(warmup) warm-up"
+                             + (reproducible ? ", reproducible mode with \(microShards ?? comm.size) micro-shards" : ""))
                 console.info(String(format: "single-thread sgemm (1024^3): %.1f GFLOP/s", rate[0]))
                 console.info("case          ranks  batch  step ms  tokens/s   GFLOP/s  of sgemm  compute ms  exposed comm ms")
             }
             for c in Bench.standard where cases.isEmpty || cases.contains(c.name) {
                 let r = try Bench.run(c, comm: comm, strong: scaling == "strong", warmup: warmup, steps: steps, sgemm: rate[0],
-                                      bucketBytes: Int(bucketMB * 1_048_576))
+                                      bucketBytes: Int(bucketMB * 1_048_576), microShards: reproducible ? (microShards ?? comm.size) : nil)
                 if json {
-                    console.info("{\"case\":\"\(r.name)\",\"ranks\":\(r.ranks),\"global_batch\":\(r.globalBatch),\"step_s\":\(r.medianStep),\"tokens_per_s\":\(r.tokensPerSecond),\"gflops\":\(r.gflops),\"fraction_of_sgemm\":\(r.fractionOfSgemm),\"compute_s\":\(r.medianCompute),\"exposed_comm_s\":\(r.medianExposedComm),\"comm_s\":\(r.medianCommunication),\"bytes_per_step\":\(r.bytesPerStep),\"allreduce_gbps\":\(r.allreduceGBps),\"parameters\":\(r.parameters),\"bucket_mb\":\(bucketMB),\"sgemm_gflops\":\(rate[0]),\"threads\":\(threads),\"scaling\":\"\(scaling)\"}")
+                    console.info("{\"case\":\"\(r.name)\",\"ranks\":\(r.ranks),\"global_batch\":\(r.globalBatch),\"step_s\":\(r.medianStep),\"tokens_per_s\":\(r.tokensPerSecond),\"gflops\":\(r.gflops),\"fraction_of_sgemm\":\(r.fractionOfSgemm),\"compute_s\":\(r.medianCompute),\"exposed_comm_s\":\(r.medianExposedComm),\"comm_s\":\(r.medianCommunication),\"bytes_per_step\":\(r.bytesPerStep),\"allreduce_gbps\":\(r.allreduceGBps),\"parameters\":\(r.parameters),\"bucket_mb\":\(bucketMB),\"reproducible\":\(reproducible),\"micro_shards\":\(r.microShards ?? 0),\"sgemm_gflops\":\(rate[0]),\"threads\":\(threads),\"scaling\":\"\(scaling)\"}")
                 } else {
                     let name = r.name.padding(toLength: 12, withPad: " ", startingAt: 0)
                     console.info(name + String(format: " %6d %6d %8.2f %9.0f %9.1f %8.0f%% %11.2f %16.3f", r.ranks, r.globalBatch,
