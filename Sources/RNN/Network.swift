@@ -140,6 +140,14 @@ public final class Network<S: RNNScalar> {
         }
     }
 
+    /// Scalars held by the activations kept for the backward pass and the other workspaces, at
+    /// the largest (T, B) seen so far (for memory accounting: `rnn-dp bench`'s peak memory).
+    public var workspaceScalars: Int {
+        let layers = store.reduce(0) { $0 + $1.h.count + $1.gates.count + $1.cell.count + $1.hn.count + $1.lnHat.count + $1.lnRstd.count + $1.bnHat.count }
+        return layers + delta.count + deltaBelow.count + dxi.count + dhh.count + dense.count + head.count
+            + state0.count + dState0.count + hh.count + dc.count
+    }
+
     @inline(__always) private func p(_ v: ParamView) -> UnsafeMutablePointer<S> { parameters.pointer + v.offset }
     @inline(__always) private func g(_ v: ParamView) -> UnsafeMutablePointer<S> { gradients.pointer + v.offset }
     /// Initial state of layer k, tensor c (0: h, 1: LSTM cell), (B, H).

@@ -37,6 +37,11 @@ public enum Bench {
         /// (equal to the exposed time when the exchange is one blocking allreduce).
         public var medianCommunication: Double
         public var parameters: Int
+        /// Bytes the model's own buffers need: parameters, gradients, Adam's two moments, and the
+        /// activations and workspaces of the network; and the growth of this process's peak
+        /// resident memory over the case (from before the network was made to after its steps).
+        public var modelBytes: Int
+        public var peakGrowthBytes: Int
         /// Reproducible mode: the number of micro-shards (the exchange then sums int64).
         public var microShards: Int?
         /// Bytes each rank contributes to the allreduce per step (the flat float32 gradient, or
@@ -91,6 +96,7 @@ public enum Bench {
         }
         let spec = ModelSpec(cell: c.cell, activation: .tanh, input: .tokens(vocabulary: vocabulary), hiddenSize: c.hidden,
                              layers: c.layers, outputSize: vocabulary, output: .everyStep, loss: .crossEntropy)
+        let residentBefore = Memory.residentBytes()
         let net = Network<Float>(spec: spec)
         net.initializeParameters(seed: 1)
         let opt = Adam<Float>(count: net.layout.count)
@@ -162,6 +168,26 @@ public enum Bench {
         return Result(name: c.name, ranks: comm.size, globalBatch: B, medianStep: med[0],
                       tokensPerSecond: Double(B * T) / med[0], gflops: f / med[0] / 1e9,
                       fractionOfSgemm: perRankGflops / sgemm, medianCompute: med[1], medianExposedComm: med[2],
-                      medianCommunication: med[3], parameters: net.layout.count, microShards: microShards)
+                      medianCommunication: med[3], parameters: net.layout.count,
+                      modelBytes: 4 * (4 * net.layout.count + net.workspaceScalars + workspaces.count * net.layout.count),
+                      peakGrowthBytes: max(0, Memory.peakResidentBytes() - residentBefore), microShards: microShards)
+    }
+}
+
+/// Resident memory of this process (Linux: /proc/self/statm and getrusage).
+public enum Memory {
+    /// Resident bytes now.
+    public static func residentBytes() -> Int {
+        guard let text = try? String(contentsOfFile: "/proc/self/statm", encoding: .utf8) else { return 0 }
+        let fields = text.split(separator: " ")
+        guard fields.count > 1, let pages = Int(fields[1]) else { return 0 }
+        return pages * Int(sysconf(Int32(_SC_PAGESIZE)))
+    }
+
+    /// The largest resident size this process has had (ru_maxrss, in KiB on Linux).
+    public static func peakResidentBytes() -> Int {
+        var usage = rusage()
+        getrusage(RUSAGE_SELF.rawValue, &usage)
+        return usage.ru_maxrss * 1024
     }
 }

@@ -180,17 +180,18 @@ struct BenchCommand: ParsableCommand {
                 console.info("rnn-dp bench: \(comm.name), \(threads) BLAS thread\(threads == 1 ? "" : "s") per rank, \(scaling) scaling, \(steps) steps after \(warmup) warm-up"
                              + (reproducible ? ", reproducible mode with \(microShards ?? comm.size) micro-shards" : ""))
                 console.info(String(format: "single-thread sgemm (1024^3): %.1f GFLOP/s", rate[0]))
-                console.info("case          ranks  batch  step ms  tokens/s   GFLOP/s  of sgemm  compute ms  exposed comm ms")
+                console.info("case          ranks  batch  step ms  tokens/s   GFLOP/s  of sgemm  compute ms  exposed comm ms  memory MB (model / peak growth)")
             }
             for c in Bench.standard where cases.isEmpty || cases.contains(c.name) {
                 let r = try Bench.run(c, comm: comm, strong: scaling == "strong", warmup: warmup, steps: steps, sgemm: rate[0],
                                       bucketBytes: Int(bucketMB * 1_048_576), microShards: reproducible ? (microShards ?? comm.size) : nil)
                 if json {
-                    console.info("{\"case\":\"\(r.name)\",\"ranks\":\(r.ranks),\"global_batch\":\(r.globalBatch),\"step_s\":\(r.medianStep),\"tokens_per_s\":\(r.tokensPerSecond),\"gflops\":\(r.gflops),\"fraction_of_sgemm\":\(r.fractionOfSgemm),\"compute_s\":\(r.medianCompute),\"exposed_comm_s\":\(r.medianExposedComm),\"comm_s\":\(r.medianCommunication),\"bytes_per_step\":\(r.bytesPerStep),\"allreduce_gbps\":\(r.allreduceGBps),\"parameters\":\(r.parameters),\"bucket_mb\":\(bucketMB),\"reproducible\":\(reproducible),\"micro_shards\":\(r.microShards ?? 0),\"sgemm_gflops\":\(rate[0]),\"threads\":\(threads),\"scaling\":\"\(scaling)\"}")
+                    console.info("{\"case\":\"\(r.name)\",\"ranks\":\(r.ranks),\"global_batch\":\(r.globalBatch),\"step_s\":\(r.medianStep),\"tokens_per_s\":\(r.tokensPerSecond),\"gflops\":\(r.gflops),\"fraction_of_sgemm\":\(r.fractionOfSgemm),\"compute_s\":\(r.medianCompute),\"exposed_comm_s\":\(r.medianExposedComm),\"comm_s\":\(r.medianCommunication),\"bytes_per_step\":\(r.bytesPerStep),\"allreduce_gbps\":\(r.allreduceGBps),\"parameters\":\(r.parameters),\"bucket_mb\":\(bucketMB),\"reproducible\":\(reproducible),\"model_bytes\":\(r.modelBytes),\"peak_growth_bytes\":\(r.peakGrowthBytes),\"micro_shards\":\(r.microShards ?? 0),\"sgemm_gflops\":\(rate[0]),\"threads\":\(threads),\"scaling\":\"\(scaling)\"}")
                 } else {
                     let name = r.name.padding(toLength: 12, withPad: " ", startingAt: 0)
-                    console.info(name + String(format: " %6d %6d %8.2f %9.0f %9.1f %8.0f%% %11.2f %16.3f", r.ranks, r.globalBatch,
-                                        r.medianStep * 1000, r.tokensPerSecond, r.gflops, r.fractionOfSgemm * 100, r.medianCompute * 1000, r.medianExposedComm * 1000))
+                    console.info(name + String(format: " %6d %6d %8.2f %9.0f %9.1f %8.0f%% %11.2f %16.3f %9.1f / %.1f", r.ranks, r.globalBatch,
+                                        r.medianStep * 1000, r.tokensPerSecond, r.gflops, r.fractionOfSgemm * 100, r.medianCompute * 1000, r.medianExposedComm * 1000,
+                                        Double(r.modelBytes) / 1e6, Double(r.peakGrowthBytes) / 1e6))
                 }
             }
         }
