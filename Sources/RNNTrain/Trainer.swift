@@ -158,6 +158,8 @@ public final class Trainer {
     /// training.reproducible: the exact exchange, and the gradients of this rank's micro-shards
     /// but the last, (P) each.
     var fixedPointReduction: FixedPointReduction?
+    /// Local SGD: the replicas have updated on their own since they were last averaged.
+    var replicasApart = false
     var microShardGradients: [Buffer<Float>] = []
 
     /// Per-step compute, communication and exposed (waited-for) communication times, averaged
@@ -273,6 +275,8 @@ public final class Trainer {
         } else if compression != .none {
             compressionScratch = [UInt16](repeating: 0, count: net.layout.count)
             console.info("exchange: gradients as \(compression.rawValue), one allreduce after the backward pass")
+        } else if config.training.localSGDSteps > 0 {
+            console.info("exchange: local SGD, parameters averaged over ranks every \(config.training.localSGDSteps) step\(config.training.localSGDSteps == 1 ? "" : "s") (and before every evaluation, replica check and checkpoint)")
         } else if config.training.bucketMB > 0 && comm.size > 1 {
             let e = GradientExchange(comm: comm, buffer: net.gradients.buffer, bucketBytes: Int(config.training.bucketMB * 1_048_576))
             exchange = e
@@ -307,6 +311,7 @@ public final class Trainer {
         // Every rank drops the exchange hooks at the injected step, so collectives stay in step.
         if let f = fault, f.kind == .nan { nanFaultStep = f.step }
         let text = config.data.kind == "text"
+        let localSGD = config.training.localSGDSteps > 0
         skippedInARow = resumedSkippedInARow
 
         for step in (startStep + 1)..<(steps + 1) {
@@ -340,7 +345,10 @@ public final class Trainer {
                 // waits for the rest.
                 if let error = exchangeError { throw error }
                 let computeEnd = monotonicSeconds()
-                if let exchange {
+                if localSGD {
+                    // No gradient exchange: each rank steps with its own shard's mean gradient.
+                    timing.add(compute: computeEnd - computeStart, communication: 0, exposed: 0)
+                } else if let exchange {
                     try exchange.finish()
                     timing.add(compute: computeEnd - computeStart - 0, communication: exchange.communicationSeconds, exposed: exchange.exposedSeconds)
                 } else {
@@ -354,7 +362,10 @@ public final class Trainer {
                     let t = monotonicSeconds() - computeEnd
                     timing.add(compute: computeEnd - computeStart, communication: t, exposed: t)
                 }
-                lossSums = [local.sum, Double(local.count), Double(local.correct)]
+                // With local SGD, whether any rank's gradient is non-finite travels with the loss
+                // sums, so that every rank decides the same.
+                let localBad = localSGD && !Float.allFinite(net.gradients.pointer, net.gradients.count)
+                lossSums = [local.sum, Double(local.count), Double(local.correct), localBad ? 1 : 0]
                 try comm.allreduceSum(&lossSums)
                 // Diagnostics on log steps, from values summed across ranks (N-independent).
                 if var sums = diagnosticSums {
@@ -362,10 +373,12 @@ public final class Trainer {
                     diagnosticTotals = sums
                 }
             }
-            net.normalizeGradients(globalSamples: B, steps: T)
+            net.normalizeGradients(globalSamples: localSGD ? shardRows.count : B, steps: T)
             lastLoss = lossSums[0] / lossSums[1]
-            // Every rank holds the same reduced gradient, so every rank decides the same here.
-            if !(lastLoss.isFinite && Float.allFinite(net.gradients.pointer, net.gradients.count)) {
+            // Every rank holds the same reduced gradient (or, with local SGD, the same flag), so
+            // every rank decides the same here.
+            let finite = localSGD ? lossSums[3] == 0 : Float.allFinite(net.gradients.pointer, net.gradients.count)
+            if !(lastLoss.isFinite && finite) {
                 let bad = nonFiniteTensors()
                 for (i, v) in runningBefore.enumerated() { net.runningStatistics[i] = v }
                 if config.training.skipNonFinite && skippedInARow + 1 < config.training.maxSkipped {
@@ -390,6 +403,10 @@ public final class Trainer {
             let norm = clipGradientNorm(net.gradients, maxNorm: config.training.clipNorm)
             if let c = config.training.clipValue { clipGradientValue(net.gradients, clip: c) }
             optimizer.step(parameters: net.parameters, gradients: net.gradients, learningRate: lr)
+            if localSGD {
+                replicasApart = true
+                if step % config.training.localSGDSteps == 0 { try averageParameters() }
+            }
             intervalSteps += 1
             if let f = fault, f.rank == comm.rank, f.step == step {
                 switch f.kind {
@@ -399,7 +416,8 @@ public final class Trainer {
                 }
             }
 
-            if step == steps || (config.training.checkEvery > 0 && step % config.training.checkEvery == 0) {
+            // With local SGD the replicas differ between averagings: checked when averaged.
+            if step == steps || (config.training.checkEvery > 0 && step % config.training.checkEvery == 0 && !replicasApart) {
                 try verifyReplicas(step: step)
             }
             let evalNow = step == steps || (config.training.evalEvery > 0 && step % config.training.evalEvery == 0)
@@ -580,6 +598,22 @@ public final class Trainer {
         return (loss, diagnosticTotals)
     }
 
+    /// Local SGD: the mean of every rank's parameters, when they have moved apart since the last
+    /// averaging (a decision every rank makes alike: it depends on the step count only). The
+    /// optimizer state stays each rank's own (as in PyTorch's PostLocalSGDOptimizer).
+    func averageParameters() throws {
+        guard replicasApart else { return }
+        let t0 = monotonicSeconds()
+        let p = network.parameters
+        try comm.allreduceSum(p.buffer)
+        let inverse = 1 / Float(comm.size)
+        for i in 0..<p.count { p[i] *= inverse }
+        replicasApart = false
+        let t = monotonicSeconds() - t0
+        timing.communication += t
+        timing.exposed += t
+    }
+
     /// One allreduce(max) of the stop signal received on any rank; if there is one, every rank
     /// stops here together (after rank 0's checkpoint). Called exactly once per step on every path.
     func stopIfSignalled(step: Int) throws {
@@ -616,6 +650,7 @@ public final class Trainer {
     /// Compares a checksum of the parameters across ranks; a mismatch stops every rank. Once the
     /// replicas are known to be identical, a non-finite parameter is a decision every rank makes alike.
     func verifyReplicas(step: Int) throws {
+        try averageParameters()
         let sums = try comm.allgather(network.parameters.checksum())
         let differ = sums.indices.filter { sums[$0] != sums[0] }
         guard differ.isEmpty else {
@@ -630,6 +665,7 @@ public final class Trainer {
 
     /// Mean validation loss over the fixed validation samples, sharded across ranks.
     func evaluate() throws -> Double? {
+        try averageParameters()
         let e = try evaluateValidation(network: network, dataset: dataset, comm: comm, std: (dataset as? SeriesDataset)?.std ?? 1)
         validationAccuracy = e?.accuracy
         return e?.loss
@@ -702,6 +738,7 @@ public final class Trainer {
     /// Rank 0 writes ckpt-<step> (atomically) and moves `latest`; returns its path on every rank.
     @discardableResult
     func saveCheckpoint(step: Int) throws -> String {
+        try averageParameters()
         let dir = config.checkpoint.directory
         if comm.rank == 0 {
             let path = try Checkpoint.save(directory: dir, step: step, keep: config.checkpoint.keep,
