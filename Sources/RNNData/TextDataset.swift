@@ -87,6 +87,24 @@ public final class TextDataset: Dataset {
         makeBatch(source: validation, starts: samples.map { $0 * steps })
     }
 
+    // MARK: stateful streams (training.stateful)
+
+    /// Stateful streams: the training text cut into B equal streams, stream b being characters
+    /// [b*L, (b+1)*L) with L = train.count / B. Step s (0-based) reads chunk s mod P of every
+    /// stream, chunk c being characters [c*T, c*T + T] of the stream, so consecutive steps read
+    /// consecutive text and the hidden state can be carried from step to step. P = (L - 1) / T
+    /// chunks per pass; the state restarts with every pass.
+    public func streamChunks(globalBatch B: Int) -> Int { (train.count / B - 1) / steps }
+
+    /// True when step `step` starts a new pass over the streams (the carried state is reset).
+    public func streamRestarts(step: Int, globalBatch B: Int) -> Bool { step % max(streamChunks(globalBatch: B), 1) == 0 }
+
+    /// Rows `rows` of the global batch of step `step` in stateful-stream order.
+    public func streamBatch(step: Int, globalBatch B: Int, rows: Range<Int>) -> Batch {
+        let L = train.count / B, chunk = step % max(streamChunks(globalBatch: B), 1)
+        return makeBatch(source: train, starts: rows.map { $0 * L + chunk * steps })
+    }
+
     private func makeBatch(source: [Int32], starts: [Int]) -> Batch {
         var bb = BatchBuilder(steps: steps, batchSize: starts.count)
         bb.setTokens { b, t in source[starts[b] + t] }

@@ -130,6 +130,7 @@ let configSchema: [KeySpec] = [
     KeySpec("training.threads", .int(min: 0, max: 1024), .int(0), "BLAS threads per rank (0: cores / ranks on the node)"),
     KeySpec("training.compression", .choice(Compression.allCases.map(\.rawValue)), .string("none"), "exchange gradients as bf16 or fp16 (summed in float32 inside the reduction; one blocking allreduce, no buckets)"),
     KeySpec("training.accumulate_steps", .int(min: 1, max: 1_000_000), .int(1), "split each rank's rows into this many micro-batches, summing their gradients before the one exchange of the step"),
+    KeySpec("training.stateful", .bool, .bool(false), "text: the training text read as global_batch_size contiguous streams, sequence_length characters per step, the hidden state carried from step to step (truncated BPTT over the whole text)"),
     KeySpec("training.local_sgd_steps", .int(min: 0, max: 1_000_000), .int(0), "local SGD: every rank updates with its own shard's gradient and the parameters are averaged over ranks every this many steps (0: off, gradients averaged every step)"),
     KeySpec("training.reproducible", .bool, .bool(false), "bitwise-identical results on any number of ranks: fixed micro-shards, gradients summed exactly in 64-bit fixed point, ghost batch norm per micro-shard (docs/REPRODUCIBILITY.md)"),
     KeySpec("training.micro_shards", .int(min: 0, max: 1_000_000), .int(0), "reproducible: the global batch in this many fixed micro-shards, each computed on its own; at most this many ranks (0: min(global_batch_size, 8))"),
@@ -413,6 +414,8 @@ public struct TrainConfig: Sendable {
         public var bucketMB: Double
         public var compression: Compression
         public var accumulateSteps: Int
+        /// Stateful streams (text): consecutive chunks per row, the state carried across steps.
+        public var stateful: Bool
         /// Local SGD: parameters averaged every this many steps (0: gradients every step).
         public var localSGDSteps: Int
         /// training.reproducible: the number of fixed micro-shards of the global batch; nil when off.
@@ -622,6 +625,10 @@ public struct TrainConfig: Sendable {
             schedule = .constant
         }
 
+        if bool("training.stateful")! {
+            guard kind == "text" else { throw err("training.stateful", "needs text data (data.kind: text), which is read as contiguous streams") }
+            if let o = str("model.output"), o != "every_step" { throw err("training.stateful", "needs a loss at every step (model.output: every_step)") }
+        }
         if int("training.local_sgd_steps")! > 0 && str("training.compression") != "none" {
             throw err("training.compression", "does not apply with training.local_sgd_steps: local SGD exchanges parameters, not gradients")
         }
@@ -665,7 +672,7 @@ public struct TrainConfig: Sendable {
                             checkEvery: int("training.check_every")!, evalEvery: int("training.eval_every")!,
                             evalSamples: int("training.eval_samples")!, threads: int("training.threads")!,
                             bucketMB: dbl("training.bucket_mb")!, compression: Compression(rawValue: str("training.compression")!)!, accumulateSteps: int("training.accumulate_steps")!,
-                            localSGDSteps: int("training.local_sgd_steps")!, microShards: microShards, bpttLength: int("training.bptt_length")!,
+                            stateful: bool("training.stateful")!, localSGDSteps: int("training.local_sgd_steps")!, microShards: microShards, bpttLength: int("training.bptt_length")!,
                             skipNonFinite: str("training.on_nonfinite") == "skip", maxSkipped: int("training.max_skipped")!,
                             timeoutSeconds: dbl("training.timeout_seconds")!)
         self.output = Output(directory: str("output.directory")!, logEvery: int("output.log_every")!,

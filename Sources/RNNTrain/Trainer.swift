@@ -160,6 +160,8 @@ public final class Trainer {
     var fixedPointReduction: FixedPointReduction?
     /// Local SGD: the replicas have updated on their own since they were last averaged.
     var replicasApart = false
+    /// training.stateful: the text dataset read as streams.
+    var streams: TextDataset?
     var microShardGradients: [Buffer<Float>] = []
 
     /// Per-step compute, communication and exposed (waited-for) communication times, averaged
@@ -254,6 +256,15 @@ public final class Trainer {
         let a = config.training.accumulateSteps
         guard a <= B / comm.size else {
             throw RNNDPError("\(config.source): training.accumulate_steps \(a) is more than the \(B / comm.size) rows the smallest rank has (global_batch_size \(B) over \(comm.size) ranks)", collective: true)
+        }
+        if config.training.stateful {
+            let text = dataset as! TextDataset  // the config requires text data
+            guard text.streamChunks(globalBatch: B) >= 1 else {
+                throw RNNDPError("\(config.source): training.stateful: \(text.train.count) training characters in \(B) streams leave \(text.train.count / B) per stream, fewer than sequence_length + 1 = \(text.steps + 1)", collective: true)
+            }
+            streams = text
+            streamState = [Float](repeating: 0, count: net.stateCount * B)
+            nextStreamState = streamState
         }
         if config.training.bpttLength > 0 && spec.output != .everyStep {
             throw RNNDPError("\(config.source): training.bptt_length: truncated BPTT needs a loss at every step (model.output: every_step)", collective: true)
@@ -373,6 +384,7 @@ public final class Trainer {
                     diagnosticTotals = sums
                 }
             }
+            if streams != nil { try exchangeStreamState() }
             net.normalizeGradients(globalSamples: localSGD ? shardRows.count : B, steps: T)
             lastLoss = lossSums[0] / lossSums[1]
             // Every rank holds the same reduced gradient (or, with local SGD, the same flag), so
@@ -394,6 +406,7 @@ public final class Trainer {
                                  exitCode: RNNDPError.runtimeFailure, collective: true)
             }
             skippedInARow = 0
+            if streams != nil { acceptStreamState() }
             var diagnostics: Diagnostics?
             var tensorGradNorms: [(name: String, norm: Double)] = []
             if let sums = diagnosticTotals {
@@ -509,11 +522,18 @@ public final class Trainer {
     /// drives the bucketed exchange.
     func gradientOfRows(step: Int, rows: Range<Int>, diagnostics: Bool, lastOfStep: Bool) -> (LossStats, [Double]?) {
         let net = network!
-        let T = dataset.steps, k = chunkLength
+        let T = dataset.steps, k = chunkLength, B = config.training.globalBatchSize
         var stats = LossStats()
         var sums: [Double]?
         var state = [Float](repeating: 0, count: 0)
-        let batch = dataset.trainingBatch(step: step - 1, globalBatch: config.training.globalBatchSize, rows: rows)
+        let batch: Batch
+        if let text = streams {
+            // Stateful streams: these rows' state from the previous step, unless a pass restarts.
+            batch = text.streamBatch(step: step - 1, globalBatch: B, rows: rows)
+            if !text.streamRestarts(step: step - 1, globalBatch: B) { state = streamRows(rows) }
+        } else {
+            batch = dataset.trainingBatch(step: step - 1, globalBatch: B, rows: rows)
+        }
         var t0 = 0
         while t0 < T {
             let t1 = min(t0 + k, T)
@@ -532,24 +552,63 @@ public final class Trainer {
                 net.onGradientsFinal = nil
                 net.onProgress = nil
             }
-            if k == T {
-                stats += net.lossAndGradient(batch)
+            let chunk = k == T ? batch : batch.timeSlice(t0..<t1, everyStep: true, inputWidth: net.spec.input.width, outputWidth: net.spec.outputSize)
+            if state.isEmpty {
+                stats += net.lossAndGradient(chunk)  // the model's own initial state
             } else {
-                let chunk = batch.timeSlice(t0..<t1, everyStep: true, inputWidth: net.spec.input.width, outputWidth: net.spec.outputSize)
-                if t0 == 0 {
-                    stats += net.lossAndGradient(chunk)  // the model's own initial state
-                } else {
-                    stats += state.withUnsafeBufferPointer { net.lossAndGradient(chunk, initialState: $0.baseAddress) }
-                }
-                if !last {
-                    state = [Float](repeating: 0, count: net.stateCount * rows.count)
-                    state.withUnsafeMutableBufferPointer { net.finalState(into: $0.baseAddress!) }
-                }
+                stats += state.withUnsafeBufferPointer { net.lossAndGradient(chunk, initialState: $0.baseAddress) }
+            }
+            if !last || streams != nil {
+                state = [Float](repeating: 0, count: net.stateCount * rows.count)
+                state.withUnsafeMutableBufferPointer { net.finalState(into: $0.baseAddress!) }
             }
             if diagnostics && last { sums = net.diagnosticSums() }
             t0 = t1
         }
+        if streams != nil { setNextStreamRows(rows, from: state) }
         return (stats, sums)
+    }
+
+    // MARK: stateful streams
+
+    /// The carried state of every stream (L, C, B, H), identical on every rank; and the next
+    /// step's, to which each rank writes its rows (zeros elsewhere) before an allreduce.
+    var streamState: [Float] = []
+    var nextStreamState: [Float] = []
+
+    /// (L, C, rows, H) slice of the carried state.
+    func streamRows(_ rows: Range<Int>) -> [Float] {
+        let H = network.spec.hiddenSize, B = config.training.globalBatchSize, planes = network.stateCount / H
+        var out = [Float](repeating: 0, count: planes * rows.count * H)
+        for p in 0..<planes {
+            for (i, b) in rows.enumerated() {
+                for j in 0..<H { out[(p * rows.count + i) * H + j] = streamState[(p * B + b) * H + j] }
+            }
+        }
+        return out
+    }
+
+    /// Writes a (L, C, rows, H) final state into the next step's state. Adding 0 turns -0.0 into
+    /// +0.0, so the allreduce of single contributions and zeros is exact on any number of ranks.
+    func setNextStreamRows(_ rows: Range<Int>, from state: [Float]) {
+        let H = network.spec.hiddenSize, B = config.training.globalBatchSize, planes = network.stateCount / H
+        for p in 0..<planes {
+            for (i, b) in rows.enumerated() {
+                for j in 0..<H { nextStreamState[(p * B + b) * H + j] = state[(p * rows.count + i) * H + j] + 0 }
+            }
+        }
+    }
+
+    /// After a step's passes: every rank's rows of the next state, summed (each element has one
+    /// contributor), so every rank holds every stream's state. It becomes the carried state only
+    /// when the step's update is accepted (`acceptStreamState`).
+    func exchangeStreamState() throws {
+        try nextStreamState.withUnsafeMutableBufferPointer { try comm.allreduceSum($0) }
+    }
+
+    func acceptStreamState() {
+        swap(&streamState, &nextStreamState)
+        for i in nextStreamState.indices { nextStreamState[i] = 0 }
     }
 
     /// training.reproducible: the global batch in M fixed micro-shards (micro-shard j holds global
@@ -713,6 +772,10 @@ public final class Trainer {
     /// Everything a resumed run needs: parameters, running statistics, optimizer state.
     func checkpointTensors() -> [SafeTensors.Tensor] {
         var tensors = modelTensors(network)
+        if streams != nil {
+            let spec = network.spec
+            tensors.append(SafeTensors.Tensor(name: "stream.state", shape: [spec.layers, spec.cell.stateTensors, config.training.globalBatchSize, spec.hiddenSize], values: streamState))
+        }
         for (state, buffer) in optimizer.state {
             for v in network.layout.views {
                 tensors.append(SafeTensors.Tensor(name: "optimizer.\(state).\(v.name)", shape: v.shape, values: Array(buffer.buffer[v.range])))
@@ -777,6 +840,13 @@ public final class Trainer {
                 expected.insert("optimizer.\(state).\(v.name)")
             }
         }
+        if streams != nil {
+            let spec = net.spec, shape = [spec.layers, spec.cell.stateTensors, config.training.globalBatchSize, spec.hiddenSize]
+            let state = Buffer<Float>(count: streamState.count)
+            try copyTensor(file, "stream.state", shape: shape, into: state, at: 0, prefix: prefix + " (training.stateful)")
+            streamState = state.array
+            expected.insert("stream.state")
+        }
         if let extra = file.tensors.first(where: { !expected.contains($0.name) }) {
             throw RNNDPError("--resume: \(path): tensor '\(SafeTensors.printable(extra.name))' does not belong to this model and optimizer")
         }
@@ -787,7 +857,7 @@ public final class Trainer {
             if let colon = line.firstIndex(of: ":") { stored[String(line[..<colon])] = String(line[line.index(colon, offsetBy: 2)...]) }
         }
         let now = Dictionary(uniqueKeysWithValues: config.resolved.map { ($0.key, $0.value.description) })
-        for key in ["seed", "training.global_batch_size", "training.sequence_length", "training.accumulate_steps", "training.bptt_length", "data.path"] {
+        for key in ["seed", "training.global_batch_size", "training.sequence_length", "training.accumulate_steps", "training.bptt_length", "training.stateful", "data.path"] {
             if let a = stored[key], let b = now[key], a != b {
                 console.warn("--resume: \(key) was \(a) in the checkpoint and is \(b) now: the run continues with a different data order or batch")
             }

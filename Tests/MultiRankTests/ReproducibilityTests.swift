@@ -70,10 +70,11 @@ final class ReproducibilityTests: XCTestCase {
         }
     }
 
-    /// An Elman RNN on 1, 2, 3 (uneven: 2, 3, 3 micro-shards), 4 and 8 (oversubscribed) ranks.
+    /// An Elman RNN on 1, 2, 3 (uneven: 2, 3, 3 micro-shards), 4 and 8 (oversubscribed) ranks,
+    /// reading the text as stateful streams (the carried state is exchanged exactly too).
     func testElmanRNNBitwiseOnOneToEightRanks() throws {
         try assertBitwiseAcrossRanks("rnn", model: "  cell: rnn\n  hidden_size: 20\n  layers: 2",
-                                     training: "  optimizer: {name: sgd, learning_rate: 0.5, momentum: 0.9}")
+                                     training: "  optimizer: {name: sgd, learning_rate: 0.5, momentum: 0.9}\n  stateful: true")
     }
 
     /// An LSTM with gradient clipping (the clipping norm comes from the exactly summed gradient).

@@ -152,6 +152,38 @@ final class TrainerTests: XCTestCase {
         }
     }
 
+    /// Stateful streams: three steps of 4 characters carry the hidden state from step to step, so
+    /// (with a learning rate too small to move the parameters) their losses average to the loss
+    /// of one 12-character forward pass over each stream, and differ from three passes that each
+    /// start from the initial state. A pass over the streams restarts after (L - 1) / T chunks.
+    func testStatefulStreamsCarryTheStateAcrossSteps() throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("rnn-dp-streams-\(UUID().uuidString).txt").path
+        _ = FileManager.default.createFile(atPath: path, contents: Data(String(repeating: "the quick brown fox jumps over the lazy dog\n", count: 40).utf8))
+        let yaml = "data: {kind: text, path: \(path)}\nmodel: {cell: lstm, hidden_size: 8}\ntraining: {steps: 3, global_batch_size: 3, sequence_length: 4, stateful: true, optimizer: {name: sgd, learning_rate: 1.0e-30}}\noutput: {log_every: 1}\n"
+        let (_, t) = try train(yaml)
+        let lines = try String(contentsOfFile: "\(t.config.output.directory)/metrics.jsonl", encoding: .utf8).split(separator: "\n")
+        let losses = try lines.map { try XCTUnwrap((try JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any])?["loss"] as? Double) }
+        XCTAssertEqual(losses.count, 3)
+        let text = try XCTUnwrap(t.dataset as? TextDataset)
+        let L = text.train.count / 3
+        func streamBatch(from start: Int, steps T: Int) -> Batch {
+            var tokens = [Int32](repeating: 0, count: T * 3), targets = tokens
+            for s in 0..<T { for b in 0..<3 { tokens[s * 3 + b] = text.train[b * L + start + s]; targets[s * 3 + b] = text.train[b * L + start + s + 1] } }
+            return Batch(batchSize: 3, steps: T, tokens: tokens, targetClasses: targets)
+        }
+        let whole = t.network.loss(streamBatch(from: 0, steps: 12)).mean
+        XCTAssertEqual(losses.reduce(0, +) / 3, whole, accuracy: 1e-5)
+        let restarted = (0..<3).map { t.network.loss(streamBatch(from: 4 * $0, steps: 4)).mean }.reduce(0, +) / 3
+        XCTAssertGreaterThan(abs(restarted - whole), 1e-4, "the carried state matters")
+        let P = text.streamChunks(globalBatch: 3)
+        XCTAssertEqual(P, (L - 1) / 4)
+        XCTAssertTrue(text.streamRestarts(step: 0, globalBatch: 3) && text.streamRestarts(step: P, globalBatch: 3))
+        XCTAssertFalse(text.streamRestarts(step: 1, globalBatch: 3) || text.streamRestarts(step: P - 1, globalBatch: 3))
+        XCTAssertThrowsError(try train("data: {kind: synthetic, length: 8}\ntraining: {stateful: true}\n")) {
+            XCTAssertTrue("\($0)".contains("training.stateful: needs text data"), "\($0)")
+        }
+    }
+
     func testGlobalBatchSmallerThanRanksIsAnError() throws {
         // A communicator that claims 4 ranks; the check happens before any collective.
         final class FourRanks: Communicator {
