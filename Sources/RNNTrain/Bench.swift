@@ -88,7 +88,7 @@ public enum Bench {
     /// Runs one case: `warmup` untimed steps, then `steps` timed ones. Every rank computes its
     /// shard; the exchange is the training exchange (allreduce of the flat gradient).
     public static func run(_ c: Case, comm: Communicator, strong: Bool, warmup: Int, steps: Int, sgemm: Double,
-                           bucketBytes: Int = 4 << 20, microShards: Int? = nil) throws -> Result {
+                           bucketBytes: Int = 4 << 20, microShards: Int? = nil, localSGD: Int? = nil) throws -> Result {
         let B = strong ? c.batch : c.batch * comm.size
         guard B >= comm.size else { throw RNNDPError("bench \(c.name): global batch \(B) is smaller than \(comm.size) ranks", collective: true) }
         if let M = microShards, !(comm.size...B).contains(M) {
@@ -120,7 +120,7 @@ public enum Bench {
         }
         var stepTimes: [Double] = [], computeTimes: [Double] = [], commTimes: [Double] = [], totalCommTimes: [Double] = []
         // The training exchange: buckets reduced during the backward pass (more than one rank).
-        let exchange = comm.size > 1 && bucketBytes > 0 && microShards == nil ? GradientExchange(comm: comm, buffer: net.gradients.buffer, bucketBytes: bucketBytes) : nil
+        let exchange = comm.size > 1 && bucketBytes > 0 && microShards == nil && localSGD == nil ? GradientExchange(comm: comm, buffer: net.gradients.buffer, bucketBytes: bucketBytes) : nil
         var failure: Error?
         if let exchange {
             net.onGradientsFinal = { offset in do { try exchange.ready(from: offset) } catch { failure = failure ?? error } }
@@ -141,6 +141,26 @@ public enum Bench {
                 t1 = monotonicSeconds()
                 try reduction.reduce(parts, into: net.gradients.pointer, totalParts: microShards!)
                 t2 = monotonicSeconds()
+            } else if let k = localSGD {
+                // Local SGD: no gradient exchange; the parameters are averaged every k steps.
+                net.gradients.zero()
+                net.lossAndGradient(batch)
+                net.normalizeGradients(globalSamples: rows.count, steps: T)
+                opt.step(parameters: net.parameters, gradients: net.gradients, learningRate: 1e-3)
+                t1 = monotonicSeconds()
+                if (i + 1) % k == 0 {
+                    try comm.allreduceSum(net.parameters.buffer)
+                    let inverse = 1 / Float(comm.size)
+                    for j in 0..<net.parameters.count { net.parameters[j] *= inverse }
+                }
+                t2 = monotonicSeconds()
+                if i >= warmup {
+                    stepTimes.append(t2 - t0)
+                    computeTimes.append(t1 - t0)
+                    commTimes.append(t2 - t1)
+                    totalCommTimes.append(t2 - t1)
+                }
+                continue
             } else {
                 net.gradients.zero()
                 exchange?.begin()
@@ -161,7 +181,9 @@ public enum Bench {
             }
         }
         // Rank 0 reports the slowest rank's times (a step is as slow as its slowest rank).
-        var med = [median(stepTimes), median(computeTimes), median(commTimes), median(totalCommTimes)]
+        // Local SGD: means, so that the averaging every k steps is amortized over the steps.
+        let center: ([Double]) -> Double = localSGD == nil ? median : { $0.reduce(0, +) / Double(max($0.count, 1)) }
+        var med = [center(stepTimes), center(computeTimes), center(commTimes), center(totalCommTimes)]
         try comm.allreduceMax(&med)
         let f = flops(c, globalBatch: B)
         let perRankGflops = f / Double(comm.size) / med[0] / 1e9
