@@ -46,7 +46,8 @@ public enum Bench {
         public var microShards: Int?
         /// Bytes each rank contributes to the allreduce per step (the flat float32 gradient, or
         /// int64 in reproducible mode).
-        public var bytesPerStep: Int { parameters * (microShards == nil ? MemoryLayout<Float>.stride : MemoryLayout<Int64>.stride) }
+        public var bytesPerStep: Int { parameters * (microShards != nil ? 8 : compression != .none ? 2 : 4) }
+        public var compression: Compression = .none
         /// Achieved allreduce algorithm bandwidth: bytes per step over total communication time.
         public var allreduceGBps: Double { ranks > 1 && medianCommunication > 0 ? Double(bytesPerStep) / medianCommunication / 1e9 : 0 }
     }
@@ -88,7 +89,8 @@ public enum Bench {
     /// Runs one case: `warmup` untimed steps, then `steps` timed ones. Every rank computes its
     /// shard; the exchange is the training exchange (allreduce of the flat gradient).
     public static func run(_ c: Case, comm: Communicator, strong: Bool, warmup: Int, steps: Int, sgemm: Double,
-                           bucketBytes: Int = 4 << 20, microShards: Int? = nil, localSGD: Int? = nil) throws -> Result {
+                           bucketBytes: Int = 4 << 20, microShards: Int? = nil, localSGD: Int? = nil,
+                           compression: Compression = .none) throws -> Result {
         let B = strong ? c.batch : c.batch * comm.size
         guard B >= comm.size else { throw RNNDPError("bench \(c.name): global batch \(B) is smaller than \(comm.size) ranks", collective: true) }
         if let M = microShards, !(comm.size...B).contains(M) {
@@ -118,9 +120,10 @@ public enum Bench {
             workspaces = microBatches.dropLast().map { _ in Buffer<Float>(count: net.layout.count) }
             reduction = FixedPointReduction(comm: comm, count: net.layout.count, segments: net.layout.views.map(\.range))
         }
+        var halfScratch = [UInt16](repeating: 0, count: compression == .none ? 0 : net.layout.count)
         var stepTimes: [Double] = [], computeTimes: [Double] = [], commTimes: [Double] = [], totalCommTimes: [Double] = []
         // The training exchange: buckets reduced during the backward pass (more than one rank).
-        let exchange = comm.size > 1 && bucketBytes > 0 && microShards == nil && localSGD == nil ? GradientExchange(comm: comm, buffer: net.gradients.buffer, bucketBytes: bucketBytes) : nil
+        let exchange = comm.size > 1 && bucketBytes > 0 && microShards == nil && localSGD == nil && compression == .none ? GradientExchange(comm: comm, buffer: net.gradients.buffer, bucketBytes: bucketBytes) : nil
         var failure: Error?
         if let exchange {
             net.onGradientsFinal = { offset in do { try exchange.ready(from: offset) } catch { failure = failure ?? error } }
@@ -167,7 +170,13 @@ public enum Bench {
                 net.lossAndGradient(batch)
                 if let failure { throw failure }
                 t1 = monotonicSeconds()
-                if let exchange { try exchange.finish() } else { try comm.allreduceSum(net.gradients.buffer) }
+                if let exchange {
+                    try exchange.finish()
+                } else if compression != .none {
+                    try halfScratch.withUnsafeMutableBufferPointer { try compression.allreduce(net.gradients.buffer, scratch: $0, comm: comm) }
+                } else {
+                    try comm.allreduceSum(net.gradients.buffer)
+                }
                 t2 = monotonicSeconds()
             }
             net.normalizeGradients(globalSamples: B, steps: T)
@@ -192,7 +201,8 @@ public enum Bench {
                       fractionOfSgemm: perRankGflops / sgemm, medianCompute: med[1], medianExposedComm: med[2],
                       medianCommunication: med[3], parameters: net.layout.count,
                       modelBytes: 4 * (4 * net.layout.count + net.workspaceScalars + workspaces.count * net.layout.count),
-                      peakGrowthBytes: max(0, Memory.peakResidentBytes() - residentBefore), microShards: microShards)
+                      peakGrowthBytes: max(0, Memory.peakResidentBytes() - residentBefore), microShards: microShards,
+                      compression: compression)
     }
 }
 

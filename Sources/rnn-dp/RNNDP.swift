@@ -160,10 +160,14 @@ struct BenchCommand: ParsableCommand {
     var microShards: Int?
     @Option(name: .customLong("local-sgd"), help: "Local SGD: no gradient exchange, parameters averaged every this many steps (step times are then means, not medians).")
     var localSGD: Int?
+    @Option(help: "Exchange the gradient as bf16 or fp16 (training.compression; one blocking allreduce).")
+    var compression: String = "none"
     @Flag(help: "One JSON object per case.")
     var json = false
 
     func validate() throws {
+        guard let c = Compression(rawValue: compression) else { throw ValidationError("--compression must be none, bf16 or fp16") }
+        if c != .none && (reproducible || localSGD != nil) { throw ValidationError("--compression cannot be combined with --reproducible or --local-sgd") }
         if let k = localSGD, k < 1 || reproducible { throw ValidationError("--local-sgd needs k >= 1 and cannot be combined with --reproducible") }
         if microShards != nil && !reproducible { throw ValidationError("--micro-shards needs --reproducible") }
         guard ["weak", "strong"].contains(scaling) else { throw ValidationError("--scaling must be weak or strong") }
@@ -188,9 +192,9 @@ struct BenchCommand: ParsableCommand {
             for c in Bench.standard where cases.isEmpty || cases.contains(c.name) {
                 let r = try Bench.run(c, comm: comm, strong: scaling == "strong", warmup: warmup, steps: steps, sgemm: rate[0],
                                       bucketBytes: Int(bucketMB * 1_048_576), microShards: reproducible ? (microShards ?? comm.size) : nil,
-                                      localSGD: localSGD)
+                                      localSGD: localSGD, compression: Compression(rawValue: compression)!)
                 if json {
-                    console.info("{\"case\":\"\(r.name)\",\"ranks\":\(r.ranks),\"global_batch\":\(r.globalBatch),\"step_s\":\(r.medianStep),\"tokens_per_s\":\(r.tokensPerSecond),\"gflops\":\(r.gflops),\"fraction_of_sgemm\":\(r.fractionOfSgemm),\"compute_s\":\(r.medianCompute),\"exposed_comm_s\":\(r.medianExposedComm),\"comm_s\":\(r.medianCommunication),\"bytes_per_step\":\(r.bytesPerStep),\"allreduce_gbps\":\(r.allreduceGBps),\"parameters\":\(r.parameters),\"bucket_mb\":\(bucketMB),\"reproducible\":\(reproducible),\"local_sgd\":\(localSGD ?? 0),\"model_bytes\":\(r.modelBytes),\"peak_growth_bytes\":\(r.peakGrowthBytes),\"micro_shards\":\(r.microShards ?? 0),\"sgemm_gflops\":\(rate[0]),\"threads\":\(threads),\"scaling\":\"\(scaling)\"}")
+                    console.info("{\"case\":\"\(r.name)\",\"ranks\":\(r.ranks),\"global_batch\":\(r.globalBatch),\"step_s\":\(r.medianStep),\"tokens_per_s\":\(r.tokensPerSecond),\"gflops\":\(r.gflops),\"fraction_of_sgemm\":\(r.fractionOfSgemm),\"compute_s\":\(r.medianCompute),\"exposed_comm_s\":\(r.medianExposedComm),\"comm_s\":\(r.medianCommunication),\"bytes_per_step\":\(r.bytesPerStep),\"allreduce_gbps\":\(r.allreduceGBps),\"parameters\":\(r.parameters),\"bucket_mb\":\(bucketMB),\"reproducible\":\(reproducible),\"local_sgd\":\(localSGD ?? 0),\"compression\":\"\(compression)\",\"model_bytes\":\(r.modelBytes),\"peak_growth_bytes\":\(r.peakGrowthBytes),\"micro_shards\":\(r.microShards ?? 0),\"sgemm_gflops\":\(rate[0]),\"threads\":\(threads),\"scaling\":\"\(scaling)\"}")
                 } else {
                     let name = r.name.padding(toLength: 12, withPad: " ", startingAt: 0)
                     console.info(name + String(format: " %6d %6d %8.2f %9.0f %9.1f %8.0f%% %11.2f %16.3f %9.1f / %.1f", r.ranks, r.globalBatch,
