@@ -23,3 +23,5 @@ if swift test --help 2>/dev/null | grep -q -- --disable-swift-testing; then
 else
     swift test "${BUILD[@]}" --skip-build
 fi
+echo "== cluster scripts (throwaway one-node Slurm cluster)"
+scripts/test-slurm.sh
