@@ -25,3 +25,5 @@ else
 fi
 echo "== cluster scripts (throwaway one-node Slurm cluster)"
 scripts/test-slurm.sh
+echo "== scaling tools (tiny sweep, projection, figures)"
+scripts/test-scaling.sh
