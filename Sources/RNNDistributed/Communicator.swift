@@ -58,6 +58,12 @@ extension Communicator {
     public func allreduceSum(_ values: inout [Int64]) throws {
         try values.withUnsafeMutableBufferPointer { try allreduceSum($0) }
     }
+    /// In-place elementwise mean over ranks: the sum, then times 1 / size (the same bits on every rank).
+    public func allreduceMean(_ buffer: UnsafeMutableBufferPointer<Float>) throws {
+        try allreduceSum(buffer)
+        let inverse = 1 / Float(size)
+        for i in buffer.indices { buffer[i] *= inverse }
+    }
     public func allreduceMax(_ values: inout [Double]) throws {
         try values.withUnsafeMutableBufferPointer { try allreduceMax($0) }
     }

@@ -77,6 +77,7 @@ public final class FixedPointReduction {
     private var accumulator: [Int64]  // (P)
     private var maxima: [Double]      // (segments)
     private var exponents: [Int]      // (segments)
+    private var workspaces: [UnsafeMutablePointer<Float>] = []  // (P) each: micro-shard gradients
 
     public init(comm: Communicator, count: Int, segments: [Range<Int>]) {
         precondition(segments.reduce(0) { $0 + $1.count } == count, "segments must cover the buffer")
@@ -86,6 +87,32 @@ public final class FixedPointReduction {
         accumulator = [Int64](repeating: 0, count: count)
         maxima = [Double](repeating: 0, count: segments.count)
         exponents = [Int](repeating: 0, count: segments.count)
+    }
+
+    deinit { workspaces.forEach { $0.deallocate() } }
+
+    /// The micro-shard loop of reproducible mode: `compute(n)` leaves micro-shard n's gradient in
+    /// `gradients` (P), for n in 0..<count. Every one but the last is kept in a workspace made
+    /// once, the last stays in place, and then the sum over every rank's micro-shards (`totalParts`
+    /// of them) is written to `gradients`.
+    public func reduceMicroShards(_ count: Int, gradients: UnsafeMutablePointer<Float>, totalParts: Int,
+                                  compute: (Int) throws -> Void) throws {
+        while workspaces.count < count - 1 {
+            let w = UnsafeMutablePointer<Float>.allocate(capacity: max(self.count, 1))
+            w.initialize(repeating: 0, count: max(self.count, 1))
+            workspaces.append(w)
+        }
+        var parts: [UnsafePointer<Float>] = []
+        for n in 0..<count {
+            try compute(n)
+            if n < count - 1 {
+                workspaces[n].update(from: gradients, count: self.count)
+                parts.append(UnsafePointer(workspaces[n]))
+            } else {
+                parts.append(UnsafePointer(gradients))
+            }
+        }
+        try reduce(parts, into: gradients, totalParts: totalParts)
     }
 
     /// Writes into `out` (P) the sum of every rank's `parts` (each P floats; this rank's micro-

@@ -361,7 +361,7 @@ public final class Trainer {
                     timing.add(compute: computeEnd - computeStart, communication: 0, exposed: 0)
                 } else if let exchange {
                     try exchange.finish()
-                    timing.add(compute: computeEnd - computeStart - 0, communication: exchange.communicationSeconds, exposed: exchange.exposedSeconds)
+                    timing.add(compute: computeEnd - computeStart, communication: exchange.communicationSeconds, exposed: exchange.exposedSeconds)
                 } else {
                     if compression != .none {
                         try compressionScratch.withUnsafeMutableBufferPointer {
@@ -621,31 +621,19 @@ public final class Trainer {
     func reproducibleGradients(step: Int, diagnostics: Bool, injectNaN: Bool, hang: Bool) throws -> (loss: [Double], diagnostics: [Double]?) {
         let net = network!, M = config.training.microShards!, B = config.training.globalBatchSize
         let mine = Shard.rows(globalBatch: M, rank: comm.rank, size: comm.size)
-        // Every micro-shard but the last keeps its gradient in a workspace made once (the last
-        // stays in the gradient buffer, which the reduction then overwrites with the sum).
-        while microShardGradients.count < mine.count - 1 { microShardGradients.append(Buffer<Float>(count: net.layout.count)) }
         var lossParts: [[Double]] = [], diagnosticParts: [[Double]] = [], statisticParts: [[Double]] = []
-        var parts: [UnsafePointer<Float>] = []
-        for (n, j) in mine.enumerated() {
+        try fixedPointReduction!.reduceMicroShards(mine.count, gradients: net.gradients.pointer, totalParts: M) { n in
             net.gradients.zero()
             if net.spec.batchNorm { net.deferredStatistics = net.emptyDeferredStatistics() }
-            let (stats, sums) = gradientOfRows(step: step, rows: Shard.rows(globalBatch: B, rank: j, size: M),
+            let (stats, sums) = gradientOfRows(step: step, rows: Shard.rows(globalBatch: B, rank: mine.lowerBound + n, size: M),
                                                diagnostics: diagnostics, lastOfStep: false)
             if injectNaN && n == 0 { net.gradients[0] = .nan }
             if hang && n == mine.count - 1 { while true { sleep(60) } }
-            if n < mine.count - 1 {
-                microShardGradients[n].copy(from: net.gradients)
-                parts.append(UnsafePointer(microShardGradients[n].pointer))
-            } else {
-                parts.append(UnsafePointer(net.gradients.pointer))
-            }
             lossParts.append([stats.sum, Double(stats.count), Double(stats.correct)])
             if let sums { diagnosticParts.append(sums) }
             if let d = net.deferredStatistics { statisticParts.append(d) }
         }
         net.deferredStatistics = nil
-        if mine.isEmpty { net.gradients.zero() }
-        try fixedPointReduction!.reduce(parts, into: net.gradients.pointer, totalParts: M)
         let loss = try FixedPoint.sum(lossParts, count: 3, totalParts: M, comm: comm)
         var diagnosticTotals: [Double]?
         if diagnostics {
@@ -663,10 +651,7 @@ public final class Trainer {
     func averageParameters() throws {
         guard replicasApart else { return }
         let t0 = monotonicSeconds()
-        let p = network.parameters
-        try comm.allreduceSum(p.buffer)
-        let inverse = 1 / Float(comm.size)
-        for i in 0..<p.count { p[i] *= inverse }
+        try comm.allreduceMean(network.parameters.buffer)
         replicasApart = false
         let t = monotonicSeconds() - t0
         timing.communication += t
