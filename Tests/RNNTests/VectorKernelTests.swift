@@ -1,0 +1,125 @@
+import XCTest
+@testable import RNN
+
+/// The 8-lane Float kernels (VectorKernels.swift) against the scalar reference kernels run in
+/// Double, for every width 1...19 so that rows with a partial last chunk are covered, and the SIMD
+/// elementary functions against the scalar FastMath ones, bit for bit.
+final class VectorKernelTests: XCTestCase {
+    /// Arguments: a dense sweep, the branch points of exp and tanh, and the special values.
+    func arguments() -> [Float] {
+        var xs: [Float] = [0, -0, .nan, .infinity, -.infinity, .leastNonzeroMagnitude, -.leastNormalMagnitude,
+                           0.625, -0.625, Float(0.625).nextDown, 44, 44.5, -87.33654, Float(-87.33654).nextDown, 88.37626,
+                           Float(88.37626).nextUp, 100, -100, 1e-30, -1e-30, .greatestFiniteMagnitude]
+        var x: Float = -110
+        while x < 110 { xs.append(x); x += 0.000_73 * (1 + abs(x)) }
+        while xs.count % 8 != 0 { xs.append(0.5) }
+        return xs
+    }
+
+    func assertSameBits(_ vector: (Float8) -> Float8, _ scalar: (Float) -> Float, _ name: String) {
+        let xs = arguments()
+        var checked = 0
+        for c in stride(from: 0, to: xs.count, by: 8) {
+            let v = vector(Float8(xs[c..<c + 8]))
+            for i in 0..<8 {
+                let s = scalar(xs[c + i])
+                if s.isNaN { XCTAssertTrue(v[i].isNaN, "\(name)(\(xs[c + i]))") } else {
+                    XCTAssertEqual(v[i].bitPattern, s.bitPattern, "\(name)(\(xs[c + i])): \(v[i]) vs \(s)")
+                }
+                checked += 1
+            }
+        }
+        XCTAssertGreaterThan(checked, 10_000)
+    }
+
+    func testSIMDFunctionsEqualScalarOnesBitForBit() {
+        assertSameBits(FastMath.exp, FastMath.exp, "exp")
+        assertSameBits(FastMath.tanh, FastMath.tanh, "tanh")
+        assertSameBits(FastMath.sigmoid, FastMath.sigmoid, "sigmoid")
+    }
+
+    // MARK: cell kernels
+
+    /// n random floats in [-a, a], and the same values as Double.
+    func random(_ n: Int, _ a: Float, _ rng: inout Xoshiro256) -> ([Float], [Double]) {
+        let f = (0..<n).map { _ in a * (2 * rng.nextUniform() - 1) }
+        return (f, f.map(Double.init))
+    }
+
+    /// Each buffer gets 8 guard elements after its end; a kernel must leave them alone.
+    let guardValue: Float = 1234.5
+    func guarded(_ x: [Float]) -> [Float] { x + [Float](repeating: guardValue, count: 8) }
+    func assertClose(_ got: [Float], _ want: [Double], _ what: String, tol: Double = 2e-6) {
+        XCTAssertEqual(got.count, want.count + 8, what)
+        for (i, w) in want.enumerated() {
+            XCTAssertEqual(Double(got[i]), w, accuracy: tol * max(1, abs(w)), "\(what)[\(i)]")
+        }
+        XCTAssertEqual(Array(got.suffix(8)), [Float](repeating: guardValue, count: 8), "\(what): wrote past the end")
+    }
+
+    func testLSTMKernelsMatchTheDoubleReference() {
+        var rng = Xoshiro256(seed: 7)
+        for H in 1...19 {
+            let B = 3
+            let (z, zd) = random(B * 4 * H, 6, &rng), (cp, cpd) = random(B * H, 2, &rng)
+            var gates = guarded(z), c = guarded([Float](repeating: 0, count: B * H)), h = c
+            var gd = zd, cd = [Double](repeating: 0, count: B * H), hd = cd
+            gates.withUnsafeMutableBufferPointer { g in c.withUnsafeMutableBufferPointer { cb in h.withUnsafeMutableBufferPointer { hb in
+                VectorKernels.lstmForward(g.baseAddress!, cp, cb.baseAddress!, hb.baseAddress!, B, H) } } }
+            Kernels.lstmForward(&gd, cpd, &cd, &hd, B, H)
+            assertClose(gates, gd, "lstm gates H=\(H)")
+            assertClose(c, cd, "lstm c H=\(H)")
+            assertClose(h, hd, "lstm h H=\(H)")
+
+            let (dh, dhd) = random(B * H, 1, &rng), (dc0, dc0d) = random(B * H, 1, &rng)
+            var dc = guarded(dc0), dz = guarded([Float](repeating: 0, count: B * 4 * H))
+            var dcd = dc0d, dzd = [Double](repeating: 0, count: B * 4 * H)
+            let a = Array(gates.prefix(B * 4 * H)), cc = Array(c.prefix(B * H))
+            dc.withUnsafeMutableBufferPointer { dcb in dz.withUnsafeMutableBufferPointer { dzb in
+                VectorKernels.lstmBackward(dh, dcb.baseAddress!, a, cc, cp, dzb.baseAddress!, B, H) } }
+            Kernels.lstmBackward(dhd, &dcd, a.map(Double.init), cc.map(Double.init), cpd, &dzd, B, H)
+            assertClose(dc, dcd, "lstm dc H=\(H)")
+            assertClose(dz, dzd, "lstm dz H=\(H)")
+        }
+    }
+
+    func testGRUKernelsMatchTheDoubleReference() {
+        var rng = Xoshiro256(seed: 11)
+        for H in 1...19 {
+            let B = 3
+            let (x, xd) = random(B * 3 * H, 5, &rng), (u, ud) = random(B * 3 * H, 5, &rng), (hp, hpd) = random(B * H, 1, &rng)
+            var gates = guarded(x), h = guarded([Float](repeating: 0, count: B * H)), hn = h
+            var gd = xd, hd = [Double](repeating: 0, count: B * H), hnd = hd
+            gates.withUnsafeMutableBufferPointer { g in h.withUnsafeMutableBufferPointer { hb in hn.withUnsafeMutableBufferPointer { nb in
+                VectorKernels.gruForward(g.baseAddress!, u, hp, hb.baseAddress!, nb.baseAddress!, B, H) } } }
+            Kernels.gruForward(&gd, ud, hpd, &hd, &hnd, B, H)
+            assertClose(gates, gd, "gru gates H=\(H)")
+            assertClose(h, hd, "gru h H=\(H)")
+            assertClose(hn, hnd, "gru hn H=\(H)")
+
+            let (dh, dhd) = random(B * H, 1, &rng), (dp0, dp0d) = random(B * H, 1, &rng)
+            var dxi = guarded([Float](repeating: 0, count: B * 3 * H)), dhh = dxi, dhPrev = guarded(dp0)
+            var dxid = [Double](repeating: 0, count: B * 3 * H), dhhd = dxid, dhPrevd = dp0d
+            let a = Array(gates.prefix(B * 3 * H)), n = Array(hn.prefix(B * H))
+            dxi.withUnsafeMutableBufferPointer { p in dhh.withUnsafeMutableBufferPointer { q in dhPrev.withUnsafeMutableBufferPointer { r in
+                VectorKernels.gruBackward(dh, a, n, hp, p.baseAddress!, q.baseAddress!, r.baseAddress!, B, H) } } }
+            Kernels.gruBackward(dhd, a.map(Double.init), n.map(Double.init), hpd, &dxid, &dhhd, &dhPrevd, B, H)
+            assertClose(dxi, dxid, "gru dxi H=\(H)")
+            assertClose(dhh, dhhd, "gru dhh H=\(H)")
+            assertClose(dhPrev, dhPrevd, "gru dhPrev H=\(H)")
+        }
+    }
+
+    func testActivationsMatchTheDoubleReference() {
+        var rng = Xoshiro256(seed: 3)
+        for n in 1...19 {
+            for act in [Activation.tanh, .sigmoid] {
+                let (z, zd) = random(n, 9, &rng)
+                var v = guarded(z), d = zd
+                v.withUnsafeMutableBufferPointer { VectorKernels.activationForward(act, 0, $0.baseAddress!, n) }
+                Kernels.activationForward(act, 0, &d, n)
+                assertClose(v, d, "\(act) n=\(n)")
+            }
+        }
+    }
+}
