@@ -48,9 +48,11 @@ let package = Package(
             "RNNTrain", "RNNDistributed",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
-        .testTarget(name: "RNNTests", dependencies: ["RNN", "RNNDistributed"], exclude: ["Fixtures"]),
+        // Test support: counts heap allocations (overrides malloc in the test executable only).
+        .target(name: "CAllocCount", path: "Tests/Support/CAllocCount"),
+        .testTarget(name: "RNNTests", dependencies: ["RNN", "RNNDistributed", "CAllocCount"], exclude: ["Fixtures"]),
         .testTarget(name: "RNNDataTests", dependencies: ["RNNData"]),
-        .testTarget(name: "RNNTrainTests", dependencies: ["RNNTrain", "RNNData", "RNNDistributed", "RNN"], exclude: ["Fixtures"]),
+        .testTarget(name: "RNNTrainTests", dependencies: ["RNNTrain", "RNNData", "RNNDistributed", "RNN", "CAllocCount"], exclude: ["Fixtures"]),
         // Launches `mpirun -np N rnn-dp ...` on the built executable.
         .testTarget(name: "MultiRankTests", dependencies: ["RNNTrain", "rnn-dp"]),
     ]

@@ -93,9 +93,10 @@ public final class Network<S: RNNScalar> {
     /// `updateRunningStatistics`.
     public var deferredStatistics: [Double]?
 
-    // Batch norm's per-layer statistics of the latest forward: mean and 1/std, (G*H) each.
-    private var bnMean: [[Double]] = []
-    private var bnRstd: [[Double]] = []
+    // Batch norm's statistics of the latest forward, (L, 2, G*H): per layer the mean, then 1/std;
+    // and the scratch for one layer's column sums and their reduction across ranks, (2*G*H + 1).
+    private let bnStats: Buffer<Double>
+    private let bnSums: Buffer<Double>
     private var training = false
 
     public init(spec: ModelSpec) {
@@ -105,6 +106,8 @@ public final class Network<S: RNNScalar> {
         gradients = Buffer(count: layout.count)
         let gh = spec.cell.gates * spec.hiddenSize
         runningStatistics = Buffer(count: spec.batchNorm ? spec.layers * 2 * gh : 0)
+        bnStats = Buffer(count: spec.batchNorm ? spec.layers * 2 * gh : 0)
+        bnSums = Buffer(count: spec.batchNorm ? 2 * gh + 1 : 0)
         for k in 0..<(spec.batchNorm ? spec.layers : 0) {
             for j in 0..<gh { runningStatistics[(2 * k + 1) * gh + j] = 1 }
         }
@@ -196,8 +199,8 @@ public final class Network<S: RNNScalar> {
         state0.pointer.update(repeating: 0, count: n)
         for k in 0..<spec.layers {
             let l = layout.layer(k)
-            for (c, view) in [l.h0, l.c0].enumerated() {
-                guard let view else { continue }
+            for c in 0..<2 {
+                guard let view = c == 0 ? l.h0 : l.c0 else { continue }
                 for b in 0..<B { (s0(k, c) + b * H).update(from: p(view), count: H) }
             }
         }
@@ -274,15 +277,13 @@ public final class Network<S: RNNScalar> {
     private func batchNormForward(_ k: Int, _ z: UnsafeMutablePointer<S>) {
         let l = layout.layer(k)
         let GH = G * H, rows = T * B
-        if bnMean.count != spec.layers { bnMean = Array(repeating: [], count: spec.layers); bnRstd = bnMean }
-        var mean = [Double](repeating: 0, count: GH), rstd = [Double](repeating: 0, count: GH)
+        let mean = bnStats.pointer + 2 * k * GH, rstd = mean + GH  // (G*H) each
         if training {
-            var sums = [Double](repeating: 0, count: 2 * GH + 1)  // sum (G*H), sum of squares (G*H), rows
-            sums.withUnsafeMutableBufferPointer { b in
-                S.columnMoments(z, rows: rows, cols: GH, sum: b.baseAddress!, sumsq: b.baseAddress! + GH)
-                b[2 * GH] = Double(rows)
-                reduceAcrossRanks?(b)
-            }
+            let sums = bnSums.pointer  // sum (G*H), sum of squares (G*H), rows
+            bnSums.zero()
+            S.columnMoments(z, rows: rows, cols: GH, sum: sums, sumsq: sums + GH)
+            sums[2 * GH] = Double(rows)
+            reduceAcrossRanks?(bnSums.buffer)
             let n = sums[2 * GH]
             let m = Self.batchNormMomentum
             for j in 0..<GH {
@@ -308,8 +309,6 @@ public final class Network<S: RNNScalar> {
         }
         S.batchNormApply(z, rows: rows, cols: GH, mean: mean, rstd: rstd, gamma: p(l.bnWeight!), beta: p(l.bnBias!),
                          xhat: store[k].bnHat.pointer)
-        bnMean[k] = mean
-        bnRstd[k] = rstd
     }
 
     /// An empty buffer for `deferredStatistics`: (L, 2, G*H) statistics and a count.
@@ -333,20 +332,20 @@ public final class Network<S: RNNScalar> {
         let GH = G * H, rows = T * B
         let hat = store[k].bnHat.pointer
         // Local parameter gradients (summed across ranks with the rest of the gradient).
-        var sums = [Double](repeating: 0, count: 2 * GH + 1)  // sum dy, sum dy * xhat, rows
-        sums.withUnsafeMutableBufferPointer { b in
-            S.batchNormBackwardSums(dz, xhat: hat, rows: rows, cols: GH, sumDy: b.baseAddress!, sumDyXhat: b.baseAddress! + GH)
-            for j in 0..<GH {
-                gradients[l.bnBias!.offset + j] += S(b[j])
-                gradients[l.bnWeight!.offset + j] += S(b[GH + j])
-            }
-            b[2 * GH] = Double(rows)
-            reduceAcrossRanks?(b)
+        let sums = bnSums.pointer  // sum dy (G*H), sum dy * xhat (G*H), rows
+        bnSums.zero()
+        S.batchNormBackwardSums(dz, xhat: hat, rows: rows, cols: GH, sumDy: sums, sumDyXhat: sums + GH)
+        for j in 0..<GH {
+            gradients[l.bnBias!.offset + j] += S(sums[j])
+            gradients[l.bnWeight!.offset + j] += S(sums[GH + j])
         }
+        sums[2 * GH] = Double(rows)
+        reduceAcrossRanks?(bnSums.buffer)
+        // The sums become the means, in place.
         let n = sums[2 * GH]
-        let meanDy = (0..<GH).map { sums[$0] / n }, meanDyXhat = (0..<GH).map { sums[GH + $0] / n }
-        S.batchNormBackwardApply(dz, xhat: hat, rows: rows, cols: GH, gamma: p(l.bnWeight!), rstd: bnRstd[k],
-                                 meanDy: meanDy, meanDyXhat: meanDyXhat)
+        for j in 0..<(2 * GH) { sums[j] /= n }
+        S.batchNormBackwardApply(dz, xhat: hat, rows: rows, cols: GH, gamma: p(l.bnWeight!), rstd: bnStats.pointer + (2 * k + 1) * GH,
+                                 meanDy: sums, meanDyXhat: sums + GH)
     }
 
     /// head (rows, O) = h_top W^T + b over every step or the last step.
@@ -454,7 +453,8 @@ public final class Network<S: RNNScalar> {
                    b: p(layout.headWeight), ldb: H, beta: 0, c: delta.pointer + (T - 1) * B * H, ldc: H)
         }
         dState0.pointer.update(repeating: 0, count: spec.layers * C * B * H)
-        if collectDiagnostics { dhNormSquares = [Double](repeating: 0, count: spec.layers * T) }
+        // Every element is written below; reallocated only when T changes.
+        if collectDiagnostics && dhNormSquares.count != spec.layers * T { dhNormSquares = [Double](repeating: 0, count: spec.layers * T) }
         batch.tokens.withUnsafeBufferPointer { tokens in
             for k in stride(from: spec.layers - 1, through: 0, by: -1) {
                 backwardLayer(k, tokens: tokens.baseAddress)
@@ -543,8 +543,8 @@ public final class Network<S: RNNScalar> {
     /// A learned initial state is shared by every sample: its gradient is the sum over the batch.
     private func accumulateInitialStateGradient(_ k: Int) {
         let l = layout.layer(k)
-        for (c, view) in [l.h0, l.c0].enumerated() {
-            guard let view else { continue }
+        for c in 0..<2 {
+            guard let view = c == 0 ? l.h0 : l.c0 else { continue }
             S.sumRows(ds0(k, c), rows: B, cols: H, into: g(view))
         }
     }

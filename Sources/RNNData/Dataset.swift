@@ -13,10 +13,19 @@ public protocol Dataset {
     var steps: Int { get }
     /// Rows `rows` of the global training batch (of `globalBatch` rows) for `step`.
     func trainingBatch(step: Int, globalBatch: Int, rows: Range<Int>) -> Batch
+    /// The same batch written into `batch`, reusing its arrays when their sizes fit, so that the
+    /// training loop's steps allocate nothing. The default builds a new batch.
+    func fillTrainingBatch(_ batch: inout Batch, step: Int, globalBatch: Int, rows: Range<Int>)
     /// Number of fixed validation samples (0: no validation).
     var validationCount: Int { get }
     /// Validation samples with the given indices, in order.
     func validationBatch(_ samples: Range<Int>) -> Batch
+}
+
+extension Dataset {
+    public func fillTrainingBatch(_ batch: inout Batch, step: Int, globalBatch: Int, rows: Range<Int>) {
+        batch = trainingBatch(step: step, globalBatch: globalBatch, rows: rows)
+    }
 }
 
 public struct DataError: Error, CustomStringConvertible {

@@ -79,12 +79,29 @@ public final class TextDataset: Dataset {
     public var outputSize: Int { vocabulary.count }
 
     public func trainingBatch(step: Int, globalBatch: Int, rows: Range<Int>) -> Batch {
-        let starts = globalWindowStarts(seed: seed, step: step, globalBatch: globalBatch, windows: train.count - steps)
-        return makeBatch(source: train, starts: Array(starts[rows]))
+        var batch = Batch(batchSize: 0, steps: 0)
+        fillTrainingBatch(&batch, step: step, globalBatch: globalBatch, rows: rows)
+        return batch
+    }
+
+    /// Window starts of the current batch's rows: scratch reused from step to step.
+    private var starts: [Int] = []
+
+    public func fillTrainingBatch(_ batch: inout Batch, step: Int, globalBatch: Int, rows: Range<Int>) {
+        // The same draws as globalWindowStarts, without the array of all global rows.
+        var rng = Xoshiro256(seed: seed, stream: RandomStream.trainingData.rawValue, index: UInt64(step))
+        if starts.count != rows.count { starts = [Int](repeating: 0, count: rows.count) }
+        for i in 0..<rows.upperBound {
+            let s = rng.nextInt(below: train.count - steps)
+            if i >= rows.lowerBound { starts[i - rows.lowerBound] = s }
+        }
+        fill(&batch, source: train, starts: starts)
     }
 
     public func validationBatch(_ samples: Range<Int>) -> Batch {
-        makeBatch(source: validation, starts: samples.map { $0 * steps })
+        var batch = Batch(batchSize: 0, steps: 0)
+        fill(&batch, source: validation, starts: samples.map { $0 * steps })
+        return batch
     }
 
     // MARK: stateful streams (training.stateful)
@@ -101,17 +118,41 @@ public final class TextDataset: Dataset {
 
     /// Rows `rows` of the global batch of step `step` in stateful-stream order.
     public func streamBatch(step: Int, globalBatch B: Int, rows: Range<Int>) -> Batch {
-        let L = train.count / B, chunk = step % max(streamChunks(globalBatch: B), 1)
-        return makeBatch(source: train, starts: rows.map { $0 * L + chunk * steps })
+        var batch = Batch(batchSize: 0, steps: 0)
+        fillStreamBatch(&batch, step: step, globalBatch: B, rows: rows)
+        return batch
     }
 
-    private func makeBatch(source: [Int32], starts: [Int]) -> Batch {
-        var bb = BatchBuilder(steps: steps, batchSize: starts.count)
-        bb.setTokens { b, t in source[starts[b] + t] }
-        switch output {
-        case .everyStep: bb.setClassTargets(rows: steps) { b, t in source[starts[b] + t + 1] }
-        case .lastStep: bb.setClassTargets(rows: 1) { b, _ in source[starts[b] + steps] }
+    /// streamBatch written into `batch`, reusing its arrays (see Dataset.fillTrainingBatch).
+    public func fillStreamBatch(_ batch: inout Batch, step: Int, globalBatch B: Int, rows: Range<Int>) {
+        let L = train.count / B, chunk = step % max(streamChunks(globalBatch: B), 1)
+        if starts.count != rows.count { starts = [Int](repeating: 0, count: rows.count) }
+        for (i, r) in rows.enumerated() { starts[i] = r * L + chunk * steps }
+        fill(&batch, source: train, starts: starts)
+    }
+
+    /// Tokens (T, B) and targets (T, B) or (B) of the windows at `starts`, in place: an array
+    /// is reallocated only when its size changes.
+    private func fill(_ batch: inout Batch, source: [Int32], starts: [Int]) {
+        let B = starts.count, T = steps
+        let targetRows = output == .everyStep ? T : 1
+        batch.batchSize = B
+        batch.steps = T
+        if batch.tokens.count != T * B { batch.tokens = [Int32](repeating: 0, count: T * B) }
+        if batch.targetClasses.count != targetRows * B { batch.targetClasses = [Int32](repeating: 0, count: targetRows * B) }
+        if !batch.features.isEmpty { batch.features = [] }
+        if !batch.targetValues.isEmpty { batch.targetValues = [] }
+        source.withUnsafeBufferPointer { src in
+            batch.tokens.withUnsafeMutableBufferPointer { tok in
+                for t in 0..<T { for b in 0..<B { tok[t * B + b] = src[starts[b] + t] } }
+            }
+            batch.targetClasses.withUnsafeMutableBufferPointer { tgt in
+                if output == .everyStep {
+                    for t in 0..<T { for b in 0..<B { tgt[t * B + b] = src[starts[b] + t + 1] } }
+                } else {
+                    for b in 0..<B { tgt[b] = src[starts[b] + T] }
+                }
+            }
         }
-        return bb.batch
     }
 }

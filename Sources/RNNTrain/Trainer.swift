@@ -163,6 +163,17 @@ public final class Trainer {
     /// training.stateful: the text dataset read as streams.
     var streams: TextDataset?
     var microShardGradients: [Buffer<Float>] = []
+    /// Workspaces of the step, reused so that a step allocates nothing: this rank's batch, the
+    /// state carried into the next pass (L, C, rows, H), the loss sums (loss, terms, correct,
+    /// non-finite flag) and, with batch norm, the running statistics before the step.
+    var stepBatch = Batch(batchSize: 0, steps: 0)
+    var chunkState: [Float] = []
+    var lossSums = [Double](repeating: 0, count: 4)
+    var runningBefore: Buffer<Float>?
+    /// Whether the exchange hooks installed on the network act in the current backward pass.
+    var exchangeArmed = false
+    /// Called at the start of every step with its number (tests: allocation counting).
+    var stepObserver: ((Int) -> Void)?
 
     /// Per-step compute, communication and exposed (waited-for) communication times, averaged
     /// over a log interval.
@@ -291,6 +302,15 @@ public final class Trainer {
         } else if config.training.bucketMB > 0 && comm.size > 1 {
             let e = GradientExchange(comm: comm, buffer: net.gradients.buffer, bucketBytes: Int(config.training.bucketMB * 1_048_576))
             exchange = e
+            // Installed once; `exchangeArmed` says in which backward pass they act.
+            net.onGradientsFinal = { [unowned self] offset in
+                guard self.exchangeArmed else { return }
+                do { try e.ready(from: offset) } catch { self.exchangeError = self.exchangeError ?? error }
+            }
+            net.onProgress = { [unowned self] in
+                guard self.exchangeArmed else { return }
+                do { try e.progress() } catch { self.exchangeError = self.exchangeError ?? error }
+            }
             console.info("exchange: \(e.buckets.count) bucket\(e.buckets.count == 1 ? "" : "s") of up to \(config.training.bucketMB) MiB, started during the backward pass")
         }
         schedule = LearningRateSchedule(base: config.training.learningRate, schedule: config.training.schedule)
@@ -325,18 +345,19 @@ public final class Trainer {
         let localSGD = config.training.localSGDSteps > 0
         skippedInARow = resumedSkippedInARow
 
+        if net.spec.batchNorm { runningBefore = Buffer(count: net.runningStatistics.count) }
         for step in (startStep + 1)..<(steps + 1) {
+            stepObserver?(step)
             watched?.step = step
             let lr = schedule.learningRate(step: step - 1)
             let logNow = step % config.output.logEvery == 0 || step == steps
             net.gradients.zero()
             // Batch norm's running statistics move in every forward pass; a step whose gradient
             // turns out non-finite must not leave them changed (they may hold the NaN too).
-            let runningBefore = net.spec.batchNorm ? net.runningStatistics.array : []
+            runningBefore?.copy(from: net.runningStatistics)
             let computeStart = monotonicSeconds()
             // The global loss sums (loss, terms, correct) and diagnostic sums of the step, and the
             // summed gradient in the gradient buffer.
-            var lossSums: [Double]
             var diagnosticTotals: [Double]?
             if fixedPointReduction != nil {
                 let here = fault.map { $0.rank == comm.rank && $0.step == step } ?? false
@@ -376,7 +397,7 @@ public final class Trainer {
                 // With local SGD, whether any rank's gradient is non-finite travels with the loss
                 // sums, so that every rank decides the same.
                 let localBad = localSGD && !Float.allFinite(net.gradients.pointer, net.gradients.count)
-                lossSums = [local.sum, Double(local.count), Double(local.correct), localBad ? 1 : 0]
+                lossSums[0] = local.sum; lossSums[1] = Double(local.count); lossSums[2] = Double(local.correct); lossSums[3] = localBad ? 1 : 0
                 try comm.allreduceSum(&lossSums)
                 // Diagnostics on log steps, from values summed across ranks (N-independent).
                 if var sums = diagnosticSums {
@@ -392,7 +413,7 @@ public final class Trainer {
             let finite = localSGD ? lossSums[3] == 0 : Float.allFinite(net.gradients.pointer, net.gradients.count)
             if !(lastLoss.isFinite && finite) {
                 let bad = nonFiniteTensors()
-                for (i, v) in runningBefore.enumerated() { net.runningStatistics[i] = v }
+                if let saved = runningBefore { net.runningStatistics.copy(from: saved) }
                 if config.training.skipNonFinite && skippedInARow + 1 < config.training.maxSkipped {
                     skippedInARow += 1
                     skippedSteps += 1
@@ -525,47 +546,41 @@ public final class Trainer {
         let T = dataset.steps, k = chunkLength, B = config.training.globalBatchSize
         var stats = LossStats()
         var sums: [Double]?
-        var state = [Float](repeating: 0, count: 0)
-        let batch: Batch
+        // The batch and the carried state live in workspaces reused from step to step.
+        let stateCount = net.stateCount * rows.count
+        if chunkState.count != stateCount { chunkState = [Float](repeating: 0, count: stateCount) }
+        var carried = false  // chunkState holds the initial state of the next pass
         if let text = streams {
             // Stateful streams: these rows' state from the previous step, unless a pass restarts.
-            batch = text.streamBatch(step: step - 1, globalBatch: B, rows: rows)
-            if !text.streamRestarts(step: step - 1, globalBatch: B) { state = streamRows(rows) }
+            text.fillStreamBatch(&stepBatch, step: step - 1, globalBatch: B, rows: rows)
+            if !text.streamRestarts(step: step - 1, globalBatch: B) { copyStreamRows(rows); carried = true }
         } else {
-            batch = dataset.trainingBatch(step: step - 1, globalBatch: B, rows: rows)
+            dataset.fillTrainingBatch(&stepBatch, step: step - 1, globalBatch: B, rows: rows)
         }
+        let batch = stepBatch
         var t0 = 0
         while t0 < T {
             let t1 = min(t0 + k, T)
             let last = t1 == T
             net.collectDiagnostics = diagnostics && last
-            // Hooks on the pass after which the gradients are final (not when a test injects a
-            // NaN into them afterwards: the buffer must not change under a running reduction).
-            if let exchange, last && lastOfStep, nanFaultStep != step {
-                net.onGradientsFinal = { [unowned self] offset in
-                    do { try exchange.ready(from: offset) } catch { self.exchangeError = self.exchangeError ?? error }
-                }
-                net.onProgress = { [unowned self] in
-                    do { try exchange.progress() } catch { self.exchangeError = self.exchangeError ?? error }
-                }
-            } else {
-                net.onGradientsFinal = nil
-                net.onProgress = nil
-            }
+            // The exchange hooks act on the pass after which the gradients are final (not when a
+            // test injects a NaN into them afterwards: the buffer must not change under a running
+            // reduction).
+            exchangeArmed = exchange != nil && last && lastOfStep && nanFaultStep != step
             let chunk = k == T ? batch : batch.timeSlice(t0..<t1, everyStep: true, inputWidth: net.spec.input.width, outputWidth: net.spec.outputSize)
-            if state.isEmpty {
-                stats += net.lossAndGradient(chunk)  // the model's own initial state
+            if carried {
+                stats += chunkState.withUnsafeBufferPointer { net.lossAndGradient(chunk, initialState: $0.baseAddress) }
             } else {
-                stats += state.withUnsafeBufferPointer { net.lossAndGradient(chunk, initialState: $0.baseAddress) }
+                stats += net.lossAndGradient(chunk)  // the model's own initial state
             }
             if !last || streams != nil {
-                state = [Float](repeating: 0, count: net.stateCount * rows.count)
-                state.withUnsafeMutableBufferPointer { net.finalState(into: $0.baseAddress!) }
+                chunkState.withUnsafeMutableBufferPointer { net.finalState(into: $0.baseAddress!) }
+                carried = true
             }
             if diagnostics && last { sums = net.diagnosticSums() }
             t0 = t1
         }
-        if streams != nil { setNextStreamRows(rows, from: state) }
+        if streams != nil { setNextStreamRows(rows) }
         return (stats, sums)
     }
 
@@ -576,25 +591,24 @@ public final class Trainer {
     var streamState: [Float] = []
     var nextStreamState: [Float] = []
 
-    /// (L, C, rows, H) slice of the carried state.
-    func streamRows(_ rows: Range<Int>) -> [Float] {
+    /// Copies the (L, C, rows, H) slice of the carried state into chunkState.
+    func copyStreamRows(_ rows: Range<Int>) {
         let H = network.spec.hiddenSize, B = config.training.globalBatchSize, planes = network.stateCount / H
-        var out = [Float](repeating: 0, count: planes * rows.count * H)
         for p in 0..<planes {
             for (i, b) in rows.enumerated() {
-                for j in 0..<H { out[(p * rows.count + i) * H + j] = streamState[(p * B + b) * H + j] }
+                for j in 0..<H { chunkState[(p * rows.count + i) * H + j] = streamState[(p * B + b) * H + j] }
             }
         }
-        return out
     }
 
-    /// Writes a (L, C, rows, H) final state into the next step's state. Adding 0 turns -0.0 into
-    /// +0.0, so the allreduce of single contributions and zeros is exact on any number of ranks.
-    func setNextStreamRows(_ rows: Range<Int>, from state: [Float]) {
+    /// Writes the (L, C, rows, H) final state in chunkState into the next step's state. Adding 0
+    /// turns -0.0 into +0.0, so the allreduce of single contributions and zeros is exact on any
+    /// number of ranks.
+    func setNextStreamRows(_ rows: Range<Int>) {
         let H = network.spec.hiddenSize, B = config.training.globalBatchSize, planes = network.stateCount / H
         for p in 0..<planes {
             for (i, b) in rows.enumerated() {
-                for j in 0..<H { nextStreamState[(p * B + b) * H + j] = state[(p * rows.count + i) * H + j] + 0 }
+                for j in 0..<H { nextStreamState[(p * B + b) * H + j] = chunkState[(p * rows.count + i) * H + j] + 0 }
             }
         }
     }
