@@ -38,7 +38,7 @@ let package = Package(
         // Datasets and deterministic global sampling. No MPI.
         .target(name: "RNNData", dependencies: ["RNN"]),
         // Communicator protocol, MPI and single-process implementations, gradient reduction.
-        .target(name: "RNNDistributed", dependencies: ["CMPI"]),
+        .target(name: "RNNDistributed", dependencies: ["CMPI"], swiftSettings: optimized + vector),
         // Config, training loop, checkpoints/safetensors, metrics.
         .target(name: "RNNTrain", dependencies: [
             "RNN", "RNNData", "RNNDistributed",

@@ -124,17 +124,29 @@ static uint16_t f32_to_bf16(float f) {
     u += 0x7fffu + ((u >> 16) & 1u);
     return (uint16_t)(u >> 16);
 }
-static float h16_to_f32(uint16_t h) { _Float16 x; memcpy(&x, &h, 2); return (float)x; }
-static uint16_t f32_to_h16(float f) { _Float16 x = (_Float16)f; uint16_t h; memcpy(&h, &x, 2); return h; }
+static inline float h16_to_f32(uint16_t h) { _Float16 x; memcpy(&x, &h, 2); return (float)x; }
+static inline uint16_t f32_to_h16(float f) { _Float16 x = (_Float16)f; uint16_t h; memcpy(&h, &x, 2); return h; }
 
 static void sum_bf16(void *in, void *inout, int *len, MPI_Datatype *type) {
     (void)type;
     uint16_t *a = in, *b = inout;
     for (int i = 0; i < *len; i++) b[i] = f32_to_bf16(bf16_to_f32(a[i]) + bf16_to_f32(b[i]));
 }
+/* fp16 <-> fp32 in software costs a library call per element; x86 CPUs since Ivy Bridge convert
+   8 at a time (F16C). The F16C twin of the loop is chosen at run time, so the shim still runs on
+   CPUs without it. Both round to nearest even, so they give the same bits. */
+#if defined(__x86_64__)
+__attribute__((target("avx,f16c")))
+static void sum_h16_f16c(const uint16_t *a, uint16_t *b, int n) {
+    for (int i = 0; i < n; i++) b[i] = f32_to_h16(h16_to_f32(a[i]) + h16_to_f32(b[i]));
+}
+#endif
 static void sum_h16(void *in, void *inout, int *len, MPI_Datatype *type) {
     (void)type;
     uint16_t *a = in, *b = inout;
+#if defined(__x86_64__)
+    if (__builtin_cpu_supports("f16c")) { sum_h16_f16c(a, b, *len); return; }
+#endif
     for (int i = 0; i < *len; i++) b[i] = f32_to_h16(h16_to_f32(a[i]) + h16_to_f32(b[i]));
 }
 
