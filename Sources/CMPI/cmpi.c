@@ -135,11 +135,13 @@ static void sum_bf16(void *in, void *inout, int *len, MPI_Datatype *type) {
 /* fp16 <-> fp32 in software costs a library call per element; x86 CPUs since Ivy Bridge convert
    8 at a time (F16C). The F16C twin of the loop is chosen at run time, so the shim still runs on
    CPUs without it. Both round to nearest even, so they give the same bits. */
-#if defined(__x86_64__)
-__attribute__((target("avx,f16c")))
-static void sum_h16_f16c(const uint16_t *a, uint16_t *b, int n) {
+static inline void sum_h16_loop(const uint16_t *a, uint16_t *b, int n) {
     for (int i = 0; i < n; i++) b[i] = f32_to_h16(h16_to_f32(a[i]) + h16_to_f32(b[i]));
 }
+#if defined(__x86_64__)
+/* The same loop, inlined and compiled with F16C. */
+__attribute__((target("avx,f16c")))
+static void sum_h16_f16c(const uint16_t *a, uint16_t *b, int n) { sum_h16_loop(a, b, n); }
 #endif
 static void sum_h16(void *in, void *inout, int *len, MPI_Datatype *type) {
     (void)type;
@@ -147,7 +149,7 @@ static void sum_h16(void *in, void *inout, int *len, MPI_Datatype *type) {
 #if defined(__x86_64__)
     if (__builtin_cpu_supports("f16c")) { sum_h16_f16c(a, b, *len); return; }
 #endif
-    for (int i = 0; i < *len; i++) b[i] = f32_to_h16(h16_to_f32(a[i]) + h16_to_f32(b[i]));
+    sum_h16_loop(a, b, *len);
 }
 
 static MPI_Op half_ops[2] = {MPI_OP_NULL, MPI_OP_NULL};

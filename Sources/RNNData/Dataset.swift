@@ -34,11 +34,17 @@ public struct DataError: Error, CustomStringConvertible {
     public var description: String { message }
 }
 
-/// Draws the window starts of one global batch: start of global row i at `step`, uniform in
-/// 0..<windows, from one generator every rank runs identically.
-func globalWindowStarts(seed: UInt64, step: Int, globalBatch: Int, windows: Int) -> [Int] {
+/// The window starts of global rows `rows` of one global batch, into `starts` (resized only when
+/// its count differs): the start of global row i at `step` is uniform in 0..<windows, drawn in row
+/// order from one generator every rank runs identically, so any split of the rows gives the same
+/// starts.
+func windowStarts(seed: UInt64, step: Int, rows: Range<Int>, windows: Int, into starts: inout [Int]) {
     var rng = Xoshiro256(seed: seed, stream: RandomStream.trainingData.rawValue, index: UInt64(step))
-    return (0..<globalBatch).map { _ in rng.nextInt(below: windows) }
+    if starts.count != rows.count { starts = [Int](repeating: 0, count: rows.count) }
+    for i in 0..<rows.upperBound {
+        let s = rng.nextInt(below: windows)
+        if i >= rows.lowerBound { starts[i - rows.lowerBound] = s }
+    }
 }
 
 /// Builds a time-major batch from per-sample sequences.

@@ -126,8 +126,9 @@ public final class SeriesDataset: Dataset {
 
     public func trainingBatch(step: Int, globalBatch: Int, rows: Range<Int>) -> Batch {
         // Windows [s, s + T] lie wholly in the training part.
-        let starts = globalWindowStarts(seed: seed, step: step, globalBatch: globalBatch, windows: trainCount - steps)
-        return makeBatch(starts: Array(starts[rows]))
+        var starts: [Int] = []
+        windowStarts(seed: seed, step: step, rows: rows, windows: trainCount - steps, into: &starts)
+        return makeBatch(starts: starts)
     }
 
     public func validationBatch(_ samples: Range<Int>) -> Batch {

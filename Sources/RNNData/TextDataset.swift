@@ -88,13 +88,7 @@ public final class TextDataset: Dataset {
     private var starts: [Int] = []
 
     public func fillTrainingBatch(_ batch: inout Batch, step: Int, globalBatch: Int, rows: Range<Int>) {
-        // The same draws as globalWindowStarts, without the array of all global rows.
-        var rng = Xoshiro256(seed: seed, stream: RandomStream.trainingData.rawValue, index: UInt64(step))
-        if starts.count != rows.count { starts = [Int](repeating: 0, count: rows.count) }
-        for i in 0..<rows.upperBound {
-            let s = rng.nextInt(below: train.count - steps)
-            if i >= rows.lowerBound { starts[i - rows.lowerBound] = s }
-        }
+        windowStarts(seed: seed, step: step, rows: rows, windows: train.count - steps, into: &starts)
         fill(&batch, source: train, starts: starts)
     }
 
