@@ -18,6 +18,7 @@
 RNNDP_CLUSTER_NET="${RNNDP_CLUSTER_NET:-10.213.0}"   # the hosts' /24, first three octets
 RNNDP_CLUSTER_STATE="${RNNDP_CLUSTER_STATE:-/tmp/rnndp-clusters}"
 RNNDP_CLUSTER_IF=tn0                                 # the test interface inside every host
+RNNDP_CLUSTER_TCP_RETRIES2="${RNNDP_CLUSTER_TCP_RETRIES2:-5}"
 
 _cl_err() { echo "cluster: $*" >&2; }
 
@@ -101,6 +102,10 @@ _cl_build() {
         ip -n "$h" link set lo up || return 1
         ip -n "$h" addr add "$(cl_addr "$i")/24" dev "$RNNDP_CLUSTER_IF" || return 1
         ip -n "$h" link set "$RNNDP_CLUSTER_IF" up || return 1
+        # A host whose peer vanished (cut link) gives up on a connection with unacknowledged data
+        # after tcp_retries2 retransmissions: 5 is about 13 s instead of Linux's 15 minutes, so
+        # that Open MPI's daemons notice a lost host. (A per-namespace setting.)
+        ip netns exec "$h" sysctl -qw "net.ipv4.tcp_retries2=$RNNDP_CLUSTER_TCP_RETRIES2" || return 1
         echo "$h slots=$CL_SLOTS" >>"$CL_HOSTFILE"
     done
     # Every host reaches every other one before we call it up (ARP through the bridge can take a
@@ -171,13 +176,17 @@ cl_exec() {
 # cl_host_pids HOST: the PIDs of every process on HOST.
 cl_host_pids() { ip netns pids "$1" 2>/dev/null; }
 
-# cl_shape HOST SPEC...: shape HOST's link in both directions (HOST's tn0 egress towards the
-# switch, the switch port's egress towards HOST). SPEC words:
-#   rate=1gbit      token bucket (tbf) at this rate
-#   delay=25us      added latency per direction of this link (netem)
-#   jitter=5ms      netem delay variation (needs delay; normal distribution)
-#   loss=2%         netem random loss
+# cl_shape HOST SPEC...: shape HOST's link in both directions (towards the switch and from it).
+# SPEC words:
+#   rate=1gbit      token bucket (tbf) at this rate, on HOST's tn0 and on the switch's port
+#   delay=25us      added latency per direction of this link
+#   jitter=5ms      delay variation (normal distribution; frames may be reordered, as with netem)
+#   loss=2%         random loss per direction
 #   clear           remove all shaping from this link
+# Delay, jitter and loss use tc's netem where the kernel has it; where it does not (this
+# project's test machine: tbf and htb but no netem), linkem (linkem.c, built with cc on first use)
+# forwards the link's frames between the host's switch port and a second veth pair into the
+# bridge, adding them in user space. RNNDP_CLUSTER_EMULATOR=netem|linkem forces one.
 # A packet between two shaped hosts crosses two links, so its one-way latency gains the delays of
 # both; give each link half the host-to-host latency you want.
 cl_shape() {
@@ -196,12 +205,33 @@ cl_shape() {
         esac
     done
     local sw; sw="$(cl_switch)"
-    local dev ns
+    _cl_linkem_stop "$i"
+    local pair dev ns
     for pair in "$h:$RNNDP_CLUSTER_IF" "$sw:p$i"; do
         ns="${pair%%:*}"; dev="${pair#*:}"
         tc -n "$ns" qdisc del dev "$dev" root 2>/dev/null || true
+    done
+    local emu=""
+    if [ -n "$delay$jitter$loss" ]; then
+        emu="${RNNDP_CLUSTER_EMULATOR:-auto}"
+        if [ "$emu" = auto ]; then
+            if tc -n "$sw" qdisc add dev lo root netem delay 0us 2>/dev/null; then
+                tc -n "$sw" qdisc del dev lo root; emu=netem
+            else emu=linkem; fi
+        fi
+    fi
+    if [ "$emu" = linkem ]; then
+        local us_d us_j ppm
+        us_d="$(_cl_time_us "${delay:-0us}")" || { _cl_err "shape: cannot read delay '$delay'"; return 1; }
+        us_j="$(_cl_time_us "${jitter:-0us}")" || { _cl_err "shape: cannot read jitter '$jitter'"; return 1; }
+        ppm="$(awk -v l="${loss:-0%}" 'BEGIN { sub(/%$/, "", l); if (l !~ /^[0-9.]+$/) exit 1; printf "%d", l * 10000 }')" \
+            || { _cl_err "shape: cannot read loss '$loss' (a percentage)"; return 1; }
+        _cl_linkem_start "$i" "$us_d" "$us_j" "$ppm" || return 1
+    fi
+    for pair in "$h:$RNNDP_CLUSTER_IF" "$sw:p$i"; do
+        ns="${pair%%:*}"; dev="${pair#*:}"
         local parent="root"
-        if [ -n "$delay$jitter$loss" ]; then
+        if [ "$emu" = netem ]; then
             local args=()
             if [ -n "$delay" ] || [ -n "$jitter" ]; then
                 args+=(delay "${delay:-0us}")
@@ -225,6 +255,61 @@ cl_shape() {
     done
 }
 
+# linkem on host I's link: port pI leaves the bridge; linkem forwards between pI and rI, whose
+# veth peer qI is the bridge port instead. Its log (with the counts, written when it stops) is
+# $CL_DIR/linkem-hI.log.
+_cl_linkem_start() {
+    local i="$1" sw; sw="$(cl_switch)"
+    local src; src="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)/linkem.c"
+    if [ ! -x "$CL_DIR/linkem" ] || [ "$src" -nt "$CL_DIR/linkem" ]; then
+        cc -O2 -Wall -o "$CL_DIR/linkem" "$src" -lm || { _cl_err "cannot build linkem (needs a C compiler)"; return 1; }
+    fi
+    ip -n "$sw" link add "q$i" type veth peer name "r$i" || return 1
+    ip -n "$sw" link set "p$i" nomaster || return 1
+    ip -n "$sw" link set "q$i" master br0 up || return 1
+    ip -n "$sw" link set "r$i" up || return 1
+    ip netns exec "$sw" "$CL_DIR/linkem" "p$i" "r$i" "$2" "$3" "$4" "$i" </dev/null >>"$CL_DIR/linkem-h$i.log" 2>&1 &
+    echo $! >"$CL_DIR/linkem-h$i.pid"
+    local _
+    for _ in $(seq 50); do   # until it has bound its sockets (or died)
+        kill -0 "$(cat "$CL_DIR/linkem-h$i.pid")" 2>/dev/null || { _cl_err "linkem on link $i died: $(tail -n 2 "$CL_DIR/linkem-h$i.log")"; return 1; }
+        [ -n "$(ip netns exec "$sw" cat /proc/net/packet 2>/dev/null | awk 'NR > 1' | head -n 2)" ] && break
+        sleep 0.05
+    done
+}
+
+_cl_linkem_stop() {
+    local i="$1" sw pid; sw="$(cl_switch)"
+    pid="$(cat "$CL_DIR/linkem-h$i.pid" 2>/dev/null)"
+    if [[ "$pid" =~ ^[0-9]+$ ]]; then
+        kill -TERM "$pid" 2>/dev/null
+        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+        kill -KILL "$pid" 2>/dev/null
+        wait "$pid" 2>/dev/null
+        rm -f "$CL_DIR/linkem-h$i.pid"
+    fi
+    if ip -n "$sw" link show "q$i" >/dev/null 2>&1; then
+        ip -n "$sw" link del "q$i"
+        ip -n "$sw" link set "p$i" master br0 up
+    fi
+    return 0
+}
+
+# cl_linkem_counts I: "dropped forwarded" summed over both directions, from the last line linkem
+# wrote to its log when it stopped.
+cl_linkem_counts() {
+    tail -n 1 "$CL_DIR/linkem-h$1.log" 2>/dev/null \
+        | awk '{ n = split($0, w, " "); f = 0; d = 0; for (k = 1; k <= n; k++) { if (w[k] ~ /^forwarded/) f += w[k-1]; if (w[k] ~ /^dropped/) d += w[k-1] } print d, f }'
+}
+
+_cl_time_us() { # 25us / 5ms / 1s / 100 (us) -> microseconds
+    awk -v t="$1" 'BEGIN {
+        if (match(t, /^[0-9.]+/) == 0) exit 1
+        v = substr(t, 1, RLENGTH); u = substr(t, RLENGTH + 1)
+        if (u == "us" || u == "") f = 1; else if (u == "ms") f = 1000; else if (u == "s") f = 1000000; else exit 1
+        printf "%d", v * f }'
+}
+
 _cl_rate_bps() { # 1gbit / 10gbit / 500mbit / 100kbit -> bits per second
     local r="${1,,}" n unit
     [[ "$r" =~ ^([0-9]+)(bit|kbit|mbit|gbit)$ ]] || return 1
@@ -241,11 +326,15 @@ cl_link() {
 # cl_mpirun_args: the mpirun options that put ranks on the test hosts over TCP.
 #   the hostfile and the launch agent (instead of ssh; no tree spawn, so every daemon is a child
 #   of mpirun), TCP and self only, the test network for both MPI traffic and Open MPI's own
-#   out-of-band channel, and no binding (K hosts share this machine's cores).
+#   out-of-band channel, and no binding (K hosts share this machine's cores); ranks yield the CPU
+#   while they wait (the hosts share 2 cores: a spinning rank slows a computing one ~10x);
+#   TCP keepalive on the out-of-band channel (idle 10 s, 3 probes 2 s apart) so that mpirun and
+#   the daemons notice a host that vanished without closing its connections.
 cl_mpirun_args() {
     local agent
     agent="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)/agent.sh"
     echo "--hostfile $CL_HOSTFILE --mca plm_rsh_agent $agent --mca plm_rsh_no_tree_spawn 1" \
          "--mca pml ob1 --mca btl tcp,self --mca btl_tcp_if_include $CL_NET.0/24" \
-         "--mca oob_tcp_if_include $CL_NET.0/24 --bind-to none"
+         "--mca oob_tcp_if_include $CL_NET.0/24 --bind-to none --mca mpi_yield_when_idle 1" \
+         "--mca oob_tcp_keepalive_time 10 --mca oob_tcp_keepalive_intvl 2 --mca oob_tcp_keepalive_probes 3"
 }
