@@ -15,12 +15,19 @@
 #      a few seconds, each with one line naming the step and the collective; the last checkpoint
 #      is intact; resuming on the host that remains reproduces the uninterrupted run, bitwise;
 #      the whole job (mpirun and the lost host's daemon) ends within 30 s;
-#   6. every process of one host SIGKILLed: the job ends within 30 s.
-# Must run as root (namespaces, veth, tc); installs iproute2 with apt-get when `ip` is missing and
-# safetensors + numpy with pip when missing. If the namespaces cannot be made it FAILs (it does
+#   6. every process of one host SIGKILLed: the job ends within 30 s;
+#   7. Slurm on the two hosts (slurmctld on host 1, one slurmd per host; scripts/cluster/slurm.sh):
+#      a. sbatch -N 2 scripts/slurm/rnn-dp.sbatch (srun --mpi=pmix, 4 ranks) trains the
+#         single-process model, bitwise (reproducible mode);
+#      b. host 2's slurmd SIGKILLed mid-job: Slurm marks the node DOWN and requeues the job; once
+#         that slurmd is back the job starts again, resumes from its checkpoint and ends with the
+#         uninterrupted run's model, bitwise.
+# Must run as root (namespaces, veth, tc); installs iproute2 with apt-get when `ip` is missing,
+# slurm-wlm and munge when missing (as test-slurm.sh does), and safetensors + numpy with pip. If the namespaces cannot be made it FAILs (it does
 # not skip). Everything it made is removed by name on exit (RNN_DP_TEST_KEEP=DIR first copies the
 # runs' files there). Prints PASS/FAIL lines and "N passed, M failed"; exits nonzero on any
-# failure. Uses .build/release/rnn-dp (or $RNN_DP); does not build. About 1-2 minutes.
+# failure. Uses .build/release/rnn-dp (or $RNN_DP); does not build. About 1.5 minutes on an idle
+# 2-core machine.
 set -uo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
@@ -83,6 +90,7 @@ cleanup() {
     local rc=$? p
     trap - EXIT INT TERM
     for p in "${BGPIDS[@]}"; do kill -KILL "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
+    if declare -F cl_slurm_down >/dev/null; then CL_SLURM_TIMEOUT=10 cl_slurm_down; fi
     cl_down "$ID"
     if ip netns list 2>/dev/null | grep -q "^$ID-"; then echo "cleanup: namespaces $ID-* are still there"; NFAIL=$((NFAIL + 1)); fi
     if [ -n "${RNN_DP_TEST_KEEP:-}" ]; then
@@ -397,6 +405,76 @@ else
     show_log "$W/kill.log"
     fail "6. SIGKILL of host 2: ${#V[@]} processes killed, ${#P1[@]} ranks on host 1, job end after ${job:-more than 40} s, exit $rc_kill"
 fi
+
+# ---- 7. Slurm across the two hosts ---------------------------------------------------------------
+note "7. Slurm: slurmctld on host 1, one slurmd per host"
+# shellcheck source=cluster/slurm.sh
+source "$REPO/scripts/cluster/slurm.sh"
+need=()
+for tool in slurmctld slurmd sbatch srun scontrol squeue sinfo; do command -v "$tool" >/dev/null 2>&1 || { need+=(slurm-wlm); break; }; done
+command -v munged >/dev/null 2>&1 || need+=(munge)
+if [ ${#need[@]} -gt 0 ]; then
+    note "installing ${need[*]}"
+    _rnn_dp_apt "${need[@]}" || fatal "7. could not install ${need[*]}"
+fi
+cl_slurm_up "$TMP/slurm" || fatal "7. the two-node Slurm cluster did not come up"
+nodes="$(cl_slurm sinfo -h -N -o '%N %T' | tr '\n' ' ')"
+echo "  nodes: $nodes"
+# What the ranks need to talk over the test network (srun passes the environment on).
+SLURM_ENV=(env RNN_DP="$BIN" OMPI_MCA_pml=ob1 OMPI_MCA_btl=tcp,self OMPI_MCA_btl_tcp_if_include="$CL_NET.0/24"
+    OMPI_MCA_oob_tcp_if_include="$CL_NET.0/24" OMPI_MCA_mpi_yield_when_idle=1)
+job_field() { cl_slurm scontrol show job -o "$1" 2>/dev/null | tr ' ' '\n' | sed -n "s/^$2=//p" | head -n 1; }
+
+note "7a. sbatch -N 2 --ntasks-per-node=2 scripts/slurm/rnn-dp.sbatch (srun --mpi=pmix), reproducible"
+CL_SLURM_TIMEOUT=120 cl_slurm "${SLURM_ENV[@]}" RNN_DP_OUTPUT="$W/slurm-a" sbatch --wait --quiet -N 2 --ntasks-per-node=2 \
+    --ntasks=4 --time=10 --job-name=mh-a --output="$W/slurm-a.out" "$REPO/scripts/slurm/rnn-dp.sbatch" "$W/c.yaml" \
+    training.reproducible=true
+rc=$?
+if [ "$rc" = 0 ] && grep -q "world: MPI (Open MPI), 4 ranks, 2 on this node" "$W/slurm-a.out" \
+    && grep -q "on $ID-h\[1-2\]" "$W/slurm-a.out" \
+    && compare "$W/slurm-a/model.safetensors" "$W/r-np1/model.safetensors"; then
+    pass "7a. sbatch -N 2: srun --mpi=pmix runs 4 ranks on both Slurm nodes and trains the single-process model, bitwise"
+else
+    show_log "$W/slurm-a.out"
+    fail "7a. two-node sbatch: exit $rc, or not 4 ranks on $ID-h[1-2], or a different model"
+fi
+
+note "7b. one node's slurmd dies mid-job: Slurm marks it DOWN and requeues; slurmd back: the job resumes"
+S7=6000   # long enough (~30 s) that the node is declared DOWN (~15 s) before the job ends
+train -- "$W/slurm-b-ref" training.reproducible=true training.steps=$S7 training.check_every=500; rc_ref=$?
+JOB="$(cl_slurm "${SLURM_ENV[@]}" RNN_DP_OUTPUT="$W/slurm-b" sbatch --parsable -N 2 --ntasks-per-node=2 --ntasks=4 \
+    --time=10 --job-name=mh-b --output="$W/slurm-b.out" "$REPO/scripts/slurm/rnn-dp.sbatch" "$W/c.yaml" \
+    training.reproducible=true training.steps=$S7 training.check_every=500 training.timeout_seconds=20)"
+JOB="${JOB%%;*}"
+for _ in $(seq 600); do [ -f "$W/slurm-b/checkpoints/latest" ] && break; sleep 0.1; done
+tk="$(now)"
+cl_slurmd_kill 2 || fail "7b. could not kill host 2's slurmd"
+down=""; restarts=""
+for _ in $(seq 600); do   # until the job is requeued (pending again, Restarts=1)
+    st="$(job_field "$JOB" JobState)"; restarts="$(job_field "$JOB" Restarts)"
+    [ "${restarts:-0}" -ge 1 ] && { down="$(since "$tk")"; break; }
+    case "$st" in COMPLETED|FAILED|CANCELLED|TIMEOUT) break ;; esac
+    sleep 0.1
+done
+node2="$(cl_slurm sinfo -h -n "$(cl_host 2)" -o %T)"
+echo "  job $JOB: requeued ${down:-never} s after host 2's slurmd died (node state then: $node2)"
+cl_slurmd_start 2 || fail "7b. could not restart host 2's slurmd"
+final=""
+for _ in $(seq 1200); do
+    st="$(job_field "$JOB" JobState)"
+    case "$st" in COMPLETED|FAILED|CANCELLED|TIMEOUT|NODE_FAIL) final="$st"; break ;; esac
+    sleep 0.2
+done
+echo "  job $JOB ended $final after $(since "$tk") s; $(grep -c 'start [0-9]* (SLURM_RESTART_COUNT=' "$W/slurm-b.out") starts in its log"
+if [ "$rc_ref" = 0 ] && [ -n "$down" ] && [ "$final" = COMPLETED ] && grep -q "start 2 (SLURM_RESTART_COUNT=1)" "$W/slurm-b.out" \
+    && grep -q "resume: yes" "$W/slurm-b.out" \
+    && compare "$W/slurm-b/model.safetensors" "$W/slurm-b-ref/model.safetensors"; then
+    pass "7b. slurmd of host 2 killed: job requeued after ${down} s, resumed on both nodes once slurmd was back, same model as one uninterrupted process, bitwise"
+else
+    show_log "$W/slurm-b.out" 40
+    fail "7b. requeue on a dead slurmd: requeued after ${down:-never} s, final state ${final:-?}, or no second start, no resume, or a different model"
+fi
+cl_slurm_down
 
 note "done"
 [ "$NFAIL" -eq 0 ]

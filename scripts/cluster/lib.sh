@@ -173,6 +173,14 @@ cl_exec() {
     ip netns exec "$h" unshare --uts sh -c 'hostname "$0" && exec "$@"' "$h" "$@"
 }
 
+# cl_exec_bg LOG HOST CMD...: cl_exec in the background, stdin from /dev/null, output appended to
+# LOG; CL_BG_PID is then the PID of CMD itself (ip netns exec, unshare and sh all exec).
+cl_exec_bg() {
+    local log="$1" h="$2"; shift 2
+    ip netns exec "$h" unshare --uts sh -c 'hostname "$0" && exec "$@"' "$h" "$@" </dev/null >>"$log" 2>&1 &
+    CL_BG_PID=$!
+}
+
 # cl_host_pids HOST: the PIDs of every process on HOST.
 cl_host_pids() { ip netns pids "$1" 2>/dev/null; }
 
