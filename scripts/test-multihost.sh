@@ -23,8 +23,8 @@
 #         that slurmd is back the job starts again, resumes from its checkpoint and ends with the
 #         uninterrupted run's model, bitwise.
 # Must run as root (namespaces, veth, tc); installs iproute2 with apt-get when `ip` is missing,
-# slurm-wlm and munge when missing (as test-slurm.sh does), and safetensors + numpy with pip. If the namespaces cannot be made it FAILs (it does
-# not skip). Everything it made is removed by name on exit (RNN_DP_TEST_KEEP=DIR first copies the
+# slurm-wlm and munge when missing (as test-slurm.sh does), and safetensors + numpy with pip.
+# If the namespaces cannot be made it FAILs (it does not skip). Everything it made is removed by name on exit (RNN_DP_TEST_KEEP=DIR first copies the
 # runs' files there). Prints PASS/FAIL lines and "N passed, M failed"; exits nonzero on any
 # failure. Uses .build/release/rnn-dp (or $RNN_DP); does not build. About 1.5 minutes on an idle
 # 2-core machine.
