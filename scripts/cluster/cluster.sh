@@ -15,6 +15,9 @@
 #                                            delay=25us jitter=5ms loss=2% | clear
 #   cluster.sh link I|HOST up|down          cut or restore a host's link
 #   cluster.sh with K [--slots S] -- CMD... up, run CMD with RNNDP_CLUSTER_ID set, down (trap)
+#   cluster.sh slurm DIR                    start munged + slurmctld on host 1 and a slurmd on
+#                                            every host (files in DIR; slurm.sh); prints the
+#                                            SLURM_CONF to export; `down` stops them too
 #
 # The ID for everything after `up` comes from --id ID (first argument), else RNNDP_CLUSTER_ID,
 # else the only cluster there is.
@@ -23,7 +26,7 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)"
 # shellcheck source=lib.sh
 source "$HERE/lib.sh"
 
-usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
 die() { echo "cluster.sh: $*" >&2; exit 2; }
 
 [ "$(id -u)" -eq 0 ] || die "needs root (network namespaces, veth, tc)"
@@ -121,6 +124,17 @@ case "$cmd" in
         cl_up "$ID" "$k" "$slots" || exit 1
         echo "cluster.sh: $k hosts up: ${CL_HOSTS[*]}" >&2
         RNNDP_CLUSTER_ID="$ID" "$@"
+        ;;
+    slurm)
+        pick_id; cl_load "$ID" || exit 2
+        [ $# -eq 1 ] || die "slurm DIR"
+        case "$1" in /*) dir="$1" ;; *) dir="$PWD/$1" ;; esac
+        # shellcheck source=slurm.sh
+        source "$HERE/slurm.sh"
+        cl_slurm_up "$dir" || { cl_slurm_down; exit 1; }
+        echo "export SLURM_CONF=$SLURM_CONF"
+        echo "cluster.sh: Slurm up on ${CL_HOSTS[*]}; run clients on a test host, e.g." \
+             "SLURM_CONF=$SLURM_CONF scripts/cluster/cluster.sh exec 1 sinfo" >&2
         ;;
     -h|--help|help) usage ;;
     *) die "unknown command '$cmd' (see --help)" ;;
