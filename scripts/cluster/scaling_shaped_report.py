@@ -41,6 +41,15 @@ def med(xs):
     return statistics.median(xs) if xs else float("nan")
 
 
+def large_beta(sizes, p, alpha):
+    """beta that fits messages of 1 MiB and more, alpha kept: the median over those sizes of
+    (t - 2(p-1)alpha) / (2(p-1)/p n). bench-allreduce's fit weighs every size's relative error
+    equally, so the many small sizes set beta too; gradients of MiBs need this one."""
+    q = float(p)
+    bs = [(t - 2 * (q - 1) * alpha) / (2 * (q - 1) / q * n) for n, t in sizes.items() if n >= 1 << 20]
+    return statistics.median(bs) if bs else None
+
+
 def predicted_exposed(ex, nbytes, p, a, b, compute, bucket_mb):
     if p <= 1:
         return 0.0
@@ -91,7 +100,8 @@ def main(argv):
         profiles = sorted({k[0] for k in runs})
 
     # ---- fits
-    fits = {}  # (profile, N) -> (alpha, beta, sizes)
+    fits = {}  # (profile, N) -> (alpha, beta, sizes): bench-allreduce's own fit
+    big = {}   # (profile, N) -> beta from messages >= 1 MiB (alpha kept): the gradient's sizes
     fpat = re.compile(r"allreduce-(.+)-np(\d+)\.json$")
     for path in sorted(glob.glob(os.path.join(raw, "allreduce-*.json"))):
         m = fpat.search(os.path.basename(path))
@@ -102,6 +112,7 @@ def main(argv):
         sizes = {o["bytes"]: o["seconds"] for o in objs if "bytes" in o and "seconds" in o}
         if fit:
             fits[(m.group(1), int(m.group(2)))] = (fit[-1]["alpha"], fit[-1]["beta"], sizes)
+            big[(m.group(1), int(m.group(2)))] = large_beta(sizes, int(m.group(2)), fit[-1]["alpha"])
 
     rows = []
     for (prof, case, n, ex), rs in sorted(runs.items(), key=lambda kv: (profiles.index(kv[0][0]) if kv[0][0] in profiles else 99, kv[0][1], kv[0][2], kv[0][3])):
@@ -122,13 +133,16 @@ def main(argv):
     for r in rows:
         if r["ranks"] < 2 or (r["profile"], r["ranks"]) not in fits:
             continue
-        a, b, _ = fits[(r["profile"], r["ranks"])]
+        a, b0, _ = fits[(r["profile"], r["ranks"])]
+        b = big.get((r["profile"], r["ranks"])) or b0
         c1 = base[(r["profile"], r["case"])]["compute_ms"] / 1e3
         cn = r["compute_ms"] / 1e3
+        pe0 = predicted_exposed(r["exchange"], r["bytes"], r["ranks"], a, b0, cn, bucket_mb)
         pe = predicted_exposed(r["exchange"], r["bytes"], r["ranks"], a, b, cn, bucket_mb)
         comp.append(dict(profile=r["profile"], case=r["case"], ranks=r["ranks"], exchange=r["exchange"],
                          measured_step_ms=r["step_ms"], measured_compute_ms=r["compute_ms"],
-                         measured_exposed_ms=r["exposed_ms"], predicted_exposed_ms=1e3 * pe,
+                         measured_exposed_ms=r["exposed_ms"], predicted_exposed_allsizes_fit_ms=1e3 * pe0,
+                         ratio_allsizes_fit=r["step_ms"] / (1e3 * (cn + pe0)), predicted_exposed_ms=1e3 * pe,
                          predicted_step_ms=1e3 * (cn + pe), ratio=r["step_ms"] / (1e3 * (cn + pe)),
                          model_only_step_ms=1e3 * (c1 + predicted_exposed(r["exchange"], r["bytes"], r["ranks"], a, b, c1, bucket_mb))))
 
@@ -139,6 +153,7 @@ def main(argv):
         if (prof, 2) not in fits:
             continue
         a, b, _ = fits[(prof, 2)]
+        b = big.get((prof, 2)) or b
         for case in sorted({r["case"] for r in rows}):
             if (prof, case) not in base:
                 continue
@@ -161,7 +176,9 @@ def main(argv):
 
     fitrows = []
     for (prof, n), (a, b, sizes) in sorted(fits.items()):
-        d = dict(profile=prof, ranks=n, alpha_us=a * 1e6, beta_ns_per_byte=b * 1e9, bandwidth_gbs=1 / b / 1e9)
+        bl = big.get((prof, n))
+        d = dict(profile=prof, ranks=n, alpha_us=a * 1e6, beta_ns_per_byte=b * 1e9, bandwidth_gbs=1 / b / 1e9,
+                 large_beta_ns_per_byte=bl * 1e9 if bl else float("nan"), large_bandwidth_gbs=1 / bl / 1e9 if bl else float("nan"))
         for s in (4, 65536, 1048576, 4194304, 16777216):
             if s in sizes:
                 d[f"measured_us_{s}"] = sizes[s] * 1e6
@@ -174,13 +191,13 @@ def main(argv):
 
     # ---- Markdown
     print("\n### alpha-beta fits (bench-allreduce, ring model)\n")
-    print("| link | N | alpha (us) | 1/beta (GB/s) | 4 B measured / model (us) | 1 MiB measured / model (us) | 16 MiB measured / model (ms) |")
-    print("|---|---|---|---|---|---|---|")
+    print("| link | N | alpha (us) | 1/beta, all sizes (GB/s) | 1/beta, >= 1 MiB (GB/s) | 4 B measured / model (us) | 1 MiB measured / model (us) | 16 MiB measured / model (ms) |")
+    print("|---|---|---|---|---|---|---|---|")
     for d in fitrows:
         def pair(s, scale, fmt):
             m, p = d.get(f"measured_us_{s}"), d.get(f"model_us_{s}")
             return "–" if m is None else (fmt % (m / scale)) + " / " + (fmt % (p / scale))
-        print(f"| {d['profile']} | {d['ranks']} | {d['alpha_us']:.1f} | {d['bandwidth_gbs']:.3f} | {pair(4, 1, '%.0f')} | "
+        print(f"| {d['profile']} | {d['ranks']} | {d['alpha_us']:.1f} | {d['bandwidth_gbs']:.3f} | {d['large_bandwidth_gbs']:.3f} | {pair(4, 1, '%.0f')} | "
               f"{pair(1048576, 1, '%.0f')} | {pair(16777216, 1000, '%.1f')} |")
     print("\n### step time (median over repeats; weak scaling, one rank per host)\n")
     print("| link | case | N | exchange | step (ms) | min–max | compute (ms) | exposed comm (ms) | comm (ms) | efficiency |")
@@ -189,13 +206,13 @@ def main(argv):
         print(f"| {r['profile']} | {r['case']} | {r['ranks']} | {r['exchange'] if r['ranks'] > 1 else '–'} | {r['step_ms']:.1f} | "
               f"{r['step_min_ms']:.1f}–{r['step_max_ms']:.1f} | {r['compute_ms']:.1f} | {r['exposed_ms']:.2f} | "
               f"{r['comm_ms']:.2f} | {100 * r['efficiency']:.0f}% |")
-    print("\n### measured against the model (fit of the same link and N; measured compute)\n")
-    print("| link | case | N | exchange | measured step | predicted step | measured/predicted | measured exposed | predicted exposed |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("\n### measured against the model (same link and N; measured compute + predicted exposed; alpha and the >= 1 MiB beta)\n")
+    print("| link | case | N | exchange | measured step | predicted step | measured/predicted | (all-sizes beta) | measured exposed | predicted exposed |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for c in comp:
         print(f"| {c['profile']} | {c['case']} | {c['ranks']} | {c['exchange']} | {c['measured_step_ms']:.1f} | "
-              f"{c['predicted_step_ms']:.1f} | {c['ratio']:.2f} | {c['measured_exposed_ms']:.2f} | {c['predicted_exposed_ms']:.2f} |")
-    print("\n### projection, weak scaling (efficiency; each link's N = 2 fit)\n")
+              f"{c['predicted_step_ms']:.1f} | {c['ratio']:.2f} | {c['ratio_allsizes_fit']:.2f} | {c['measured_exposed_ms']:.2f} | {c['predicted_exposed_ms']:.2f} |")
+    print("\n### projection, weak scaling (efficiency; each link's N = 2 alpha and >= 1 MiB beta)\n")
     print("| link | case | exchange | " + " | ".join(f"N = {p}" for p in shown) + " |")
     print("|---|---|---|" + "---|" * len(shown))
     keyed = {}
