@@ -50,10 +50,12 @@ let package = Package(
         ]),
         // Test support: counts heap allocations (overrides malloc in the test executable only).
         .target(name: "CAllocCount", path: "Tests/Support/CAllocCount"),
-        .testTarget(name: "RNNTests", dependencies: ["RNN", "RNNDistributed", "CAllocCount"], exclude: ["Fixtures"]),
+        // Test support: prints the margin of a learning or tolerance test (scripts/test.sh lists them).
+        .target(name: "Margins", path: "Tests/Support/Margins"),
+        .testTarget(name: "RNNTests", dependencies: ["RNN", "RNNDistributed", "CAllocCount", "Margins"], exclude: ["Fixtures"]),
         .testTarget(name: "RNNDataTests", dependencies: ["RNNData"]),
-        .testTarget(name: "RNNTrainTests", dependencies: ["RNNTrain", "RNNData", "RNNDistributed", "RNN", "CAllocCount"], exclude: ["Fixtures"]),
+        .testTarget(name: "RNNTrainTests", dependencies: ["RNNTrain", "RNNData", "RNNDistributed", "RNN", "CAllocCount", "Margins"], exclude: ["Fixtures"]),
         // Launches `mpirun -np N rnn-dp ...` on the built executable.
-        .testTarget(name: "MultiRankTests", dependencies: ["RNNTrain", "rnn-dp"]),
+        .testTarget(name: "MultiRankTests", dependencies: ["RNNTrain", "rnn-dp", "Margins"]),
     ]
 )

@@ -18,11 +18,32 @@ echo "== build"
 swift build "${BUILD[@]}" --build-tests
 echo "== tests"
 # Every test is XCTest; Swift 6 toolchains also run an (empty) Swift Testing pass, which we skip.
-if swift test --help 2>/dev/null | grep -q -- --disable-swift-testing; then
-    swift test "${BUILD[@]}" --skip-build --disable-swift-testing
-else
-    swift test "${BUILD[@]}" --skip-build
+SWIFT_TESTING_FLAG=""
+if swift test --help 2>/dev/null | grep -q -- --disable-swift-testing; then SWIFT_TESTING_FLAG=--disable-swift-testing; fi
+MARGIN_LOG=$(mktemp /tmp/rnn-dp-margins.XXXXXX)
+swift test "${BUILD[@]}" --skip-build $SWIFT_TESTING_FLAG 2>&1 | tee "$MARGIN_LOG"
+[ "${PIPESTATUS[0]}" -eq 0 ] || { echo "tests failed" >&2; exit 1; }
+
+# The tests whose outcome depends on floating-point summation order (learning tests, tolerance
+# tests, PyTorch parity, bitwise-across-ranks on one kernel) run again under a second OpenBLAS
+# kernel, so CI on any machine covers two (docs/REPRODUCIBILITY.md, "Across BLAS kernels").
+# Haswell's (AVX2+FMA) runs on every x86-64-v3 machine; where it is already the default (or Zen's,
+# which sums the same way), the second is Sandybridge's (AVX without FMA).
+DEFAULT_CORE=$(python3 -c 'import ctypes; l = ctypes.CDLL("libopenblas.so.0"); l.openblas_get_corename.restype = ctypes.c_char_p; print(l.openblas_get_corename().decode())' 2>/dev/null || echo unknown)
+case "$DEFAULT_CORE" in
+    Haswell|Zen) SECOND_CORE=Sandybridge ;;
+    *) SECOND_CORE=Haswell ;;
+esac
+if [ "$(uname -m)" = x86_64 ]; then
+    echo "== order-sensitive tests again under OPENBLAS_CORETYPE=$SECOND_CORE (default kernel: $DEFAULT_CORE)"
+    ORDER_SENSITIVE='TrainerTests|TrainingTests|DiagnosticsTests|PyTorchParityTests|GradientCheckTests|DataParallelTests|ReproducibilityTests|DurabilityTests.testResumeIsExact'
+    OPENBLAS_CORETYPE=$SECOND_CORE swift test "${BUILD[@]}" --skip-build $SWIFT_TESTING_FLAG --filter "$ORDER_SENSITIVE" 2>&1 | tee "$MARGIN_LOG.second"
+    [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "order-sensitive tests failed under OPENBLAS_CORETYPE=$SECOND_CORE" >&2; exit 1; }
 fi
+echo "== smallest margins of the learning and tolerance tests (both kernels)"
+grep -h '^margin:' "$MARGIN_LOG" "$MARGIN_LOG.second" 2>/dev/null | sed -E 's/.*margin=(-?[0-9.]+)%.*/\1 &/' | sort -n | head -5 | cut -d' ' -f2-
+rm -f "$MARGIN_LOG" "$MARGIN_LOG.second"
+
 echo "== cluster scripts (throwaway one-node Slurm cluster)"
 scripts/test-slurm.sh
 echo "== scaling tools (tiny sweep, projection, figures)"

@@ -1,6 +1,7 @@
 import Foundation
 import XCTest
 import RNNTrain
+import Margins
 
 /// The data-parallel contract, checked by really launching `mpirun`.
 final class DataParallelTests: XCTestCase {
@@ -58,6 +59,7 @@ final class DataParallelTests: XCTestCase {
                     worst = max(worst, Double(abs(x - y)) / max(Double(abs(y)), 1e-2))
                 }
             }
+            Margin.report("DataParallel", "np=\(np) vs one process", value: worst, must: .below, bound: 1e-5)
             XCTAssertLessThan(worst, 1e-5, "np=\(np) differs from one process by \(worst) relative")
         }
         // Training moved the parameters (the comparison above is not between untrained models).
@@ -78,6 +80,7 @@ final class DataParallelTests: XCTestCase {
                 if e > worst { worst = e; worstName = a.name }
             }
         }
+        Margin.report("DataParallel", what, value: worst, must: .below, bound: tolerance)
         XCTAssertLessThan(worst, tolerance, "\(what): \(worstName) differs by \(worst) relative", file: file, line: line)
     }
 

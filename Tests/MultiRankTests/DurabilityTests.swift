@@ -1,6 +1,7 @@
 import Foundation
 import XCTest
 import RNNTrain
+import Margins
 
 /// Checkpoints, exact resume, signals, lost ranks, non-finite steps, hung collectives; all under
 /// a real mpirun.
@@ -77,6 +78,7 @@ final class DurabilityTests: XCTestCase {
                 worst = max(worst, abs(x - y) / max(abs(y), 1e-2))
             }
         }
+        Margin.report("Durability", "resumed at np=3 vs uninterrupted np=2", value: worst, must: .below, bound: 1e-4)
         XCTAssertLessThan(worst, 1e-4, "resumed at np=3 vs uninterrupted np=2")
     }
 

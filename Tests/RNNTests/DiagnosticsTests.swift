@@ -1,5 +1,6 @@
 import XCTest
 @testable import RNN
+import Margins
 
 final class DiagnosticsTests: XCTestCase {
     func run(_ spec: ModelSpec, scale: Double = 1, T: Int = 6, B: Int = 4, edit: ((Network<Double>) -> Void)? = nil) -> (Network<Double>, Batch, Diagnostics) {
@@ -19,6 +20,8 @@ final class DiagnosticsTests: XCTestCase {
             let spec = ModelSpec(cell: cell, input: .dense(features: 3), hiddenSize: 8, outputSize: 2, loss: .mse)
             let small = run(spec, scale: 0.1).2.saturated[0]!
             let large = run(spec, scale: 30).2.saturated[0]!
+            Margin.report("Saturation", "\(cell) at weight scale 0.1", value: small, must: .below, bound: 0.05)
+            Margin.report("Saturation", "\(cell) at weight scale 30", value: large, must: .above, bound: 0.6)
             XCTAssertLessThan(small, 0.05, "\(cell)")
             XCTAssertGreaterThan(large, 0.6, "\(cell)")
         }

@@ -1,6 +1,7 @@
 import Foundation
 import XCTest
 @testable import RNN
+import Margins
 
 /// rnn-dp's numerics against PyTorch: losses and gradients of every cell, loss, and output mode,
 /// three steps of every optimizer (with clipping), and every learning-rate schedule.
@@ -34,6 +35,13 @@ final class PyTorchParityTests: XCTestCase {
     /// Learning rates are computed in Double on both sides: closed forms here, running products
     /// (StepLR, ExponentialLR, CosineAnnealingLR are chainable) in torch.
     static let rateTolerance = 1e-12
+
+    /// The largest |diff| / tolerance over every element compared by this class (its margin).
+    static var worstRatioSeen = 0.0
+    override class func tearDown() {
+        Margin.report("PyTorchParity", "worst |diff| / tolerance over all fixtures", value: worstRatioSeen, must: .below, bound: 1)
+        super.tearDown()
+    }
 
     static let expectedGradientFixtures = 16  // {rnn tanh, rnn relu, lstm, gru} x {ce, mse} x {every, last}
     static let expectedOptimizerFixtures = 10
@@ -263,6 +271,7 @@ final class PyTorchParityTests: XCTestCase {
         for i in 0..<expected.count {
             let tol = relative * max(abs(expected[i]), floorFraction * maxAbs)
             let err = abs(actual[i] - expected[i])
+            if tol > 0 { worstRatioSeen = max(worstRatioSeen, err / tol) }
             if !(err <= tol) {  // also catches NaN
                 bad += 1
                 let ratio = tol > 0 ? err / tol : .infinity
@@ -422,6 +431,8 @@ final class PyTorchParityTests: XCTestCase {
     /// The comparison must be able to fail: an error of 1e-4 relative in one element, or a
     /// near-zero element off by a few 1e-6 of the tensor's scale, is caught; rounding is not.
     func testComparisonDetectsSmallErrors() throws {
+        let seen = Self.worstRatioSeen
+        defer { Self.worstRatioSeen = seen }  // its deliberate errors are not a margin
         let f = try Self.read(Self.fixtureDirectory.appendingPathComponent("grad_lstm_mse_every_step.safetensors"))
         let g = try f.tensor("grad.rnn.weight_hh_l1").values
         XCTAssertNil(Self.mismatch(g, g))

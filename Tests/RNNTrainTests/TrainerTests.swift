@@ -4,6 +4,7 @@ import RNN
 import RNNDistributed
 import RNNData
 @testable import RNNTrain
+import Margins
 
 final class TrainerTests: XCTestCase {
     func outputDir() -> String {
@@ -23,6 +24,7 @@ final class TrainerTests: XCTestCase {
         let yaml = try String(contentsOfFile: root.appendingPathComponent("configs/adding.yaml").path, encoding: .utf8)
         let (result, _) = try train(yaml, ["training.threads=1"])
         let v = try XCTUnwrap(result.validationLoss)
+        Margin.report("AddingProblem", "length-10 validation MSE", value: v, must: .below, bound: 0.05)
         XCTAssertLessThan(v, 0.05, "validation MSE \(v) vs baseline 0.167")
     }
 
@@ -53,6 +55,7 @@ final class TrainerTests: XCTestCase {
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("rnn-dp-text-\(UUID().uuidString).txt").path
         _ = FileManager.default.createFile(atPath: path, contents: Data(String(repeating: "abcabcabd\n", count: 200).utf8))
         let (result, trainer) = try train("data: {kind: text, path: \(path)}\nmodel: {hidden_size: 16}\ntraining: {steps: 30, sequence_length: 8, global_batch_size: 8, optimizer: {learning_rate: 0.5}}\n")
+        Margin.report("TextRun", "final loss", value: result.finalLoss, must: .below, bound: 0.9)
         XCTAssertLessThan(result.finalLoss, 0.9)  // from ln 5 = 1.61; the text is nearly periodic
         let vocab = (trainer.dataset as! TextDataset).vocabulary
         let s = trainer.generate(vocab, length: 50, temperature: 0.8)
@@ -63,29 +66,47 @@ final class TrainerTests: XCTestCase {
     static var root: URL { URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent() }
 
     /// The vanishing-gradient story in one test: on the adding problem at length 50 the tanh RNN
-    /// stays at the 0.167 baseline while LSTM and GRU learn it (CI-sized: 1000 Adam steps;
+    /// stays at the 0.167 baseline while LSTM and GRU learn it (CI-sized: 1500 Adam steps, enough for
+    /// every seed tried: at 1000, 2 of 6 LSTM seeds had not yet left the baseline;
     /// docs/EXPERIMENTS.md has the longer runs).
     func testGatedCellsLearnTheLongAddingProblemAndTheTanhRNNDoesNot() throws {
         let yaml = try String(contentsOfFile: Self.root.appendingPathComponent("configs/adding.yaml").path, encoding: .utf8)
         var results: [String: Double] = [:]
         for cell in ["rnn", "lstm", "gru"] {
             var sets = ["model.cell=\(cell)", "data.length=50", "training.optimizer.name=adam", "training.optimizer.learning_rate=0.01",
-                        "training.steps=1000", "training.threads=1", "training.eval_samples=500"]
+                        "training.steps=1500", "training.threads=1", "training.eval_samples=500"]
             if cell == "lstm" { sets.append("model.init.forget_bias=1") }
             results[cell] = try XCTUnwrap(train(yaml, sets).0.validationLoss)
         }
+        Margin.report("LongAdding", "tanh RNN validation MSE", value: results["rnn"]!, must: .above, bound: 0.12)
+        Margin.report("LongAdding", "LSTM validation MSE", value: results["lstm"]!, must: .below, bound: 0.03)
+        Margin.report("LongAdding", "GRU validation MSE", value: results["gru"]!, must: .below, bound: 0.03)
         XCTAssertGreaterThan(results["rnn"]!, 0.12, "\(results)")
         XCTAssertLessThan(results["lstm"]!, 0.03, "\(results)")
         XCTAssertLessThan(results["gru"]!, 0.03, "\(results)")
     }
 
-    /// Many-to-one classification of the BasicMotions activity recordings (6 channels, 100 steps).
+    /// Many-to-one classification of the BasicMotions activity recordings (6 channels, 100 steps,
+    /// 40 test recordings). One seed's result is one draw from the recipe's spread, and a different
+    /// BLAS kernel is a different draw; so three seeds are trained and each must clear 0.8 test
+    /// accuracy, and their mean 0.9. Over 16 seeds and 4 kernels the recipe's worst was 0.875
+    /// (docs/EXPERIMENTS.md).
     func testBasicMotionsClassification() throws {
         let yaml = try String(contentsOfFile: Self.root.appendingPathComponent("configs/basicmotions-lstm.yaml").path, encoding: .utf8)
             .replacingOccurrences(of: "../shared/data/", with: Self.root.deletingLastPathComponent().appendingPathComponent("shared/data").path + "/")
-        let (result, trainer) = try train(yaml, ["training.threads=1"])
-        XCTAssertLessThan(try XCTUnwrap(result.validationLoss), 0.5)
-        XCTAssertGreaterThan(try XCTUnwrap(trainer.validationAccuracy), 0.8)
+        var accuracies: [Double] = []
+        for seed in [11, 12, 13] {
+            let (result, trainer) = try train(yaml, ["training.threads=1", "seed=\(seed)"])
+            let loss = try XCTUnwrap(result.validationLoss), accuracy = try XCTUnwrap(trainer.validationAccuracy)
+            Margin.report("BasicMotions", "seed \(seed) validation loss", value: loss, must: .below, bound: 0.5)
+            Margin.report("BasicMotions", "seed \(seed) test accuracy", value: accuracy, must: .above, bound: 0.8)
+            XCTAssertLessThan(loss, 0.5, "seed \(seed)")
+            XCTAssertGreaterThan(accuracy, 0.8, "seed \(seed)")
+            accuracies.append(accuracy)
+        }
+        let mean = accuracies.reduce(0, +) / 3
+        Margin.report("BasicMotions", "mean test accuracy of 3 seeds", value: mean, must: .above, bound: 0.9)
+        XCTAssertGreaterThan(mean, 0.9, "\(accuracies)")
     }
 
     func testInitFromLoadsByNameAndRejectsMismatches() throws {
@@ -116,6 +137,8 @@ final class TrainerTests: XCTestCase {
         let (_, one) = try train(base)
         let (_, four) = try train(base, ["training.accumulate_steps=4"])
         let a = one.network.parameters.array, b = four.network.parameters.array
+        let worst = zip(a, b).map { Double(abs($0 - $1)) / Double(max(1, abs($0))) }.max()!
+        Margin.report("Accumulation", "4 micro-batches vs one pass", value: worst, must: .below, bound: 1e-5)
         for i in 0..<a.count { XCTAssertEqual(a[i], b[i], accuracy: 1e-5 * max(1, abs(a[i]))) }
         XCTAssertThrowsError(try train(base, ["training.accumulate_steps=13"])) {
             XCTAssertTrue("\($0)".contains("training.accumulate_steps 13 is more than the 12 rows"), "\($0)")
