@@ -45,7 +45,7 @@ let package = Package(
             .product(name: "Yams", package: "Yams"),
         ], swiftSettings: optimized + vector),
         .executableTarget(name: "rnn-dp", dependencies: [
-            "RNNTrain", "RNNDistributed",
+            "RNNTrain", "RNNDistributed", "RNNData", "RNN",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         // Test support: counts heap allocations (overrides malloc in the test executable only).

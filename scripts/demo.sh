@@ -20,4 +20,4 @@ echo "== corpus: $OUT/fortunes.txt ($(wc -c < "$OUT/fortunes.txt") bytes)"
 SETS=()
 for kv in "$@"; do SETS+=(--set "$kv"); done
 echo "== mpirun -np 2 rnn-dp train --config configs/demo-fortunes.yaml ${SETS[*]:-}"
-mpirun -np 2 --oversubscribe --bind-to none "$BIN" train --config configs/demo-fortunes.yaml "${SETS[@]}"
+mpirun -np 2 --oversubscribe --bind-to none "$BIN" train --config configs/demo-fortunes.yaml --overwrite "${SETS[@]}"

@@ -440,7 +440,7 @@ else
 fi
 
 note "7b. one node's slurmd dies mid-job: Slurm marks it DOWN and requeues; slurmd back: the job resumes"
-S7=6000   # long enough (~30 s) that the node is declared DOWN (~15 s) before the job ends
+S7=20000  # long enough (~60 s; 6000 steps finished before the node was declared DOWN on a fast run) that the node is declared DOWN (~15 s) before the job ends
 train -- "$W/slurm-b-ref" training.reproducible=true training.steps=$S7 training.check_every=500; rc_ref=$?
 JOB="$(cl_slurm "${SLURM_ENV[@]}" RNN_DP_OUTPUT="$W/slurm-b" sbatch --parsable -N 2 --ntasks-per-node=2 --ntasks=4 \
     --time=10 --job-name=mh-b --output="$W/slurm-b.out" "$REPO/scripts/slurm/rnn-dp.sbatch" "$W/c.yaml" \

@@ -46,5 +46,7 @@ rm -f "$MARGIN_LOG" "$MARGIN_LOG.second"
 
 echo "== cluster scripts (throwaway one-node Slurm cluster)"
 scripts/test-slurm.sh
+echo "== several test hosts over TCP (network namespaces; docs/CLUSTER.md)"
+scripts/test-multihost.sh
 echo "== scaling tools (tiny sweep, projection, figures)"
 scripts/test-scaling.sh

@@ -137,7 +137,9 @@ extension ArrayDataset {
                 vocab = v
                 if let bad = ids.first(where: { $0 < 0 || Int($0) >= v }) { throw DataError("\(name): token id \(bad) outside 0..<\(v) (data.vocabulary)") }
                 return .tokens(ids, vocabulary: v)
-            case .float(let f): return .features(f, width: a.shape[2])
+            case .float(let f):
+                try requireFinite(f, shape: a.shape, name)
+                return .features(f, width: a.shape[2])
             }
         }
         func targetsOf(_ a: NumpyArray, _ name: String) throws -> Targets {
@@ -148,6 +150,7 @@ extension ArrayDataset {
                 if let bad = c.first(where: { $0 < 0 || Int($0) >= k }) { throw DataError("\(name): class id \(bad) outside 0..<\(k) (data.classes)") }
                 return .classes(c, classes: k)
             case .float(let f):
+                try requireFinite(f, shape: a.shape, name)
                 let width = output == .everyStep ? (a.shape.count == 3 ? a.shape[2] : 1) : (a.shape.count == 2 ? a.shape[1] : 1)
                 return .values(f, width: width)
             }
@@ -273,4 +276,13 @@ extension ArrayDataset {
                             summary: "ts \(path): \(tr.n) training and \(validation?.count ?? 0) validation sequences of T=\(tr.T), \(tr.D) channels, classes \(tr.classNames.joined(separator: ", "))",
                             classNames: tr.classNames)
     }
+}
+
+/// A NaN or infinity in float data is found at load, named by file and index, not at step 2 as a
+/// non-finite loss.
+func requireFinite(_ values: [Float], shape: [Int], _ name: String) throws {
+    guard let i = values.firstIndex(where: { !$0.isFinite }) else { return }
+    var index: [Int] = [], rest = i
+    for d in shape.reversed() { index.append(rest % max(d, 1)); rest /= max(d, 1) }
+    throw DataError("\(name): value \(values[i]) at index \(Array(index.reversed())) is not finite (\(values.filter { !$0.isFinite }.count) such values): clean the data")
 }

@@ -50,7 +50,7 @@ public final class SeriesDataset: Dataset {
         var raw: [Double?] = []
         for (n, line) in lines.dropFirst().enumerated() {
             let f = SeriesDataset.fields(line)
-            guard col < f.count else { throw DataError("\(path):\(n + 2): has \(f.count) fields, column '\(header[col])' is field \(col + 1)") }
+            guard f.count == header.count else { throw DataError("\(path):\(n + 2): has \(f.count) fields, the header has \(header.count)") }
             let s = f[col]
             if s.isEmpty || s == "NA" || s == "NaN" || s == "nan" {
                 guard interpolateMissing else {

@@ -36,6 +36,8 @@ public final class TextDataset: Dataset {
     public let output: OutputMode
     public let seed: UInt64
     public let droppedValidationCharacters: Int
+    /// Up to five distinct characters among the dropped ones.
+    public let droppedExamples: [Unicode.Scalar]
     public let validationCount: Int
     let path: String
 
@@ -58,13 +60,18 @@ public final class TextDataset: Dataset {
         self.vocabulary = vocab
         self.train = trainPart.compactMap { vocab.token($0) }
         var dropped = 0
+        var examples: [Unicode.Scalar] = []
         var val: [Int32] = []
         val.reserveCapacity(scalars.count - trainCount)
         for c in scalars[trainCount...] {
-            if let t = vocab.token(c) { val.append(t) } else { dropped += 1 }
+            if let t = vocab.token(c) { val.append(t) } else {
+                dropped += 1
+                if examples.count < 5 && !examples.contains(c) { examples.append(c) }
+            }
         }
         self.validation = val
         self.droppedValidationCharacters = dropped
+        self.droppedExamples = examples
         self.steps = steps
         self.output = output
         self.seed = seed

@@ -80,6 +80,15 @@ public enum Launch {
     /// Environment variables that MPI launchers set for each rank.
     static let markers = ["OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK", "PMI_SIZE"]
 
+    /// The number of ranks an MPI launcher (or srun) says it started, if any.
+    static var launcherSize: Int? {
+        for key in ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE"] {
+            if let v = getenv(key).flatMap({ Int(String(cString: $0)) }) { return v }
+        }
+        if getenv("SLURM_STEP_ID") != nil, let n = getenv("SLURM_NTASKS").flatMap({ Int(String(cString: $0)) }) { return n }
+        return nil
+    }
+
     public static var underMPILauncher: Bool {
         markers.contains { getenv($0) != nil }
     }
@@ -88,14 +97,20 @@ public enum Launch {
     /// single-process communicator that needs no MPI runtime at all.
     public static func communicator() throws -> Communicator {
         if let force = getenv("RNN_DP_MPI").map({ String(cString: $0) }) {
-            if force == "0" { return SingleProcessCommunicator() }
+            if force == "0" {
+                // N processes that each think they are alone would race on the same files.
+                if let n = launcherSize, n > 1 {
+                    throw CommunicatorError(operation: "launch", message: "RNN_DP_MPI=0 but the launcher started \(n) ranks: they would train \(n) independent models into the same files; unset RNN_DP_MPI, or start one process")
+                }
+                return SingleProcessCommunicator()
+            }
             if force == "1" { return try MPICommunicator() }
         }
         if underMPILauncher { return try MPICommunicator() }
         // srun without an MPI plugin starts N independent processes: each would train alone and
         // all would write the same output directory.
         if let n = getenv("SLURM_NTASKS").flatMap({ Int(String(cString: $0)) }), n > 1, getenv("SLURM_STEP_ID") != nil {
-            throw CommunicatorError(operation: "launch", message: "started by srun with \(n) tasks but without MPI; use srun --mpi=pmix or mpirun (or RNN_DP_MPI=0 to run each task alone)")
+            throw CommunicatorError(operation: "launch", message: "started by srun with \(n) tasks but without MPI; use srun --mpi=pmix or mpirun, or srun --ntasks=1")
         }
         return SingleProcessCommunicator()
     }

@@ -52,7 +52,7 @@ public enum Checkpoint {
     }
 
     /// A checkpoint file, or the latest one in a directory (its `latest` pointer, else the
-    /// highest-numbered ckpt-*.safetensors).
+    /// highest-numbered ckpt-*.safetensors), or in a run directory's `checkpoints/`.
     public static func resolve(_ dirOrFile: String) throws -> String {
         var isDir: ObjCBool = false
         guard FileManager.default.fileExists(atPath: dirOrFile, isDirectory: &isDir) else {
@@ -64,8 +64,24 @@ public enum Checkpoint {
             return "\(dirOrFile)/\(name)"
         }
         let files = list(dirOrFile)
+        // A run's own directory (the natural thing to type) holds its checkpoints in checkpoints/.
+        if files.isEmpty, FileManager.default.fileExists(atPath: "\(dirOrFile)/checkpoints/latest") || !list("\(dirOrFile)/checkpoints").isEmpty {
+            return try resolve("\(dirOrFile)/checkpoints")
+        }
         guard let last = files.last else { throw Error(message: "\(dirOrFile): no checkpoints (ckpt-*.safetensors) in this directory") }
         return "\(dirOrFile)/\(last.name)"
+    }
+
+    /// The resume error for a checkpoint that failed to read: when older checkpoints sit beside
+    /// it, the message names the newest one that reads intact, and how to continue from it.
+    public static func resumeError(_ e: Error, path: String) -> String {
+        let dir = URL(fileURLWithPath: path).deletingLastPathComponent().path
+        let name = URL(fileURLWithPath: path).lastPathComponent
+        let step = list(dir).first { $0.name == name }?.step ?? Int.max
+        guard let good = list(dir).reversed().first(where: { $0.step < step && (try? read(path: "\(dir)/\($0.name)")) != nil }) else {
+            return "--resume: \(e.message)"
+        }
+        return "--resume: \(e.message); the newest intact checkpoint is \(good.name): --resume \(dir)/\(good.name)"
     }
 
     /// ckpt-<step>.safetensors files in a directory, by step.

@@ -246,7 +246,7 @@ public struct ConfigLoader {
     /// --set overrides on top.
     public static func fromCheckpoint(path: String, overrides: [String]) throws -> TrainConfig {
         let file: SafeTensors.File
-        do { file = try Checkpoint.read(path: path) } catch let e as Checkpoint.Error { throw RNNDPError("--resume: \(e.message)", collective: true) }
+        do { file = try Checkpoint.read(path: path) } catch let e as Checkpoint.Error { throw RNNDPError(Checkpoint.resumeError(e, path: path), collective: true) }
         do { return try fromMetadata(file, name: path, overrides: overrides) } catch let e as RNNDPError where e.message.hasPrefix("\(path): no config") {
             throw RNNDPError("--resume: \(e.message)", collective: true)
         }

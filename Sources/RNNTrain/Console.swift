@@ -23,6 +23,15 @@ public struct Console: Sendable {
         FileHandle.standardError.write(Data("rnn-dp: warning: \(line)\n".utf8))
     }
 
+    /// A duration for a progress line: "42s", "3m05s", "2h07m".
+    public static func duration(_ seconds: Double) -> String {
+        guard seconds.isFinite, seconds >= 0 else { return "?" }
+        let s = Int(seconds.rounded())
+        if s < 60 { return "\(s)s" }
+        if s < 3600 { return String(format: "%dm%02ds", s / 60, s % 60) }
+        return String(format: "%dh%02dm", s / 3600, (s % 3600) / 60)
+    }
+
     /// The one-line error message of this rank.
     public func error(_ message: String) {
         let tag = size > 1 ? " (rank \(rank))" : ""

@@ -41,6 +41,10 @@ public enum Job {
         let comm: Communicator
         do {
             comm = try Launch.communicator()
+        } catch let e as CommunicatorError where e.operation == "launch" {
+            // A launch that cannot work as asked (every rank sees the same environment).
+            Console(rank: 0, size: 1).error(e.message)
+            return RNNDPError.badInput
         } catch {
             Console(rank: 0, size: 1).error("cannot start MPI: \(error)")
             return RNNDPError.runtimeFailure

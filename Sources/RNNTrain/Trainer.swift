@@ -83,9 +83,20 @@ public func runningStatisticsTensors(_ net: Network<Float>) -> [SafeTensors.Tens
 /// Copies the tensors of a safetensors file into the parameters by PyTorch name, requiring every
 /// tensor of the layout, no other (optimizer state and metadata are ignored), and equal shapes.
 /// Batch norm's running statistics are loaded when present.
+/// model.init_from: a file rnn-dp wrote (it has rnn-dp's `format` in its metadata) is verified as
+/// `--resume`, `eval` and `sample` verify one (format and checksum, `Checkpoint.decode`); a file
+/// from elsewhere (PyTorch's `save_file`) carries no checksum and is checked for structure only.
 public func loadParameters(from path: String, into net: Network<Float>) throws {
     let file: SafeTensors.File
-    do { file = try SafeTensors.read(path: path) } catch let e as SafeTensors.FormatError {
+    do {
+        file = try SafeTensors.read(path: path)
+        if file.metadata["format"] != nil || file.metadata["checksum"] != nil {
+            guard let bytes = FileManager.default.contents(atPath: path) else { throw RNNDPError("model.init_from: \(path): cannot read the file") }
+            _ = try Checkpoint.decode(Array(bytes), name: path)
+        }
+    } catch let e as SafeTensors.FormatError {
+        throw RNNDPError("model.init_from: \(e.message)")
+    } catch let e as Checkpoint.Error {
         throw RNNDPError("model.init_from: \(e.message)")
     }
     try loadParameters(from: file, path: path, into: net, context: "model.init_from")
@@ -189,7 +200,13 @@ public final class Trainer {
         }
     }
 
-    public init(config: TrainConfig, comm: Communicator, console: Console, resume: String? = nil) {
+    /// train --overwrite: move a previous run's files aside instead of refusing the directory.
+    public let overwrite: Bool
+    /// The lock on output.directory while the run lives (rank 0).
+    var runDirectory: RunDirectory?
+
+    public init(config: TrainConfig, comm: Communicator, console: Console, resume: String? = nil, overwrite: Bool = false) {
+        self.overwrite = overwrite
         self.config = config
         if config.training.timeoutSeconds > 0 && comm.size > 1 {
             let w = WatchedCommunicator(comm, timeout: config.training.timeoutSeconds)
@@ -226,19 +243,16 @@ public final class Trainer {
             dataset = try makeDataset(config)
             if let path = resumePath {
                 do { resumeFile = try Checkpoint.read(path: path) } catch let e as Checkpoint.Error {
-                    throw RNNDPError("--resume: \(e.message)")
+                    throw RNNDPError(Checkpoint.resumeError(e, path: path))
                 }
-            }
-            if comm.rank == 0 {
-                do {
-                    try FileManager.default.createDirectory(atPath: outDir, withIntermediateDirectories: true)
-                } catch {
-                    throw RNNDPError("output.directory \(outDir): cannot create it (\((error as NSError).localizedDescription))", exitCode: RNNDPError.runtimeFailure)
-                }
-                metrics = try MetricsLog(path: "\(outDir)/metrics.jsonl", append: resumeFile != nil)
             }
         }
         let spec = try makeModelSpec(config, dataset: dataset)
+        // Too large a model is one line on every rank, before anything is allocated.
+        try Job.collectively(comm) {
+            try MemoryEstimate(spec: spec, config: config, ranks: comm.size, steps: dataset.steps)
+                .check(localRanks: comm.localSize, source: config.source)
+        }
         let net = Network<Float>(spec: spec)
         network = net
         // Batch norm's statistics come from the global batch: one allreduce per layer and pass.
@@ -324,6 +338,14 @@ public final class Trainer {
             try Job.collectively(comm) { if comm.rank == 0 { try loadParameters(from: from, into: net) } }
             console.info("parameters: loaded from \(from)")
         }
+        // The run is valid: now it takes its directory (nothing of a previous run was touched before).
+        try Job.collectively(comm) {
+            guard comm.rank == 0 else { return }
+            let intent: RunDirectory.Intent = resumeFile != nil ? .resume(step: startStep) : (overwrite ? .overwrite : .fresh)
+            runDirectory = try RunDirectory.claim(output: outDir, checkpoints: config.checkpoint.directory, intent: intent)
+            metrics = try MetricsLog(path: "\(outDir)/metrics.jsonl", append: resumeFile != nil)
+        }
+        defer { runDirectory?.release(); runDirectory = nil }
         try comm.broadcast(net.parameters.buffer, root: 0)
         if net.runningStatistics.count > 0 { try comm.broadcast(net.runningStatistics.buffer, root: 0) }
         try verifyReplicas(step: startStep)
@@ -469,6 +491,10 @@ public final class Trainer {
                                   step, steps, lastLoss, norm, lr, stepTime * 1000, perSecond, text ? "tok/s" : "samples/s")
                 if evalNow, let v = validation { line += String(format: " | val loss %.4f", v) }
                 if evalNow, !text, let acc = validationAccuracy { line += String(format: " | val acc %.1f%%", acc * 100) }
+                // Elapsed since this process started; the ETA from this run's mean step time.
+                let elapsed = now - runStart, done = step - startStep
+                line += " | elapsed \(Console.duration(elapsed))"
+                if step < steps && done > 0 { line += " | ETA \(Console.duration(elapsed / Double(done) * Double(steps - step)))" }
                 console.info(line)
                 let (compute, communication, exposed) = timing.meanAndReset()
                 var record: [(String, Any?)] = [("step", step), ("loss", lastLoss), ("grad_norm", norm), ("lr", lr),

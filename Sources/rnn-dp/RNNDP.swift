@@ -3,9 +3,26 @@ import Foundation
 import RNNTrain
 import RNNDistributed
 import RNN
+import RNNData
 
 @main
 struct RNNDP: ParsableCommand {
+    /// ArgumentParser's own entry point, except that a usage error exits 2 (the README's code for
+    /// bad input) instead of EX_USAGE (64).
+    static func main() {
+        do {
+            var command = try parseAsRoot()
+            try command.run()
+        } catch {
+            let code = exitCode(for: error)
+            if code == .validationFailure {
+                FileHandle.standardError.write(Data((fullMessage(for: error) + "\n").utf8))
+                Foundation.exit(RNNDPError.badInput)
+            }
+            exit(withError: error)
+        }
+    }
+
     static let configuration = CommandConfiguration(
         commandName: "rnn-dp",
         abstract: "Data-parallel training of recurrent neural networks on MPI.",
@@ -35,11 +52,15 @@ struct Train: ParsableCommand {
     @Option(name: .customLong("set"), help: ArgumentHelp("Override a config key, e.g. --set training.steps=50 (repeatable).", valueName: "key.path=value"))
     var overrides: [String] = []
 
-    @Option(name: .long, help: ArgumentHelp("Continue from a checkpoint file, or the latest one in a checkpoint directory.", valueName: "dir-or-file"))
+    @Option(name: .long, help: ArgumentHelp("Continue from a checkpoint file, or the latest one in a checkpoint directory or a run's output directory.", valueName: "dir-or-file"))
     var resume: String?
+
+    @Flag(help: "Start a new run in an output.directory that holds another run's files, moving those files into its previous-TIME/ folder first (without it such a directory is refused).")
+    var overwrite = false
 
     func validate() throws {
         if config == nil && resume == nil { throw ValidationError("give --config FILE, or --resume DIR_OR_FILE") }
+        if overwrite && resume != nil { throw ValidationError("--overwrite starts a new run and --resume continues one: give one of them") }
     }
 
     func run() throws {
@@ -52,27 +73,29 @@ struct Train: ParsableCommand {
                 if let config { return (try ConfigLoader.load(path: config, overrides: overrides), checkpoint) }
                 return (try ConfigLoader.fromCheckpoint(path: checkpoint!, overrides: overrides), checkpoint)
             }
-            try Trainer(config: cfg, comm: comm, console: console, resume: checkpoint).run()
+            try Trainer(config: cfg, comm: comm, console: console, resume: checkpoint, overwrite: overwrite).run()
         }
     }
 }
 
 struct Sample: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Generate text from a character model.")
+    static let maxLength = 100_000_000
 
     @Option(help: ArgumentHelp("A model.safetensors or checkpoint written by rnn-dp train.", valueName: "file"))
     var checkpoint: String
     @Option(help: "Text to feed the model before sampling (default: a newline).")
     var prime: String = ""
-    @Option(help: "Characters to generate.")
+    @Option(parsing: .unconditional, help: "Characters to generate (at most 100000000).")
     var length: Int = 500
-    @Option(help: "Softmax temperature (lower: more conservative).")
+    @Option(parsing: .unconditional, help: "Softmax temperature (lower: more conservative).")
     var temperature: Double = 0.8
-    @Option(help: "Seed of the sampling generator.")
+    @Option(parsing: .unconditional, help: "Seed of the sampling generator.")
     var seed: UInt64 = 1
 
     func validate() throws {
         guard length >= 0 else { throw ValidationError("--length must be >= 0") }
+        guard length <= Sample.maxLength else { throw ValidationError("--length \(length) is more than \(Sample.maxLength) characters") }
         guard temperature > 0, temperature.isFinite else { throw ValidationError("--temperature must be > 0") }
     }
 
@@ -96,11 +119,26 @@ struct Eval: ParsableCommand {
     var data: String?
     @Option(name: .customLong("set"), help: ArgumentHelp("Override a config key (e.g. data.validation_fraction=0.2).", valueName: "key.path=value"))
     var overrides: [String] = []
+    @Flag(name: .customLong("skip-unknown"), help: "Evaluate a text without its characters that are not in the model's vocabulary (without it, such a text is refused).")
+    var skipUnknown = false
 
     func run() throws {
         try runOnEveryRank { comm, console in
             let sets = overrides + (data.map { ["data.path=\($0)"] } ?? [])
-            let (model, dataset) = try Job.collectively(comm) { try TrainedModel.load(path: checkpoint, overrides: sets) }
+            let (model, dataset) = try Job.collectively(comm) { () -> (TrainedModel, Dataset?) in
+                let (model, dataset) = try TrainedModel.load(path: checkpoint, overrides: sets)
+                if let text = dataset as? TextDataset, text.droppedValidationCharacters > 0, !skipUnknown {
+                    let total = text.droppedValidationCharacters + text.validation.count
+                    let examples = text.droppedExamples.map { "'\($0.escaped(asASCII: true))'" }.joined(separator: ", ")
+                    throw RNNDPError("\(data ?? model.config.data.path ?? checkpoint): \(text.droppedValidationCharacters) of the \(total) characters evaluated "
+                                     + String(format: "(%.1f%%)", 100 * Double(text.droppedValidationCharacters) / Double(max(total, 1)))
+                                     + " are not in the model's vocabulary of \(text.vocabulary.count) (e.g. \(examples)): pass --skip-unknown to evaluate without them")
+                }
+                return (model, dataset)
+            }
+            if let text = dataset as? TextDataset, text.droppedValidationCharacters > 0 {
+                console.warn("--skip-unknown: \(text.droppedValidationCharacters) characters outside the model's vocabulary were left out")
+            }
             let result = try model.evaluate(dataset!, comm: comm)
             console.info("model: \(checkpoint) (step \(model.step))")
             console.info("data: \(dataset!.summary)")
@@ -117,7 +155,12 @@ struct Inspect: ParsableCommand {
 
     func run() throws {
         do {
-            for line in try Inspector.describe(path: file) { print(line) }
+            let lines = try Inspector.describe(path: file)
+            for line in lines { print(line) }
+            if lines.contains(where: { $0.hasPrefix(Inspector.mismatchPrefix) }) {
+                FileHandle.standardError.write(Data("rnn-dp: error: \(file): checksum mismatch: the file is corrupt\n".utf8))
+                throw ExitCode(RNNDPError.badInput)
+            }
         } catch let e as RNNDPError {
             FileHandle.standardError.write(Data("rnn-dp: error: \(e.message)\n".utf8))
             throw ExitCode(e.exitCode)

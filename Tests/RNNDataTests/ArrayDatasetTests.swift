@@ -114,6 +114,38 @@ final class ArrayDatasetTests: XCTestCase {
         }
     }
 
+    /// A NaN or infinity in float inputs or targets is an error at load naming the file and the
+    /// index (it used to surface at step 2 as a non-finite loss).
+    func testNonFiniteValuesAreFoundAtLoad() throws {
+        let d = dir()
+        var values = [Float](repeating: 0.5, count: 80)
+        values[2 * 8 + 3 * 2 + 1] = .nan  // sample 2, step 3, feature 1
+        let x = write(NumpyArray(shape: [10, 4, 2], values: .float(values)), "x.npy", in: d)
+        let y = write(NumpyArray(shape: [10, 4, 3], values: .float([Float](repeating: 1, count: 120))), "y.npy", in: d)
+        XCTAssertThrowsError(try ArrayDataset.fromNumpy(inputs: x, targets: y, validationInputs: nil, validationTargets: nil, validationFraction: 0.2,
+                                                        shuffle: true, seed: 1, maxValidation: 100, vocabulary: nil, classes: nil)) {
+            XCTAssertTrue("\($0)".contains("x.npy: value nan at index [2, 3, 1] is not finite (1 such values)"), "\($0)")
+        }
+        var targets = [Float](repeating: 1, count: 120)
+        targets[119] = .infinity
+        let clean = write(NumpyArray(shape: [10, 4, 2], values: .float([Float](repeating: 0.5, count: 80))), "c.npy", in: d)
+        let badY = write(NumpyArray(shape: [10, 4, 3], values: .float(targets)), "by.npy", in: d)
+        XCTAssertThrowsError(try ArrayDataset.fromNumpy(inputs: clean, targets: badY, validationInputs: nil, validationTargets: nil, validationFraction: 0.2,
+                                                        shuffle: true, seed: 1, maxValidation: 100, vocabulary: nil, classes: nil)) {
+            XCTAssertTrue("\($0)".contains("by.npy: value inf at index [9, 3, 2] is not finite"), "\($0)")
+        }
+    }
+
+    /// A CSV row with more (or fewer) fields than the header is an error naming the line.
+    func testCSVRowWithAnExtraFieldIsAnError() throws {
+        let path = "\(dir())/s.csv"
+        _ = FileManager.default.createFile(atPath: path, contents: Data("t,v\n1,2\n2,3,9\n3,4\n".utf8))
+        XCTAssertThrowsError(try SeriesDataset(path: path, column: "v", validationFraction: 0, interpolateMissing: false,
+                                               steps: 1, output: .everyStep, seed: 1, maxValidation: 0)) {
+            XCTAssertTrue("\($0)".contains("s.csv:3: has 3 fields, the header has 2"), "\($0)")
+        }
+    }
+
     func testBasicMotionsTSFiles() throws {
         let ds = try ArrayDataset.fromTS(path: sharedData("BasicMotions_TRAIN.ts"), validationPath: sharedData("BasicMotions_TEST.ts"),
                                          shuffle: true, seed: 1, maxValidation: 1000)

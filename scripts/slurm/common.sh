@@ -87,6 +87,10 @@ rnn_dp_run() {
     if [ -f "$ckpt/latest" ]; then
         args+=(--resume "$ckpt")
         resumed="yes, from $ckpt ($(cat "$ckpt/latest" 2>/dev/null))"
+    elif [ "${SLURM_RESTART_COUNT:-0}" -gt 0 ]; then
+        # A requeued attempt that died before its first checkpoint starts this job's run over.
+        args+=(--overwrite)
+        resumed="no (attempt $((SLURM_RESTART_COUNT + 1)) without a checkpoint: starting over)"
     fi
 
     local cmd=()

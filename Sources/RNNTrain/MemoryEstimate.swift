@@ -1,0 +1,65 @@
+import Foundation
+import RNN
+
+/// The memory a training run needs per rank, computed from the config before anything is
+/// allocated, so that a model that cannot fit is a one-line error instead of a trap.
+///
+/// Float32 throughout. P parameters; rows = ceil(B / N) per rank; T steps; L layers; G gates.
+/// - model state: parameters, gradients, optimizer state (0-3 buffers of P), and a checkpoint's
+///   encoded copy (tensors and file bytes, 2 P): (4 + slots) P floats;
+/// - activations kept for BPTT, per layer (T, rows, 3H + 3GH): h, c or GRU's n, the gates,
+///   layer or batch norm's normalized values; and the backward pass's dL/dh of two layers and
+///   its gate gradients, (T, rows, 2H + 2GH);
+/// - the head's outputs and their gradient, (T, rows, O) twice.
+/// It is an estimate that errs high (every optional buffer counted); the measured fixed memory
+/// of a process (about 30 MB, BENCHMARKS.md) is added.
+public struct MemoryEstimate {
+    public let parameters: Int
+    public let modelBytes: Double
+    public let activationBytes: Double
+    public var totalBytes: Double { modelBytes + activationBytes + 30e6 }
+
+    public init(spec: ModelSpec, config: TrainConfig, ranks: Int, steps T: Int) {
+        let P = ParameterLayout(spec: spec).count
+        parameters = P
+        let slots: Int
+        switch config.training.optimizer.kind {
+        case .adam, .adamw: slots = 2
+        case .rmsprop: slots = 3  // square average, momentum, centered average
+        case .adagrad, .sgd: slots = 1  // sum of squares; momentum
+        }
+        modelBytes = 4 * Double(P) * Double(4 + slots)
+        let rows = Double((config.training.globalBatchSize + ranks - 1) / ranks)
+        let H = Double(spec.hiddenSize), G = Double(spec.cell.gates), O = Double(spec.outputSize)
+        let perLayer = 3 * H + 3 * G * H
+        let backward = 2 * H + 2 * G * H
+        activationBytes = 4 * Double(T) * rows * (Double(spec.layers) * perLayer + backward + 2 * O)
+    }
+
+    /// Bytes this node can still give, shared by its `localRanks` ranks: MemAvailable, or the
+    /// cgroup's limit less its usage when that is smaller (a Slurm job's or a container's limit).
+    public static func availablePerRank(localRanks: Int) -> Double? {
+        var available: Double?
+        if let info = try? String(contentsOfFile: "/proc/meminfo", encoding: .utf8),
+           let line = info.split(separator: "\n").first(where: { $0.hasPrefix("MemAvailable:") }),
+           let kb = Double(line.split(separator: " ").dropFirst().first ?? "") {
+            available = kb * 1024
+        }
+        if let maxText = try? String(contentsOfFile: "/sys/fs/cgroup/memory.max", encoding: .utf8),
+           let limit = Double(maxText.trimmingCharacters(in: .whitespacesAndNewlines)),
+           let usedText = try? String(contentsOfFile: "/sys/fs/cgroup/memory.current", encoding: .utf8),
+           let used = Double(usedText.trimmingCharacters(in: .whitespacesAndNewlines)) {
+            available = min(available ?? .infinity, max(0, limit - used))
+        }
+        return available.map { $0 / Double(max(1, localRanks)) }
+    }
+
+    /// Throws the one-line error when the run does not fit.
+    public func check(localRanks: Int, source: String) throws {
+        guard let free = MemoryEstimate.availablePerRank(localRanks: localRanks), totalBytes > free else { return }
+        func gb(_ b: Double) -> String { String(format: "%.1f GB", b / 1e9) }
+        throw RNNDPError("\(source): this run needs about \(gb(totalBytes)) per rank (\(parameters) parameters with gradients and optimizer state: \(gb(modelBytes)); "
+                         + "activations: \(gb(activationBytes))) but \(gb(free)) is available per rank (\(localRanks) on this node): "
+                         + "lower model.hidden_size or model.layers, or training.global_batch_size or training.sequence_length")
+    }
+}
