@@ -41,7 +41,7 @@ if [ "$(uname -m)" = x86_64 ]; then
     [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "order-sensitive tests failed under OPENBLAS_CORETYPE=$SECOND_CORE" >&2; exit 1; }
 fi
 echo "== smallest margins of the learning and tolerance tests (both kernels)"
-grep -h '^margin:' "$MARGIN_LOG" "$MARGIN_LOG.second" 2>/dev/null | sed -E 's/.*margin=(-?[0-9.]+)%.*/\1 &/' | sort -n | head -5 | cut -d' ' -f2-
+grep -h '^margin:' "$MARGIN_LOG" "$MARGIN_LOG.second" 2>/dev/null | sed -E 's/.*margin=(-?[0-9.]+)%.*/\1 &/' | sort -n | awk 'NR <= 5' | cut -d' ' -f2-
 rm -f "$MARGIN_LOG" "$MARGIN_LOG.second"
 
 echo "== cluster scripts (throwaway one-node Slurm cluster)"

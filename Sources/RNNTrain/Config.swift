@@ -463,7 +463,8 @@ public struct TrainConfig: Sendable {
         var warnings: [String] = []
         func only(_ keys: [String], when selector: String, in allowed: [String], warn: Bool = false) throws {
             let current = str(selector) ?? ""
-            for key in keys where given.contains(key) && !allowed.contains(current) {
+            // An explicit null (a nullable key as a checkpoint's config stores it) sets nothing.
+            for key in keys where given.contains(key) && v[key] != .null && !allowed.contains(current) {
                 let message = "applies only when \(selector) is \(allowed.joined(separator: " or ")) (it is \(current))"
                 guard warn else { throw err(key, message) }
                 warnings.append("\(source): \(key): ignored: \(message)")

@@ -74,6 +74,10 @@ final class ConfigTests: XCTestCase {
         XCTAssertEqual(error("data: {kind: text, path: a}\ntraining: {loss: mse}\n"), "c.yaml: training.loss: text data predicts characters: use cross_entropy")
         XCTAssertEqual(error(minimal + "\nmodel: {output: every_step}\n"), "c.yaml: model.output: the adding problem has one target per sequence: use last_step")
         XCTAssertEqual(error(minimal + "\n  path: x\n"), "c.yaml: data.path: applies only when data.kind is text or csv or ts (it is synthetic)")
+        // A checkpoint's config stores every key, unset nullable ones as null: resuming an LSTM
+        // run with --set model.cell=gru must not blame the null forget_bias.
+        XCTAssertEqual(try parse(minimal, ["model.cell=gru", "model.init.forget_bias=null"]).model.cell, .gru)
+        XCTAssertEqual(error(minimal, ["model.cell=gru", "model.init.forget_bias=1"]), "c.yaml: model.init.forget_bias: applies only when model.cell is lstm (it is gru)")
     }
 
     /// Settings of another optimizer or schedule are ignored with a warning (a --set of the name
