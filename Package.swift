@@ -52,8 +52,9 @@ let package = Package(
         .target(name: "CAllocCount", path: "Tests/Support/CAllocCount"),
         // Test support: prints the margin of a learning or tolerance test (scripts/test.sh lists them).
         .target(name: "Margins", path: "Tests/Support/Margins"),
-        .testTarget(name: "RNNTests", dependencies: ["RNN", "RNNDistributed", "CAllocCount", "Margins"], exclude: ["Fixtures"]),
+        .testTarget(name: "RNNTests", dependencies: ["RNN", "CAllocCount", "Margins"], exclude: ["Fixtures"]),
         .testTarget(name: "RNNDataTests", dependencies: ["RNNData"]),
+        .testTarget(name: "RNNDistributedTests", dependencies: ["RNNDistributed", "RNN"]),
         .testTarget(name: "RNNTrainTests", dependencies: ["RNNTrain", "RNNData", "RNNDistributed", "RNN", "CAllocCount", "Margins"], exclude: ["Fixtures"]),
         // Launches `mpirun -np N rnn-dp ...` on the built executable.
         .testTarget(name: "MultiRankTests", dependencies: ["RNNTrain", "rnn-dp", "Margins"]),

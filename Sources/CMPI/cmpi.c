@@ -64,8 +64,6 @@ int cmpi_allreduce_sum_f32(float *b, int64_t n) { return allreduce_chunked(b, n,
 int cmpi_allreduce_sum_f64(double *b, int64_t n) { return allreduce_chunked(b, n, MPI_DOUBLE, sizeof(double), MPI_SUM); }
 int cmpi_allreduce_sum_i64(int64_t *b, int64_t n) { return allreduce_chunked(b, n, MPI_INT64_T, sizeof(int64_t), MPI_SUM); }
 int cmpi_allreduce_max_f64(double *b, int64_t n) { return allreduce_chunked(b, n, MPI_DOUBLE, sizeof(double), MPI_MAX); }
-int cmpi_allreduce_max_i64(int64_t *b, int64_t n) { return allreduce_chunked(b, n, MPI_INT64_T, sizeof(int64_t), MPI_MAX); }
-int cmpi_allreduce_min_i64(int64_t *b, int64_t n) { return allreduce_chunked(b, n, MPI_INT64_T, sizeof(int64_t), MPI_MIN); }
 
 static int bcast_chunked(void *buf, int64_t count, MPI_Datatype type, size_t elem, int root) {
     char *p = (char *)buf;

@@ -25,12 +25,12 @@ public struct Diagnostics: Equatable, Sendable {
 }
 
 extension Network {
-    /// The additive sums behind `Diagnostics`, from the latest `lossAndGradient` (which must have
-    /// run with `collectDiagnostics` set). Shape (L, 3 + H + T): per layer the saturated count, the
-    /// number of outputs counted, the near-dead count, H fired counts (relu), T squared dh norms.
     /// The length of `diagnosticSums()` for a backward pass over `steps` time steps: (L, 3 + H + T).
     public func diagnosticSumCount(steps T: Int) -> Int { spec.layers * (3 + spec.hiddenSize + T) }
 
+    /// The additive sums behind `Diagnostics`, from the latest `lossAndGradient` (which must have
+    /// run with `collectDiagnostics` set). Shape (L, 3 + H + T): per layer the saturated count, the
+    /// number of outputs counted, the near-dead count, H fired counts (relu), T squared dh norms.
     public func diagnosticSums() -> [Double] {
         let L = spec.layers, H = spec.hiddenSize, T = lastSteps, B = lastBatch
         let width = 3 + H + T

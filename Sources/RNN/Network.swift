@@ -86,7 +86,7 @@ public final class Network<S: RNNScalar> {
     /// numerics stay free of MPI.
     public var reduceAcrossRanks: ((UnsafeMutableBufferPointer<Double>) -> Void)?
 
-    /// Deferred running statistics (training.reproducible): when set, training forwards leave
+    /// Deferred running statistics (for a caller that sums micro-shards exactly): when set, training forwards leave
     /// `runningStatistics` alone and add each forward's batch statistics here instead, (L, 2, G*H):
     /// mean, then unbiased variance, plus in the last element the number of forwards added. The
     /// trainer sums these over micro-shards exactly and applies them once per step with

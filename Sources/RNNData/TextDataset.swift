@@ -117,14 +117,8 @@ public final class TextDataset: Dataset {
     /// True when step `step` starts a new pass over the streams (the carried state is reset).
     public func streamRestarts(step: Int, globalBatch B: Int) -> Bool { step % max(streamChunks(globalBatch: B), 1) == 0 }
 
-    /// Rows `rows` of the global batch of step `step` in stateful-stream order.
-    public func streamBatch(step: Int, globalBatch B: Int, rows: Range<Int>) -> Batch {
-        var batch = Batch(batchSize: 0, steps: 0)
-        fillStreamBatch(&batch, step: step, globalBatch: B, rows: rows)
-        return batch
-    }
-
-    /// streamBatch written into `batch`, reusing its arrays (see Dataset.fillTrainingBatch).
+    /// Rows `rows` of the global batch of step `step` in stateful-stream order, written into
+    /// `batch`, reusing its arrays (see Dataset.fillTrainingBatch).
     public func fillStreamBatch(_ batch: inout Batch, step: Int, globalBatch B: Int, rows: Range<Int>) {
         let L = train.count / B, chunk = step % max(streamChunks(globalBatch: B), 1)
         if starts.count != rows.count { starts = [Int](repeating: 0, count: rows.count) }

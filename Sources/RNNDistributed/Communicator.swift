@@ -73,14 +73,6 @@ extension Communicator {
     public func shard(of globalBatch: Int) -> Range<Int> {
         Shard.rows(globalBatch: globalBatch, rank: rank, size: size)
     }
-
-    /// Every rank reports whether its part of a phase failed; all ranks learn whether any did and
-    /// which is the lowest failing rank. Lets a job stop cleanly on every rank together (no rank
-    /// left waiting in a later collective) with one message.
-    public func agree(failed: Bool) throws -> Int? {
-        let flags = try allgather(failed ? 1 : 0)
-        return flags.firstIndex(of: 1)
-    }
 }
 
 public enum Shard {

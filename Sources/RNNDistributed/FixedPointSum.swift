@@ -149,7 +149,4 @@ public final class FixedPointReduction {
             }
         }
     }
-
-    /// Bytes this rank sends into the allreduce per reduction (the int64 vector).
-    public var bytesPerReduction: Int { count * MemoryLayout<Int64>.stride }
 }

@@ -147,7 +147,7 @@ extension TrainedModel {
 }
 
 /// Loss (and accuracy, or RMSE/MAE in original units, `std` being the series' scale) over the
-/// dataset's validation samples, each rank taking its shard in batches of 256; identical on every
+/// dataset's validation samples, each rank taking its shard in chunks of 128; identical on every
 /// rank after one reduction. nil when the data has no validation samples. Used by training's
 /// evaluations and by `rnn-dp eval`, so both report the same number.
 func evaluateValidation(network: Network<Float>, dataset: Dataset, comm: Communicator, std: Double) throws -> Evaluation? {

@@ -173,7 +173,6 @@ public final class Trainer {
     var replicasApart = false
     /// training.stateful: the text dataset read as streams.
     var streams: TextDataset?
-    var microShardGradients: [Buffer<Float>] = []
     /// Workspaces of the step, reused so that a step allocates nothing: this rank's batch, the
     /// state carried into the next pass (L, C, rows, H), the loss sums (loss, terms, correct,
     /// non-finite flag) and, with batch norm, the running statistics before the step.

@@ -69,6 +69,21 @@ final class DataParallelTests: XCTestCase {
         XCTAssertNotEqual(untrained.tensor("rnn.weight_hh_l0")?.values, reference.tensor("rnn.weight_hh_l0")?.values)
     }
 
+    /// The bucketed exchange with many small buckets (about 4 KiB each: several outstanding
+    /// nonblocking allreduces, started in order during the backward pass) trains, at np = 3, the
+    /// model of one blocking allreduce after the backward pass.
+    func testManySmallBucketsMatchTheBlockingExchange() throws {
+        let blockingDir = MPIRunner.tempDir(), bucketDir = MPIRunner.tempDir()
+        XCTAssertEqual(try MPIRunner.run(np: 3, ["train", "--config", config(blockingDir), "--set", "training.bucket_mb=0"]).status, 0)
+        let r = try MPIRunner.run(np: 3, ["train", "--config", config(bucketDir), "--set", "training.bucket_mb=0.004"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let line = try XCTUnwrap(r.stdout.split(separator: "\n").first { $0.hasPrefix("exchange: ") }, r.stdout)
+        let count = try XCTUnwrap(Int(line.split(separator: " ")[1]), String(line))
+        XCTAssertGreaterThanOrEqual(count, 5, String(line))
+        assertClose(try SafeTensors.read(path: "\(bucketDir)/out/model.safetensors"), try SafeTensors.read(path: "\(blockingDir)/out/model.safetensors"),
+                    1e-5, "np=3 with \(count) buckets vs blocking")
+    }
+
     /// Every tensor of `m` within `tolerance` (relative, with a floor of 1e-2) of `reference`.
     func assertClose(_ m: SafeTensors.File, _ reference: SafeTensors.File, _ tolerance: Double, _ what: String,
                      file: StaticString = #filePath, line: UInt = #line) {

@@ -41,7 +41,11 @@ final class RunDirectoryTests: XCTestCase {
     func testAFinishedRunIsNeitherDestroyedNorMixed() throws {
         let dir = MPIRunner.tempDir()
         let path = config(dir)
-        XCTAssertEqual(try MPIRunner.run(np: 2, ["train", "--config", path]).status, 0)
+        let first = try MPIRunner.run(np: 2, ["train", "--config", path])
+        XCTAssertEqual(first.status, 0, first.stderr)
+        // The progress line carries the elapsed time, and the ETA until the last step.
+        XCTAssertTrue(first.stdout.contains("step 6/12 |") && first.stdout.split(separator: "\n").contains { $0.hasPrefix("step 6/12 |") && $0.contains("| elapsed ") && $0.contains("| ETA ") }, first.stdout)
+        XCTAssertTrue(first.stdout.split(separator: "\n").contains { $0.hasPrefix("step 12/12 |") && $0.contains("| elapsed ") && !$0.contains("ETA") }, first.stdout)
         let before = snapshot("\(dir)/out")
         XCTAssertNotNil(before["model.safetensors"])
 

@@ -36,8 +36,6 @@ int cmpi_allreduce_sum_f64(double *buf, int64_t count);
 int cmpi_allreduce_sum_i64(int64_t *buf, int64_t count);
 /* In-place max / min over all ranks. */
 int cmpi_allreduce_max_f64(double *buf, int64_t count);
-int cmpi_allreduce_max_i64(int64_t *buf, int64_t count);
-int cmpi_allreduce_min_i64(int64_t *buf, int64_t count);
 /* Broadcast from root, in place. */
 int cmpi_bcast_f32(float *buf, int64_t count, int root);
 int cmpi_bcast_bytes(uint8_t *buf, int64_t count, int root);
