@@ -43,12 +43,17 @@ public enum Checkpoint {
         do { file = try SafeTensors.decode(bytes) } catch let e as SafeTensors.FormatError {
             throw Error(message: "\(name): not a valid safetensors file: \(e.message)")
         }
+        try verify(file, bytes: bytes, name: name)
+        return file
+    }
+
+    /// The rnn-dp checks of a decoded file: format version and the checksum of `bytes`' data.
+    public static func verify(_ file: SafeTensors.File, bytes: [UInt8], name: String) throws {
         guard let f = file.metadata["format"] else { throw Error(message: "\(name): no 'format' in the metadata: not an rnn-dp file") }
         guard f == format else { throw Error(message: "\(name): format '\(SafeTensors.printable(f))' is not supported (this rnn-dp reads \(format))") }
         guard let stored = file.metadata["checksum"] else { throw Error(message: "\(name): no checksum in the metadata") }
         let actual = SafeTensors.dataChecksum(bytes) ?? ""
         guard stored == actual else { throw Error(message: "\(name): checksum mismatch (stored \(SafeTensors.printable(stored)), data \(actual)): the file is corrupt") }
-        return file
     }
 
     /// A checkpoint file, or the latest one in a directory (its `latest` pointer, else the

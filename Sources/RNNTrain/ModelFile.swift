@@ -184,8 +184,8 @@ func evaluateValidation(network: Network<Float>, dataset: Dataset, comm: Communi
 
 /// `rnn-dp inspect`: what a file holds, and whether its checksum matches.
 public enum Inspector {
-    public static let mismatchPrefix = "checksum: MISMATCH"
-    public static func describe(path: String) throws -> [String] {
+    /// The lines to print, and whether the stored checksum disagrees with the data.
+    public static func describe(path: String) throws -> (lines: [String], checksumMismatch: Bool) {
         guard let data = FileManager.default.contents(atPath: path) else {
             throw RNNDPError("\(path): \(FileManager.default.fileExists(atPath: path) ? "cannot read the file" : "no such file")")
         }
@@ -197,7 +197,7 @@ public enum Inspector {
         var out = ["file: \(path) (\(bytes.count) bytes)"]
         let stored = file.metadata["checksum"]
         let actual = SafeTensors.dataChecksum(bytes) ?? "?"
-        out.append("checksum: " + (stored == nil ? "none stored (data \(actual))" : stored == actual ? "ok (\(actual))" : "MISMATCH: stored \(stored!), data \(actual)"))  // mismatchPrefix
+        out.append("checksum: " + (stored == nil ? "none stored (data \(actual))" : stored == actual ? "ok (\(actual))" : "MISMATCH: stored \(stored!), data \(actual)"))
         for key in ["format", "kind", "step", "samples_seen", "optimizer", "optimizer_steps", "schedule", "skipped_steps", "world_size",
                     "normalization_mean", "normalization_std"] {
             if let v = file.metadata[key] { out.append("\(key): \(v)") }
@@ -212,6 +212,6 @@ public enum Inspector {
         let total = file.tensors.reduce(0) { $0 + $1.values.count }
         out.append("tensors: \(file.tensors.count), \(total) values (float32)")
         for t in file.tensors { out.append("  \(t.name) \(t.shape)") }
-        return out
+        return (out, stored != nil && stored != actual)
     }
 }

@@ -151,11 +151,15 @@ public enum SafeTensors {
         return File(tensors: tensors.sorted { $0.name < $1.name }, metadata: metadata)
     }
 
-    public static func read(path: String) throws -> File {
+    public static func read(path: String) throws -> File { try readWithBytes(path: path).file }
+
+    /// The file and its bytes (for a checksum over them, `Checkpoint.verify`), read once.
+    public static func readWithBytes(path: String) throws -> (file: File, bytes: [UInt8]) {
         guard let data = FileManager.default.contents(atPath: path) else {
             throw FormatError(message: "\(path): \(FileManager.default.fileExists(atPath: path) ? "cannot read the file" : "no such file")")
         }
-        do { return try decode(Array(data)) } catch let e as FormatError {
+        let bytes = Array(data)
+        do { return (try decode(bytes), bytes) } catch let e as FormatError {
             throw FormatError(message: "\(path): \(e.message)")
         }
     }

@@ -89,11 +89,9 @@ public func runningStatisticsTensors(_ net: Network<Float>) -> [SafeTensors.Tens
 public func loadParameters(from path: String, into net: Network<Float>) throws {
     let file: SafeTensors.File
     do {
-        file = try SafeTensors.read(path: path)
-        if file.metadata["format"] != nil || file.metadata["checksum"] != nil {
-            guard let bytes = FileManager.default.contents(atPath: path) else { throw RNNDPError("model.init_from: \(path): cannot read the file") }
-            _ = try Checkpoint.decode(Array(bytes), name: path)
-        }
+        let bytes: [UInt8]
+        (file, bytes) = try SafeTensors.readWithBytes(path: path)
+        if file.metadata["format"] != nil || file.metadata["checksum"] != nil { try Checkpoint.verify(file, bytes: bytes, name: path) }
     } catch let e as SafeTensors.FormatError {
         throw RNNDPError("model.init_from: \(e.message)")
     } catch let e as Checkpoint.Error {

@@ -155,9 +155,9 @@ struct Inspect: ParsableCommand {
 
     func run() throws {
         do {
-            let lines = try Inspector.describe(path: file)
-            for line in lines { print(line) }
-            if lines.contains(where: { $0.hasPrefix(Inspector.mismatchPrefix) }) {
+            let report = try Inspector.describe(path: file)
+            for line in report.lines { print(line) }
+            if report.checksumMismatch {
                 FileHandle.standardError.write(Data("rnn-dp: error: \(file): checksum mismatch: the file is corrupt\n".utf8))
                 throw ExitCode(RNNDPError.badInput)
             }
