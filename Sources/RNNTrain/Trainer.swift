@@ -450,7 +450,7 @@ public final class Trainer {
             var diagnostics: Diagnostics?
             var tensorGradNorms: [(name: String, norm: Double)] = []
             if let sums = diagnosticTotals {
-                diagnostics = Diagnostics(sums: sums, spec: net.spec, steps: chunkLength)
+                diagnostics = Diagnostics(sums: sums, spec: net.spec, steps: lastChunkLength)
                 tensorGradNorms = tensorNorms(net.gradients, layout: net.layout)
             }
             let norm = clipGradientNorm(net.gradients, maxNorm: config.training.clipNorm)
@@ -540,6 +540,13 @@ public final class Trainer {
     var chunkLength: Int {
         let k = config.training.bpttLength
         return k > 0 ? min(k, dataset.steps) : dataset.steps
+    }
+
+    /// Steps of a sequence's last chunk (the pass the diagnostics come from): shorter than
+    /// `chunkLength` when it does not divide T.
+    var lastChunkLength: Int {
+        let T = dataset.steps, k = chunkLength
+        return T - (T - 1) / k * k
     }
 
     /// This rank's gradient sum for a step: its rows in `accumulate_steps` micro-batches, each in
@@ -674,7 +681,7 @@ public final class Trainer {
         let loss = try FixedPoint.sum(lossParts, count: 3, totalParts: M, comm: comm)
         var diagnosticTotals: [Double]?
         if diagnostics {
-            diagnosticTotals = try FixedPoint.sum(diagnosticParts, count: net.diagnosticSumCount(steps: chunkLength), totalParts: M, comm: comm)
+            diagnosticTotals = try FixedPoint.sum(diagnosticParts, count: net.diagnosticSumCount(steps: lastChunkLength), totalParts: M, comm: comm)
         }
         if net.spec.batchNorm {
             net.updateRunningStatistics(try FixedPoint.sum(statisticParts, count: net.runningStatistics.count + 1, totalParts: M, comm: comm))

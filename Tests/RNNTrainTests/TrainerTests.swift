@@ -170,6 +170,12 @@ final class TrainerTests: XCTestCase {
         let whh = layout.layer(0).whh
         let diff = whh.range.map { abs(cut.network.gradients[$0] - full.network.gradients[$0]) }.max()!
         XCTAssertGreaterThan(diff, 1e-4, "the cut removes gradient terms")
+        // A last chunk shorter than bptt_length (12 = 5 + 5 + 2): a log step's diagnostics come
+        // from that chunk and count its 2 steps.
+        let logged = base.replacingOccurrences(of: "steps: 0", with: "steps: 2") + "output: {log_every: 1}\n"
+        let (short, shortTrainer) = try train(logged, ["training.bptt_length=5"])
+        XCTAssertEqual(short.steps, 2)
+        XCTAssertEqual(shortTrainer.lastChunkLength, 2)
         XCTAssertThrowsError(try train("data: {kind: synthetic, length: 8}\ntraining: {bptt_length: 4}\n")) {
             XCTAssertTrue("\($0)".contains("truncated BPTT needs a loss at every step"), "\($0)")
         }
