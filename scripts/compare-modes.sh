@@ -8,7 +8,8 @@
 #   scripts/compare-modes.sh compare A B     exit 0 when the records in A and B are identical
 #
 # A case is a small config on tiny-shakespeare or the adding problem plus --set overrides; every
-# case runs 8 steps with logging, evaluation and checkpoints inside the run. Takes 2-4 minutes.
+# case runs 8 steps with logging, evaluation and checkpoints inside the run. Takes 1-2 minutes.
+# ONLY=CASE records one case; KEEP=1 keeps the model files too.
 # Uses the release build in .build/release (build it first).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -108,6 +109,7 @@ plain|text|
 buckets|text|training.bucket_mb=0.004
 bf16|text|training.compression=bf16
 fp16|text|training.compression=fp16
+bf16-buckets|text|training.compression=bf16 training.bucket_mb=0.004
 accumulate|text|training.accumulate_steps=2
 tbptt|text|training.bptt_length=5
 stateful|text|training.stateful=true model.cell=gru
@@ -132,6 +134,7 @@ run_case() {  # out np name base overrides env
     echo "FAIL $name np=$np"; tail -5 "$work/log"; rm -rf "$work"; return 1
   fi
   tensor_sha "$work/run/model.safetensors" > "$out/$name-np$np.sha"
+  [ -n "${KEEP:-}" ] && cp "$work/run/model.safetensors" "$out/$name-np$np.safetensors"
   strip_timings < "$work/run/metrics.jsonl" > "$out/$name-np$np.metrics"
   # Resume: 4 steps, then continue to 8 from the checkpoint.
   if [ "$name" = plain ] || [ "$name" = stateful ] || [ "$name" = adding-gru ] || [ "$name" = reproducible ]; then
@@ -155,6 +158,7 @@ case "${1:-}" in
     export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
     failed=0
     while IFS='|' read -r name base overrides envs; do
+      [ -n "${ONLY:-}" ] && [ "$name" != "$ONLY" ] && continue
       for np in 1 2 3; do run_case "$out" "$np" "$name" "$base" "$overrides" "$envs" || failed=1; done
       echo "recorded $name"
     done < <(cases)

@@ -88,16 +88,21 @@ int cmpi_allgather_u64(uint64_t value, uint64_t *recv) {
 static MPI_Request requests[CMPI_MAX_REQUESTS];
 static int request_used[CMPI_MAX_REQUESTS];
 
-int cmpi_iallreduce_sum_f32(float *buf, int64_t count, int *handle) {
+/* Starts an in-place MPI_Iallreduce in a free slot of the request table. */
+static int start_iallreduce(void *buf, int64_t count, MPI_Datatype type, MPI_Op op, int *handle) {
     if (count > INT_MAX) return MPI_ERR_COUNT;
     int slot = -1;
     for (int i = 0; i < CMPI_MAX_REQUESTS; i++) if (!request_used[i]) { slot = i; break; }
     if (slot < 0) return MPI_ERR_REQUEST;
-    int rc = MPI_Iallreduce(MPI_IN_PLACE, buf, (int)count, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD, &requests[slot]);
+    int rc = MPI_Iallreduce(MPI_IN_PLACE, buf, (int)count, type, op, MPI_COMM_WORLD, &requests[slot]);
     if (rc != MPI_SUCCESS) return rc;
     request_used[slot] = 1;
     *handle = slot;
     return MPI_SUCCESS;
+}
+
+int cmpi_iallreduce_sum_f32(float *buf, int64_t count, int *handle) {
+    return start_iallreduce(buf, count, MPI_FLOAT, MPI_SUM, handle);
 }
 
 int cmpi_test(int handle, int *done) {
@@ -152,16 +157,32 @@ static void sum_h16(void *in, void *inout, int *len, MPI_Datatype *type) {
 
 static MPI_Op half_ops[2] = {MPI_OP_NULL, MPI_OP_NULL};
 
-int cmpi_allreduce_sum_half(uint16_t *buf, int64_t count, int kind) {
+/* The user-defined sum of 16-bit floats of `kind`, created on first use. */
+static int half_op(int kind, MPI_Op *op) {
     if (kind < 0 || kind > 1) return MPI_ERR_ARG;
     if (half_ops[kind] == MPI_OP_NULL) {
         int rc = MPI_Op_create(kind == 0 ? sum_bf16 : sum_h16, 1, &half_ops[kind]);
         if (rc != MPI_SUCCESS) return rc;
     }
+    *op = half_ops[kind];
+    return MPI_SUCCESS;
+}
+
+int cmpi_iallreduce_sum_half(uint16_t *buf, int64_t count, int kind, int *handle) {
+    MPI_Op op;
+    int rc = half_op(kind, &op);
+    if (rc != MPI_SUCCESS) return rc;
+    return start_iallreduce(buf, count, MPI_UINT16_T, op, handle);
+}
+
+int cmpi_allreduce_sum_half(uint16_t *buf, int64_t count, int kind) {
+    MPI_Op op;
+    int rc0 = half_op(kind, &op);
+    if (rc0 != MPI_SUCCESS) return rc0;
     char *p = (char *)buf;
     while (count > 0) {
         int n = (int)(count < CHUNK ? count : CHUNK);
-        int rc = MPI_Allreduce(MPI_IN_PLACE, p, n, MPI_UINT16_T, half_ops[kind], MPI_COMM_WORLD);
+        int rc = MPI_Allreduce(MPI_IN_PLACE, p, n, MPI_UINT16_T, op, MPI_COMM_WORLD);
         if (rc != MPI_SUCCESS) return rc;
         p += (size_t)n * 2;
         count -= n;

@@ -29,6 +29,8 @@ public protocol Communicator: AnyObject {
     /// Starts an in-place sum over ranks; the buffer must stay untouched until the returned
     /// request completes (`test` or `wait`).
     func startAllreduceSum(_ buffer: UnsafeMutableBufferPointer<Float>) throws -> Int
+    /// The nonblocking twin of `allreduceSumHalf`, completed like `startAllreduceSum`.
+    func startAllreduceSumHalf(_ buffer: UnsafeMutableBufferPointer<UInt16>, bfloat: Bool) throws -> Int
     /// True when request `id` has completed; drives MPI's progress.
     func test(_ id: Int) throws -> Bool
     /// Blocks until request `id` completes.
@@ -97,6 +99,7 @@ public final class SingleProcessCommunicator: Communicator {
     public func broadcast(_ buffer: UnsafeMutableBufferPointer<UInt8>, root: Int) throws {}
     public func allgather(_ value: UInt64) throws -> [UInt64] { [value] }
     public func startAllreduceSum(_ buffer: UnsafeMutableBufferPointer<Float>) throws -> Int { 0 }
+    public func startAllreduceSumHalf(_ buffer: UnsafeMutableBufferPointer<UInt16>, bfloat: Bool) throws -> Int { 0 }
     public func allreduceSumHalf(_ buffer: UnsafeMutableBufferPointer<UInt16>, bfloat: Bool) throws {}
     public func test(_ id: Int) throws -> Bool { true }
     public func wait(_ id: Int) throws {}

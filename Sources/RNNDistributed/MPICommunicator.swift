@@ -62,6 +62,11 @@ public final class MPICommunicator: Communicator {
         try check(cmpi_iallreduce_sum_f32(b.baseAddress, Int64(b.count), &handle), "iallreduce(sum, float)")
         return Int(handle)
     }
+    public func startAllreduceSumHalf(_ b: UnsafeMutableBufferPointer<UInt16>, bfloat: Bool) throws -> Int {
+        var handle: Int32 = -1
+        try check(cmpi_iallreduce_sum_half(b.baseAddress, Int64(b.count), bfloat ? 0 : 1, &handle), "iallreduce(sum, \(bfloat ? "bf16" : "fp16"))")
+        return Int(handle)
+    }
     public func test(_ id: Int) throws -> Bool {
         var done: Int32 = 0
         try check(cmpi_test(Int32(id), &done), "test")

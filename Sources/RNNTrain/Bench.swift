@@ -119,15 +119,15 @@ public enum Bench {
             microBatches = Shard.rows(globalBatch: M, rank: comm.rank, size: comm.size).map { j in randomBatch(Shard.rows(globalBatch: B, rank: j, size: M).count) }
             reduction = FixedPointReduction(comm: comm, count: net.layout.count, segments: net.layout.views.map(\.range))
         }
-        var halfScratch = [UInt16](repeating: 0, count: compression == .none ? 0 : net.layout.count)
         var stepTimes: [Double] = [], computeTimes: [Double] = [], commTimes: [Double] = [], totalCommTimes: [Double] = []
         // The training exchange: buckets reduced during the backward pass (more than one rank).
-        let exchange = comm.size > 1 && bucketBytes > 0 && microShards == nil && localSGD == nil && compression == .none ? GradientExchange(comm: comm, buffer: net.gradients.buffer, bucketBytes: bucketBytes) : nil
+        let reducer = makeGradientReducer(comm: comm, buffer: net.gradients.buffer, bucketBytes: bucketBytes, compression: compression)
         var failure: Error?
-        if let exchange {
-            net.onGradientsFinal = { offset in do { try exchange.ready(from: offset) } catch { failure = failure ?? error } }
-            net.onProgress = { do { try exchange.progress() } catch { failure = failure ?? error } }
+        if reducer.overlapsBackward && microShards == nil && localSGD == nil {
+            net.onGradientsFinal = { offset in do { try reducer.ready(from: offset) } catch { failure = failure ?? error } }
+            net.onProgress = { do { try reducer.progress() } catch { failure = failure ?? error } }
         }
+        var reductionTiming = ReductionTiming()
         for i in 0..<(warmup + steps) {
             try comm.barrier()
             let t0 = monotonicSeconds()
@@ -158,17 +158,11 @@ public enum Bench {
                 continue
             } else {
                 net.gradients.zero()
-                exchange?.begin()
+                reducer.begin()
                 net.lossAndGradient(batch)
                 if let failure { throw failure }
                 t1 = monotonicSeconds()
-                if let exchange {
-                    try exchange.finish()
-                } else if compression != .none {
-                    try halfScratch.withUnsafeMutableBufferPointer { try compression.allreduce(net.gradients.buffer, scratch: $0, comm: comm) }
-                } else {
-                    try comm.allreduceSum(net.gradients.buffer)
-                }
+                reductionTiming = try reducer.finish()
                 t2 = monotonicSeconds()
             }
             net.normalizeGradients(globalSamples: B, steps: T)
@@ -178,7 +172,7 @@ public enum Bench {
                 stepTimes.append(t3 - t0)
                 computeTimes.append((t1 - t0) + (t3 - t2))
                 commTimes.append(t2 - t1)
-                totalCommTimes.append(exchange.map { max($0.communicationSeconds, t2 - t1) } ?? (t2 - t1))
+                totalCommTimes.append(max(reductionTiming.communication, t2 - t1))
             }
         }
         // Rank 0 reports the slowest rank's times (a step is as slow as its slowest rank).

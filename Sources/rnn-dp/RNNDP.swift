@@ -35,6 +35,25 @@ struct RNNDP: ParsableCommand {
         subcommands: [Train.self, Sample.self, Eval.self, Inspect.self, Keys.self, BenchCommand.self, BenchAllreduce.self])
 }
 
+/// `--set key.path=value`, shared by the commands that read a config.
+struct ConfigOverrides: ParsableArguments {
+    @Option(name: .customLong("set"), help: ArgumentHelp("Override a config key, e.g. --set training.steps=50 or data.validation_fraction=0.2 (repeatable).", valueName: "key.path=value"))
+    var overrides: [String] = []
+}
+
+/// `--checkpoint FILE`, shared by the commands that read a trained model.
+struct ModelFileOption: ParsableArguments {
+    @Option(help: ArgumentHelp("A model.safetensors or checkpoint written by rnn-dp train.", valueName: "file"))
+    var checkpoint: String
+}
+
+extension Compression: ExpressibleByArgument {}
+
+/// bench --scaling: the batch per rank fixed (weak) or the global batch fixed (strong).
+enum Scaling: String, CaseIterable, ExpressibleByArgument {
+    case weak, strong
+}
+
 /// Runs a command's body on every rank (Job.run) and exits with its code when it failed.
 func runOnEveryRank(_ body: (Communicator, Console) throws -> Void) throws {
     let code = Job.run(body)
@@ -49,8 +68,8 @@ struct Train: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("The YAML config file (optional with --resume: the checkpoint holds its config).", valueName: "file"))
     var config: String?
 
-    @Option(name: .customLong("set"), help: ArgumentHelp("Override a config key, e.g. --set training.steps=50 (repeatable).", valueName: "key.path=value"))
-    var overrides: [String] = []
+    @OptionGroup var sets: ConfigOverrides
+    var overrides: [String] { sets.overrides }
 
     @Option(name: .long, help: ArgumentHelp("Continue from a checkpoint file, or the latest one in a checkpoint directory or a run's output directory.", valueName: "dir-or-file"))
     var resume: String?
@@ -82,8 +101,8 @@ struct Sample: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Generate text from a character model.")
     static let maxLength = 100_000_000
 
-    @Option(help: ArgumentHelp("A model.safetensors or checkpoint written by rnn-dp train.", valueName: "file"))
-    var checkpoint: String
+    @OptionGroup var model: ModelFileOption
+    var checkpoint: String { model.checkpoint }
     @Option(help: "Text to feed the model before sampling (default: a newline).")
     var prime: String = ""
     @Option(parsing: .unconditional, help: "Characters to generate (at most 100000000).")
@@ -113,12 +132,12 @@ struct Eval: ParsableCommand {
         abstract: "Evaluate a trained model on the validation part of its data (sharded under mpirun).",
         discussion: "Text: loss, perplexity, bits per character, accuracy. Series: MSE, and RMSE/MAE in the original units.")
 
-    @Option(help: ArgumentHelp("A model.safetensors or checkpoint written by rnn-dp train.", valueName: "file"))
-    var checkpoint: String
+    @OptionGroup var model: ModelFileOption
+    var checkpoint: String { model.checkpoint }
     @Option(help: ArgumentHelp("Evaluate on this file instead of the training config's data.path.", valueName: "path"))
     var data: String?
-    @Option(name: .customLong("set"), help: ArgumentHelp("Override a config key (e.g. data.validation_fraction=0.2).", valueName: "key.path=value"))
-    var overrides: [String] = []
+    @OptionGroup var sets: ConfigOverrides
+    var overrides: [String] { sets.overrides }
     @Flag(name: .customLong("skip-unknown"), help: "Evaluate a text without its characters that are not in the model's vocabulary (without it, such a text is refused).")
     var skipUnknown = false
 
@@ -192,7 +211,7 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "Untimed warm-up steps per case.")
     var warmup: Int = 3
     @Option(help: "weak or strong.")
-    var scaling: String = "weak"
+    var scaling: Scaling = .weak
     @Option(help: "BLAS threads per rank (default 1, the issue's setting).")
     var threads: Int = 1
     @Option(name: .customLong("bucket-mb"), help: "Gradient bucket size in MiB (0: one blocking allreduce after the backward pass).")
@@ -203,17 +222,15 @@ struct BenchCommand: ParsableCommand {
     var microShards: Int?
     @Option(name: .customLong("local-sgd"), help: "Local SGD: no gradient exchange, parameters averaged every this many steps (step times are then means, not medians).")
     var localSGD: Int?
-    @Option(help: "Exchange the gradient as bf16 or fp16 (training.compression; one blocking allreduce).")
-    var compression: String = "none"
+    @Option(help: "Exchange the gradient as bf16 or fp16 (training.compression; in the buckets, or one blocking allreduce with --bucket-mb 0).")
+    var compression: Compression = .none
     @Flag(help: "One JSON object per case.")
     var json = false
 
     func validate() throws {
-        guard let c = Compression(rawValue: compression) else { throw ValidationError("--compression must be none, bf16 or fp16") }
-        if c != .none && (reproducible || localSGD != nil) { throw ValidationError("--compression cannot be combined with --reproducible or --local-sgd") }
+        if compression != .none && (reproducible || localSGD != nil) { throw ValidationError("--compression cannot be combined with --reproducible or --local-sgd") }
         if let k = localSGD, k < 1 || reproducible { throw ValidationError("--local-sgd needs k >= 1 and cannot be combined with --reproducible") }
         if microShards != nil && !reproducible { throw ValidationError("--micro-shards needs --reproducible") }
-        guard ["weak", "strong"].contains(scaling) else { throw ValidationError("--scaling must be weak or strong") }
         guard steps >= 1, warmup >= 0, threads >= 1, bucketMB >= 0 else { throw ValidationError("--steps >= 1, --warmup >= 0, --threads >= 1, --bucket-mb >= 0") }
         for c in cases where !Bench.standard.contains(where: { $0.name == c }) {
             throw ValidationError("unknown case '\(c)' (known: \(Bench.standard.map(\.name).joined(separator: ", ")))")
@@ -227,17 +244,18 @@ struct BenchCommand: ParsableCommand {
             var rate = [sgemm]
             try comm.allreduceMax(&rate)
             if !json {
-                console.info("rnn-dp bench: \(comm.name), \(threads) BLAS thread\(threads == 1 ? "" : "s") per rank, \(scaling) scaling, \(steps) steps after \(warmup) warm-up"
+                console.info("rnn-dp bench: \(comm.name), \(threads) BLAS thread\(threads == 1 ? "" : "s") per rank, \(scaling.rawValue) scaling, \(steps) steps after \(warmup) warm-up"
                              + (reproducible ? ", reproducible mode with \(microShards ?? comm.size) micro-shards" : ""))
                 console.info(String(format: "single-thread sgemm (1024^3): %.1f GFLOP/s", rate[0]))
                 console.info("case          ranks  batch  step ms  tokens/s   GFLOP/s  of sgemm  compute ms  exposed comm ms  memory MB (model / peak growth)")
             }
             for c in Bench.standard where cases.isEmpty || cases.contains(c.name) {
-                let r = try Bench.run(c, comm: comm, strong: scaling == "strong", warmup: warmup, steps: steps, sgemm: rate[0],
+                let r = try Bench.run(c, comm: comm, strong: scaling == .strong, warmup: warmup, steps: steps, sgemm: rate[0],
                                       bucketBytes: Int(bucketMB * 1_048_576), microShards: reproducible ? (microShards ?? comm.size) : nil,
-                                      localSGD: localSGD, compression: Compression(rawValue: compression)!)
+                                      localSGD: localSGD, compression: compression)
                 if json {
-                    console.info("{\"case\":\"\(r.name)\",\"ranks\":\(r.ranks),\"global_batch\":\(r.globalBatch),\"step_s\":\(r.medianStep),\"tokens_per_s\":\(r.tokensPerSecond),\"gflops\":\(r.gflops),\"fraction_of_sgemm\":\(r.fractionOfSgemm),\"compute_s\":\(r.medianCompute),\"exposed_comm_s\":\(r.medianExposedComm),\"comm_s\":\(r.medianCommunication),\"bytes_per_step\":\(r.bytesPerStep),\"allreduce_gbps\":\(r.allreduceGBps),\"parameters\":\(r.parameters),\"bucket_mb\":\(bucketMB),\"reproducible\":\(reproducible),\"local_sgd\":\(localSGD ?? 0),\"compression\":\"\(compression)\",\"model_bytes\":\(r.modelBytes),\"peak_growth_bytes\":\(r.peakGrowthBytes),\"micro_shards\":\(r.microShards ?? 0),\"sgemm_gflops\":\(rate[0]),\"threads\":\(threads),\"scaling\":\"\(scaling)\"}")
+                    console.info(try BenchRecord(r, bucketMB: bucketMB, reproducible: reproducible, localSGD: localSGD ?? 0,
+                                                 sgemm: rate[0], threads: threads, scaling: scaling.rawValue).json())
                 } else {
                     let name = r.name.padding(toLength: 12, withPad: " ", startingAt: 0)
                     console.info(name + String(format: " %6d %6d %8.2f %9.0f %9.1f %8.0f%% %11.2f %16.3f %9.1f / %.1f", r.ranks, r.globalBatch,
@@ -286,5 +304,33 @@ struct BenchAllreduce: ParsableCommand {
                 else { console.info(String(format: "fit: alpha = %.2f us per message, beta = %.3f ns per byte (%.2f GB/s)", m.alpha * 1e6, m.beta * 1e9, 1 / m.beta / 1e9)) }
             }
         }
+    }
+}
+
+/// One line of `rnn-dp bench --json` (keys in snake case: step_s, tokens_per_s, ...).
+struct BenchRecord: Encodable {
+    var `case`: String, ranks: Int, globalBatch: Int
+    var stepS: Double, tokensPerS: Double, gflops: Double, fractionOfSgemm: Double
+    var computeS: Double, exposedCommS: Double, commS: Double
+    var bytesPerStep: Int, allreduceGbps: Double, parameters: Int
+    var bucketMb: Double, reproducible: Bool, localSgd: Int, compression: String
+    var modelBytes: Int, peakGrowthBytes: Int, microShards: Int
+    var sgemmGflops: Double, threads: Int, scaling: String
+
+    init(_ r: Bench.Result, bucketMB: Double, reproducible: Bool, localSGD: Int, sgemm: Double, threads: Int, scaling: String) {
+        `case` = r.name; ranks = r.ranks; globalBatch = r.globalBatch
+        stepS = r.medianStep; tokensPerS = r.tokensPerSecond; gflops = r.gflops; fractionOfSgemm = r.fractionOfSgemm
+        computeS = r.medianCompute; exposedCommS = r.medianExposedComm; commS = r.medianCommunication
+        bytesPerStep = r.bytesPerStep; allreduceGbps = r.allreduceGBps; parameters = r.parameters
+        bucketMb = bucketMB; self.reproducible = reproducible; localSgd = localSGD; compression = r.compression.rawValue
+        modelBytes = r.modelBytes; peakGrowthBytes = r.peakGrowthBytes; microShards = r.microShards ?? 0
+        sgemmGflops = sgemm; self.threads = threads; self.scaling = scaling
+    }
+
+    func json() throws -> String {
+        let encoder = JSONEncoder()
+        encoder.keyEncodingStrategy = .convertToSnakeCase
+        encoder.outputFormatting = .sortedKeys
+        return String(decoding: try encoder.encode(self), as: UTF8.self)
     }
 }

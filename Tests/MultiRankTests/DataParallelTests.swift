@@ -82,6 +82,16 @@ final class DataParallelTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(count, 5, String(line))
         assertClose(try SafeTensors.read(path: "\(bucketDir)/out/model.safetensors"), try SafeTensors.read(path: "\(blockingDir)/out/model.safetensors"),
                     1e-5, "np=3 with \(count) buckets vs blocking")
+        // Compression is a hook on the buckets: bf16 in the same buckets (encoded, reduced and
+        // decoded bucket by bucket during the backward pass) stays within bf16's rounding of the
+        // blocking bf16 exchange (the tolerance of testCompressedExchangeStaysCloseToFloat32).
+        let bf16Blocking = MPIRunner.tempDir(), bf16Buckets = MPIRunner.tempDir()
+        XCTAssertEqual(try MPIRunner.run(np: 3, ["train", "--config", config(bf16Blocking), "--set", "training.bucket_mb=0", "--set", "training.compression=bf16"]).status, 0)
+        let c = try MPIRunner.run(np: 3, ["train", "--config", config(bf16Buckets), "--set", "training.bucket_mb=0.004", "--set", "training.compression=bf16"])
+        XCTAssertEqual(c.status, 0, c.stderr)
+        XCTAssertTrue(c.stdout.contains("exchange: \(count) buckets of up to 0.004 MiB as bf16, started during the backward pass"), c.stdout)
+        assertClose(try SafeTensors.read(path: "\(bf16Buckets)/out/model.safetensors"), try SafeTensors.read(path: "\(bf16Blocking)/out/model.safetensors"),
+                    5e-2, "np=3 bf16 in \(count) buckets vs blocking bf16")
     }
 
     /// Every tensor of `m` within `tolerance` (relative, with a floor of 1e-2) of `reference`.
@@ -143,7 +153,8 @@ final class DataParallelTests: XCTestCase {
                 let dir = MPIRunner.tempDir()
                 let r = try MPIRunner.run(np: np, ["train", "--config", config(dir), "--set", "training.compression=\(kind)"])
                 XCTAssertEqual(r.status, 0, "\(kind) np=\(np): \(r.stderr)")
-                XCTAssertTrue(r.stdout.contains("exchange: gradients as \(kind)"), r.stdout)
+                // One process: one blocking 16-bit allreduce; more: compression as the buckets' hook.
+                XCTAssertTrue(r.stdout.contains(np == 1 ? "exchange: gradients as \(kind), one allreduce" : "as \(kind), started during the backward pass"), r.stdout)
                 let m = try SafeTensors.read(path: "\(dir)/out/model.safetensors")
                 assertClose(m, reference, kind == "bf16" ? 5e-2 : 1e-2, "\(kind) np=\(np)")
                 XCTAssertNotEqual(m.tensor("rnn.weight_hh_l0")?.values, reference.tensor("rnn.weight_hh_l0")?.values, "\(kind) np=\(np)")

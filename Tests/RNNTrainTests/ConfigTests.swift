@@ -24,7 +24,7 @@ final class ConfigTests: XCTestCase {
 
     func testDefaultsAndDerivedValues() throws {
         let c = try parse(minimal)
-        XCTAssertEqual(c.data.kind, "synthetic")
+        XCTAssertEqual(c.data.kind, .synthetic)
         XCTAssertEqual(c.training.sequenceLength, 8)
         XCTAssertEqual(c.model.output, .lastStep)
         XCTAssertEqual(c.training.loss, .mse)

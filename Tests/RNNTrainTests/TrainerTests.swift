@@ -154,11 +154,11 @@ final class TrainerTests: XCTestCase {
         let (_, full) = try train(base)
         let (_, cut) = try train(base, ["training.bptt_length=4"])
         let (_, whole) = try train(base, ["training.bptt_length=12"])
-        XCTAssertEqual(cut.chunkLength, 4)
+        XCTAssertEqual(cut.passes.chunkLength, 4)
         full.network.gradients.zero(); cut.network.gradients.zero(); whole.network.gradients.zero()
-        let f = full.computeGradients(step: 1, rows: 0..<3, diagnostics: false).0
-        let c = cut.computeGradients(step: 1, rows: 0..<3, diagnostics: false).0
-        let w = whole.computeGradients(step: 1, rows: 0..<3, diagnostics: false).0
+        let f = full.passes.gradient(step: 1, rows: 0..<3, diagnostics: false).0
+        let c = cut.passes.gradient(step: 1, rows: 0..<3, diagnostics: false).0
+        let w = whole.passes.gradient(step: 1, rows: 0..<3, diagnostics: false).0
         XCTAssertEqual(c.count, f.count)
         XCTAssertEqual(c.sum, f.sum, accuracy: 1e-4 * f.sum)
         XCTAssertEqual(w.sum, f.sum)
@@ -175,7 +175,7 @@ final class TrainerTests: XCTestCase {
         let logged = base.replacingOccurrences(of: "steps: 0", with: "steps: 2") + "output: {log_every: 1}\n"
         let (short, shortTrainer) = try train(logged, ["training.bptt_length=5"])
         XCTAssertEqual(short.steps, 2)
-        XCTAssertEqual(shortTrainer.lastChunkLength, 2)
+        XCTAssertEqual(shortTrainer.passes.lastChunkLength, 2)
         XCTAssertThrowsError(try train("data: {kind: synthetic, length: 8}\ntraining: {bptt_length: 4}\n")) {
             XCTAssertTrue("\($0)".contains("truncated BPTT needs a loss at every step"), "\($0)")
         }
@@ -226,6 +226,7 @@ final class TrainerTests: XCTestCase {
             func broadcast(_ b: UnsafeMutableBufferPointer<UInt8>, root: Int) throws {}
             func allgather(_ v: UInt64) throws -> [UInt64] { [v, v, v, v] }
             func startAllreduceSum(_ b: UnsafeMutableBufferPointer<Float>) throws -> Int { 0 }
+            func startAllreduceSumHalf(_ b: UnsafeMutableBufferPointer<UInt16>, bfloat: Bool) throws -> Int { 0 }
             func allreduceSumHalf(_ b: UnsafeMutableBufferPointer<UInt16>, bfloat: Bool) throws {}
             func test(_ id: Int) throws -> Bool { true }
             func wait(_ id: Int) throws {}

@@ -51,6 +51,9 @@ int cmpi_wait(int handle);
 /* In-place sum of 16-bit floats: kind 0 = bfloat16, 1 = IEEE half. Each pairwise sum is done in
  * float32 and rounded back to 16 bits (round to nearest even). */
 int cmpi_allreduce_sum_half(uint16_t *buf, int64_t count, int kind);
+/* The nonblocking twin of cmpi_allreduce_sum_half (count <= INT_MAX), completed by cmpi_test or
+ * cmpi_wait like cmpi_iallreduce_sum_f32. */
+int cmpi_iallreduce_sum_half(uint16_t *buf, int64_t count, int kind, int *handle);
 
 /* Every rank contributes `value`; recv (size cmpi_size()) receives all of them in rank order. */
 int cmpi_allgather_u64(uint64_t value, uint64_t *recv);

@@ -1,4 +1,5 @@
 import Foundation
+import RNN
 
 /// Test-only fault injection, so the multi-rank tests can prove that failures are caught.
 /// Set RNN_DP_FAULT=KIND:RANK:STEP; it acts on that rank after the update of that step.
@@ -21,5 +22,29 @@ struct FaultInjection {
             return nil
         }
         return FaultInjection(kind: kind, rank: rank, step: step)
+    }
+}
+
+extension FaultInjection {
+    /// Whether the reducer must not overlap the backward pass at `step` (every rank alike): the
+    /// injected NaN enters the gradients after the pass, and the buffer must not change under a
+    /// running reduction.
+    func suspendsOverlap(step: Int) -> Bool { kind == .nan && self.step == step }
+
+    /// On the faulty rank, just before its gradient is reduced: the NaN, or the hang.
+    func beforeReduction(step: Int, rank: Int, gradients: Buffer<Float>) {
+        guard rank == self.rank, step == self.step else { return }
+        if kind == .nan { gradients[0] = .nan }
+        if kind == .hang { while true { sleep(60) } }
+    }
+
+    /// On the faulty rank, after the update: the drift, or the error.
+    func afterUpdate(step: Int, rank: Int, parameters: Buffer<Float>) throws {
+        guard rank == self.rank, step == self.step else { return }
+        switch kind {
+        case .perturb: parameters[0] += 1e-3
+        case .throw: throw RNNDPError("injected failure at step \(step) (RNN_DP_FAULT)", exitCode: RNNDPError.runtimeFailure)
+        case .nan, .hang: break
+        }
     }
 }

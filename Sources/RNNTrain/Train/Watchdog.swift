@@ -80,6 +80,7 @@ public final class WatchedCommunicator: Communicator {
         try watch("allgather") { try inner.allgather(value) }
     }
     public func startAllreduceSum(_ b: UnsafeMutableBufferPointer<Float>) throws -> Int { try inner.startAllreduceSum(b) }
+    public func startAllreduceSumHalf(_ b: UnsafeMutableBufferPointer<UInt16>, bfloat: Bool) throws -> Int { try inner.startAllreduceSumHalf(b, bfloat: bfloat) }
     public func allreduceSumHalf(_ b: UnsafeMutableBufferPointer<UInt16>, bfloat: Bool) throws {
         try watch("allreduce of \(b.count) 16-bit floats") { try inner.allreduceSumHalf(b, bfloat: bfloat) }
     }

@@ -19,18 +19,7 @@ public struct TrainedModel {
         let file: SafeTensors.File
         do { file = try Checkpoint.read(path: path) } catch let e as Checkpoint.Error { throw RNNDPError(e.message) }
         let config = try ConfigLoader.fromMetadata(file, name: path, overrides: overrides)
-        var vocabulary: Vocabulary?
-        if let v = file.metadata["vocabulary"] {
-            guard let chars = (try? JSONSerialization.jsonObject(with: Data(v.utf8))) as? [String],
-                  chars.allSatisfy({ $0.unicodeScalars.count == 1 }) else {
-                throw RNNDPError("\(path): the vocabulary in the metadata is malformed")
-            }
-            vocabulary = Vocabulary(characters: chars.map { $0.unicodeScalars.first! })
-        }
-        var normalization: (Double, Double)?
-        if let m = file.metadata["normalization_mean"].flatMap(Double.init), let s = file.metadata["normalization_std"].flatMap(Double.init) {
-            normalization = (m, s)
-        }
+        let (vocabulary, normalization) = try ModelMetadata.dataEncoding(file.metadata, path: path)
         let dataset = loadData ? try makeDataset(config, vocabulary: vocabulary, normalization: normalization) : nil
         let spec: ModelSpec
         if let dataset {
@@ -136,6 +125,23 @@ public struct Evaluation {
     }
 }
 
+extension Evaluation {
+    /// The line training prints after its last evaluation, in the data's terms.
+    static func describe(loss v: Double, accuracy: Double?, dataset: Dataset) -> String {
+        switch dataset {
+        case is TextDataset:
+            return String(format: "validation: loss %.4f nats/char, perplexity %.3f, %.4f bits/char", v, exp(v), v / log(2))
+        case let s as SeriesDataset:
+            return String(format: "validation: MSE %.5f (normalized), RMSE %.5g in original units", v, v.squareRoot() * s.std)
+        case is AddingProblem:
+            return String(format: "validation: MSE %.5f (baseline 0.167 for the adding problem)", v)
+        default:
+            if let acc = accuracy { return String(format: "validation: loss %.4f, accuracy %.2f%%", v, acc * 100) }
+            return String(format: "validation: MSE %.5f", v)
+        }
+    }
+}
+
 extension TrainedModel {
     /// `rnn-dp eval`: the validation evaluation of this model on `dataset`.
     public func evaluate(_ dataset: Dataset, comm: Communicator) throws -> Evaluation {
@@ -198,7 +204,7 @@ public enum Inspector {
         let stored = file.metadata["checksum"]
         let actual = SafeTensors.dataChecksum(bytes) ?? "?"
         out.append("checksum: " + (stored == nil ? "none stored (data \(actual))" : stored == actual ? "ok (\(actual))" : "MISMATCH: stored \(stored!), data \(actual)"))
-        for key in ["format", "kind", "step", "samples_seen", "optimizer", "optimizer_steps", "schedule", "skipped_steps", "world_size",
+        for key in ["format", "kind", "step", "samples_seen", "optimizer", "optimizer_steps", "schedule.rate", "schedule.best", "schedule.bad_evaluations", "schedule.cooldown_left", "schedule", "skipped_steps", "world_size",
                     "normalization_mean", "normalization_std"] {
             if let v = file.metadata[key] { out.append("\(key): \(v)") }
         }

@@ -128,7 +128,7 @@ let configSchema: [KeySpec] = [
     KeySpec("training.eval_every", .int(min: 0), .int(0), "validation loss every N steps (0: only at the end)"),
     KeySpec("training.eval_samples", .int(min: 0, max: 100_000_000), .int(512), "at most this many validation samples"),
     KeySpec("training.threads", .int(min: 0, max: 1024), .int(0), "BLAS threads per rank (0: cores / ranks on the node)"),
-    KeySpec("training.compression", .choice(Compression.allCases.map(\.rawValue)), .string("none"), "exchange gradients as bf16 or fp16 (summed in float32 inside the reduction; one blocking allreduce, no buckets)"),
+    KeySpec("training.compression", .choice(Compression.allCases.map(\.rawValue)), .string("none"), "exchange gradients as bf16 or fp16 (summed in float32 inside the reduction; encoded bucket by bucket, so it overlaps the backward pass as float32 buckets do)"),
     KeySpec("training.accumulate_steps", .int(min: 1, max: 1_000_000), .int(1), "split each rank's rows into this many micro-batches, summing their gradients before the one exchange of the step"),
     KeySpec("training.stateful", .bool, .bool(false), "text: the training text read as global_batch_size contiguous streams, sequence_length characters per step, the hidden state carried from step to step (truncated BPTT over the whole text)"),
     KeySpec("training.local_sgd_steps", .int(min: 0, max: 1_000_000), .int(0), "local SGD: every rank updates with its own shard's gradient and the parameters are averaged over ranks every this many steps (0: off, gradients averaged every step)"),
@@ -255,11 +255,18 @@ public struct ConfigLoader {
     /// The config stored in a model or checkpoint file's metadata, with overrides on top.
     public static func fromMetadata(_ file: SafeTensors.File, name path: String, overrides: [String]) throws -> TrainConfig {
         guard let text = file.metadata["config"] else { throw RNNDPError("\(path): no config in the metadata; give --config", collective: true) }
-        let stored = text.split(separator: "\n").compactMap { line -> String? in
-            guard let colon = line.firstIndex(of: ":") else { return nil }
-            return "\(line[..<colon])=\(line[line.index(colon, offsetBy: 2)...])"
-        }
+        let stored = storedValues(text).map { "\($0.key)=\($0.value)" }
         return try parse(yaml: "", name: path, overrides: stored + overrides)
+    }
+
+    /// The (key, value) pairs of a resolved config as files store it (`TrainConfig.resolvedText`,
+    /// one "key: value" line per key).
+    static func storedValues(_ text: String) -> [(key: String, value: String)] {
+        text.split(separator: "\n").compactMap { line in
+            guard let colon = line.firstIndex(of: ":") else { return nil }
+            let rest = line[line.index(after: colon)...]
+            return (String(line[..<colon]), String(rest.hasPrefix(" ") ? rest.dropFirst() : rest))
+        }
     }
 
     static func oneLine(_ e: Error) -> String {
@@ -363,10 +370,24 @@ public struct ConfigLoader {
     }
 }
 
+/// data.kind: what the data is and how it is read.
+public enum DataKind: String, Sendable {
+    /// A character language model over a text file.
+    case text
+    /// A numeric column of a CSV file as a series.
+    case csv
+    /// A generated task (data.task: the adding problem).
+    case synthetic
+    /// Arrays in .npy files.
+    case npy
+    /// Sequence classification from .ts files (UEA archive).
+    case ts
+}
+
 /// The resolved, validated configuration of a training run.
 public struct TrainConfig: Sendable {
     public struct Data: Sendable {
-        public var kind: String
+        public var kind: DataKind
         public var path: String?
         public var column: String?
         public var validationFraction: Double
@@ -448,30 +469,71 @@ public struct TrainConfig: Sendable {
     public let source: String
 
     init(values: [String: ConfigValue], given: Set<String>, source: String) throws {
-        var v = values
-        func err(_ key: String, _ msg: String) -> RNNDPError { RNNDPError("\(source): \(key): \(msg)", collective: true) }
-        func int(_ k: String) -> Int? { if case .int(let x)? = v[k] { return x }; return nil }
-        func dbl(_ k: String) -> Double? {
-            switch v[k] { case .double(let x)?: return x; case .int(let x)?: return Double(x); default: return nil }
-        }
-        func str(_ k: String) -> String? { if case .string(let x)? = v[k] { return x }; return nil }
-        func bool(_ k: String) -> Bool? { if case .bool(let x)? = v[k] { return x }; return nil }
-        func setDefault(_ k: String, _ x: ConfigValue) { if v[k] == nil { v[k] = x } }
-        /// Keys that mean something only for some values of a selector key: an error, or with
-        /// `warn` (settings of another optimizer or schedule, which a --set of the name leaves
-        /// behind) a warning that they are ignored.
-        var warnings: [String] = []
-        func only(_ keys: [String], when selector: String, in allowed: [String], warn: Bool = false) throws {
-            let current = str(selector) ?? ""
-            // An explicit null (a nullable key as a checkpoint's config stores it) sets nothing.
-            for key in keys where given.contains(key) && v[key] != .null && !allowed.contains(current) {
-                let message = "applies only when \(selector) is \(allowed.joined(separator: " or ")) (it is \(current))"
-                guard warn else { throw err(key, message) }
-                warnings.append("\(source): \(key): ignored: \(message)")
-                v[key] = configSchema.first { $0.path == key }?.defaultValue  // as if not given
-            }
-        }
+        let r = ConfigResolver(values: values, given: given, source: source)
+        data = try r.data()
+        model = try r.model()
+        training = try r.training()
+        output = r.output()
+        checkpoint = r.checkpointing()
+        seed = UInt64(r.int("seed")!)
+        resolved = r.listing()
+        warnings = r.warnings
+        self.source = source
+    }
 
+    /// Keys that were given but do not apply (printed by rank 0 at start).
+    public let warnings: [String]
+
+    /// The resolved config as YAML-like "key: value" lines (stored in safetensors metadata).
+    public var resolvedText: String {
+        resolved.map { "\($0.key): \($0.value)" }.joined(separator: "\n")
+    }
+}
+
+/// Resolves the given values section by section: each resolver reads its keys, fills in the
+/// defaults that depend on other keys, and enforces the rules that tie keys together (all of the
+/// config's cross-key rules live here; those that need the data or the rank count are checked
+/// when training starts, Trainer.checkShapes). Keys are those of `configSchema`.
+final class ConfigResolver {
+    var v: [String: ConfigValue]
+    let given: Set<String>
+    let source: String
+    /// Keys that were given but do not apply.
+    var warnings: [String] = []
+
+    init(values: [String: ConfigValue], given: Set<String>, source: String) {
+        v = values
+        self.given = given
+        self.source = source
+    }
+
+    func err(_ key: String, _ msg: String) -> RNNDPError { RNNDPError("\(source): \(key): \(msg)", collective: true) }
+    func int(_ k: String) -> Int? { if case .int(let x)? = v[k] { return x }; return nil }
+    func dbl(_ k: String) -> Double? {
+        switch v[k] { case .double(let x)?: return x; case .int(let x)?: return Double(x); default: return nil }
+    }
+    func str(_ k: String) -> String? { if case .string(let x)? = v[k] { return x }; return nil }
+    func bool(_ k: String) -> Bool? { if case .bool(let x)? = v[k] { return x }; return nil }
+    func setDefault(_ k: String, _ x: ConfigValue) { if v[k] == nil { v[k] = x } }
+    /// Keys that mean something only for some values of a selector key: an error, or with
+    /// `warn` (settings of another optimizer or schedule, which a --set of the name leaves
+    /// behind) a warning that they are ignored.
+    func only(_ keys: [String], when selector: String, in allowed: [String], warn: Bool = false) throws {
+        let current = str(selector) ?? ""
+        // An explicit null (a nullable key as a checkpoint's config stores it) sets nothing.
+        for key in keys where given.contains(key) && v[key] != .null && !allowed.contains(current) {
+            let message = "applies only when \(selector) is \(allowed.joined(separator: " or ")) (it is \(current))"
+            guard warn else { throw err(key, message) }
+            warnings.append("\(source): \(key): ignored: \(message)")
+            v[key] = configSchema.first { $0.path == key }?.defaultValue  // as if not given
+        }
+    }
+
+    var lossKind: LossKind? { str("training.loss").map { LossKind(rawValue: $0)! } }
+    var outputMode: OutputMode? { str("model.output").map { OutputMode(rawValue: $0)! } }
+
+    /// data.*, and the loss and output the data kind implies.
+    func data() throws -> TrainConfig.Data {
         guard let kind = str("data.kind") else { throw err("data.kind", "required (text, csv, synthetic, npy or ts)") }
         try only(["data.column", "data.interpolate_missing"], when: "data.kind", in: ["csv"])
         try only(["data.task", "data.length"], when: "data.kind", in: ["synthetic"])
@@ -518,15 +580,23 @@ public struct TrainConfig: Sendable {
             setDefault("model.output", .string("last_step"))
             setDefault("training.loss", .string("cross_entropy"))
         }
-        let loss = str("training.loss").map { LossKind(rawValue: $0)! }
-        let output = str("model.output").map { OutputMode(rawValue: $0)! }
+        let loss = lossKind, output = outputMode
         if kind == "text" && loss != .crossEntropy { throw err("training.loss", "text data predicts characters: use cross_entropy") }
         if (kind == "csv" || kind == "synthetic") && loss != .mse { throw err("training.loss", "\(kind) data has real-valued targets: use mse") }
         if kind == "ts" && loss != .crossEntropy { throw err("training.loss", "ts data has class labels: use cross_entropy") }
         if kind == "ts" && output != .lastStep { throw err("model.output", "ts data has one label per sequence: use last_step") }
         if kind == "synthetic" && output != .lastStep { throw err("model.output", "the adding problem has one target per sequence: use last_step") }
 
-        // Model.
+        return TrainConfig.Data(kind: DataKind(rawValue: kind)!, path: str("data.path"), column: str("data.column"),
+                    validationFraction: dbl("data.validation_fraction") ?? 0, interpolateMissing: bool("data.interpolate_missing") ?? false,
+                    task: str("data.task") ?? "", validationPath: str("data.validation_path"),
+                    inputs: str("data.inputs"), targets: str("data.targets"),
+                    validationInputs: str("data.validation_inputs"), validationTargets: str("data.validation_targets"),
+                    shuffle: bool("data.shuffle") ?? true, vocabulary: int("data.vocabulary"), classes: int("data.classes"))
+    }
+
+    /// model.*: the cell, its settings and the initialization.
+    func model() throws -> TrainConfig.Model {
         let cell = CellKind(rawValue: str("model.cell")!)!
         try only(["model.activation", "model.leaky_slope"], when: "model.cell", in: ["rnn"], warn: true)
         try only(["model.leaky_slope"], when: "model.activation", in: ["leaky_relu"])
@@ -541,7 +611,16 @@ public struct TrainConfig: Sendable {
                                           zeroBiases: str("model.init.biases") == "zeros",
                                           forgetBias: dbl("model.init.forget_bias"))
 
-        // Optimizer: PyTorch's defaults, and keys that belong to other optimizers are errors.
+        return TrainConfig.Model(cell: cell, activation: Activation(rawValue: str("model.activation")!)!, leakySlope: dbl("model.leaky_slope")!,
+                      hiddenSize: int("model.hidden_size")!, layers: int("model.layers")!, output: outputMode,
+                      learnedInitialState: str("model.initial_state") == "learned",
+                      layerNorm: bool("model.layer_norm")!, batchNorm: bool("model.batch_norm")!, initialization: initialization,
+                      initFrom: str("model.init_from"))
+    }
+
+    /// training.optimizer.*: PyTorch's defaults, and keys that belong to other optimizers ignored
+    /// with a warning.
+    func optimizer() throws -> OptimizerSettings {
         let optName = str("training.optimizer.name")!
         try only(["training.optimizer.nesterov", "training.optimizer.dampening"], when: "training.optimizer.name", in: ["sgd"], warn: true)
         try only(["training.optimizer.momentum"], when: "training.optimizer.name", in: ["sgd", "rmsprop"], warn: true)
@@ -585,8 +664,11 @@ public struct TrainConfig: Sendable {
         if opt.nesterov && (opt.momentum <= 0 || opt.dampening != 0) {
             throw err("training.optimizer.nesterov", "needs momentum > 0 and dampening 0 (as in PyTorch)")
         }
+        return opt
+    }
 
-        // Schedule.
+    /// training.schedule.*.
+    func schedule(steps: Int) throws -> Schedule {
         let schedName = str("training.schedule.name")!
         try only(["training.schedule.step_size"], when: "training.schedule.name", in: ["step", "triangular"], warn: true)
         try only(["training.schedule.gamma"], when: "training.schedule.name", in: ["step", "exponential"], warn: true)
@@ -595,7 +677,6 @@ public struct TrainConfig: Sendable {
         try only(["training.schedule.max_lr"], when: "training.schedule.name", in: ["triangular"], warn: true)
         try only(["training.schedule.factor", "training.schedule.patience", "training.schedule.threshold", "training.schedule.cooldown"],
                  when: "training.schedule.name", in: ["plateau"], warn: true)
-        let steps = int("training.steps")!
         let schedule: Schedule
         switch schedName {
         case "step":
@@ -625,9 +706,13 @@ public struct TrainConfig: Sendable {
         default:
             schedule = .constant
         }
+        return schedule
+    }
 
+    /// training.*: the synchronization mode and the rules between its keys.
+    func training() throws -> TrainConfig.Training {
         if bool("training.stateful")! {
-            guard kind == "text" else { throw err("training.stateful", "needs text data (data.kind: text), which is read as contiguous streams") }
+            guard str("data.kind") == "text" else { throw err("training.stateful", "needs text data (data.kind: text), which is read as contiguous streams") }
             if let o = str("model.output"), o != "every_step" { throw err("training.stateful", "needs a loss at every step (model.output: every_step)") }
         }
         if int("training.local_sgd_steps")! > 0 && str("training.compression") != "none" {
@@ -654,20 +739,8 @@ public struct TrainConfig: Sendable {
             warnings.append("\(source): training.micro_shards: ignored: applies only when training.reproducible is true")
         }
 
-        seed = UInt64(int("seed")!)
-        data = Data(kind: kind, path: str("data.path"), column: str("data.column"),
-                    validationFraction: dbl("data.validation_fraction") ?? 0, interpolateMissing: bool("data.interpolate_missing") ?? false,
-                    task: str("data.task") ?? "", validationPath: str("data.validation_path"),
-                    inputs: str("data.inputs"), targets: str("data.targets"),
-                    validationInputs: str("data.validation_inputs"), validationTargets: str("data.validation_targets"),
-                    shuffle: bool("data.shuffle") ?? true, vocabulary: int("data.vocabulary"), classes: int("data.classes"))
-        model = Model(cell: cell, activation: Activation(rawValue: str("model.activation")!)!, leakySlope: dbl("model.leaky_slope")!,
-                      hiddenSize: int("model.hidden_size")!, layers: int("model.layers")!, output: output,
-                      learnedInitialState: str("model.initial_state") == "learned",
-                      layerNorm: bool("model.layer_norm")!, batchNorm: bool("model.batch_norm")!, initialization: initialization,
-                      initFrom: str("model.init_from"))
-        training = Training(loss: loss, globalBatchSize: int("training.global_batch_size")!, sequenceLength: int("training.sequence_length")!,
-                            steps: steps, optimizer: opt, learningRate: dbl("training.optimizer.learning_rate")!, schedule: schedule,
+        return TrainConfig.Training(loss: lossKind, globalBatchSize: int("training.global_batch_size")!, sequenceLength: int("training.sequence_length")!,
+                            steps: int("training.steps")!, optimizer: try optimizer(), learningRate: dbl("training.optimizer.learning_rate")!, schedule: try schedule(steps: int("training.steps")!),
                             clipNorm: dbl("training.clip_norm"), clipValue: dbl("training.clip_value"),
                             averageOverTime: bool("training.average_over_time")!,
                             checkEvery: int("training.check_every")!, evalEvery: int("training.eval_every")!,
@@ -676,30 +749,31 @@ public struct TrainConfig: Sendable {
                             stateful: bool("training.stateful")!, localSGDSteps: int("training.local_sgd_steps")!, microShards: microShards, bpttLength: int("training.bptt_length")!,
                             skipNonFinite: str("training.on_nonfinite") == "skip", maxSkipped: int("training.max_skipped")!,
                             timeoutSeconds: dbl("training.timeout_seconds")!)
-        self.output = Output(directory: str("output.directory")!, logEvery: int("output.log_every")!,
+    }
+
+    func output() -> TrainConfig.Output {
+        TrainConfig.Output(directory: str("output.directory")!, logEvery: int("output.log_every")!,
                              sampleLength: int("output.sample_length")!, sampleTemperature: dbl("output.sample_temperature")!)
-        checkpoint = Checkpointing(every: int("checkpoint.every")!, keep: int("checkpoint.keep")!,
+    }
+
+    func checkpointing() -> TrainConfig.Checkpointing {
+        TrainConfig.Checkpointing(every: int("checkpoint.every")!, keep: int("checkpoint.keep")!,
                                    directory: str("checkpoint.directory") ?? "\(str("output.directory")!)/checkpoints")
-        // Keys of other cells, optimizers and schedules are left out of the resolved listing.
+    }
+
+    /// Every key with its resolved value in schema order, leaving out the keys of other cells,
+    /// optimizers and schedules.
+    func listing() -> [(key: String, value: ConfigValue)] {
+        let cell = CellKind(rawValue: str("model.cell")!)!, fromFiles = ["npy", "ts"].contains(str("data.kind"))
         var hidden: Set<String> = cell == .rnn ? [] : ["model.activation", "model.leaky_slope"]
         if str("model.activation") != "leaky_relu" { hidden.insert("model.leaky_slope") }
         if cell != .lstm { hidden.insert("model.init.forget_bias") }
-        if microShards == nil { hidden.insert("training.micro_shards") }
+        if !bool("training.reproducible")! { hidden.insert("training.micro_shards") }
         if fromFiles { hidden.insert("training.sequence_length") }
         let final = v
-        resolved = configSchema.compactMap { s in
+        return configSchema.compactMap { s in
             guard let value = final[s.path], !hidden.contains(s.path) else { return nil }
             return (s.path, value)
         }
-        self.source = source
-        self.warnings = warnings
-    }
-
-    /// Keys that were given but do not apply (printed by rank 0 at start).
-    public let warnings: [String]
-
-    /// The resolved config as YAML-like "key: value" lines (stored in safetensors metadata).
-    public var resolvedText: String {
-        resolved.map { "\($0.key): \($0.value)" }.joined(separator: "\n")
     }
 }

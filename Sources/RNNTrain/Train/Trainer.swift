@@ -1,0 +1,400 @@
+import Foundation
+import RNN
+import RNNData
+import RNNDistributed
+
+/// What a finished run reports (also used by tests).
+public struct TrainResult {
+    public var steps: Int
+    public var finalLoss: Double
+    public var validationLoss: Double?
+    public var parameterChecksum: UInt64
+}
+
+/// The training job of one rank (docs/ARCHITECTURE.md, "A training step"): `setUp` builds the
+/// data, the model and the way replicas synchronize (a GradientStep), and `run` is the loop.
+/// Every rank runs it; they differ only in which rows of each global batch they compute.
+public final class Trainer {
+    public let config: TrainConfig
+    let comm: Communicator
+    let console: Console
+    /// A checkpoint to continue from (`train --resume`).
+    public let resumePath: String?
+    /// train --overwrite: move a previous run's files aside instead of refusing the directory.
+    public let overwrite: Bool
+    /// The communicator with the collective watchdog, when one runs.
+    let watched: WatchedCommunicator?
+    let fault = FaultInjection.fromEnvironment()
+
+    // Built by setUp().
+    public private(set) var dataset: Dataset!
+    public private(set) var network: Network<Float>!
+    var optimizer: (any Optimizer<Float>)!
+    var schedule = LearningRateSchedule(base: 0, schedule: .constant)
+    var batches: BatchSource!
+    var passes: BackwardPasses!
+    var gradientStep: GradientStep!
+    var nonFinite: NonFiniteGuard!
+    var report: StepReport!
+    /// The lock on output.directory while the run lives (rank 0).
+    var runDirectory: RunDirectory?
+    /// Fraction of validation terms whose arg-max is the target, after `evaluate` (cross-entropy).
+    public private(set) var validationAccuracy: Double?
+    /// Called at the start of every step with its number (tests: allocation counting).
+    var stepObserver: ((Int) -> Void)?
+
+    public init(config: TrainConfig, comm: Communicator, console: Console, resume: String? = nil, overwrite: Bool = false) {
+        self.config = config
+        self.overwrite = overwrite
+        self.console = console
+        resumePath = resume
+        if config.training.timeoutSeconds > 0 && comm.size > 1 {
+            let w = WatchedCommunicator(comm, timeout: config.training.timeoutSeconds)
+            self.comm = w
+            watched = w
+        } else {
+            self.comm = comm
+            watched = nil
+        }
+    }
+
+    // MARK: the loop
+
+    @discardableResult
+    public func run() throws -> TrainResult {
+        let startStep = try setUp()
+        defer { runDirectory?.release(); runDirectory = nil }
+        let net = network!, t = config.training, steps = t.steps
+        var lastLoss = Double.nan
+        var validation: Double?
+        for step in (startStep + 1)..<(steps + 1) {
+            stepObserver?(step)
+            watched?.step = step
+            let lr = schedule.learningRate(step: step - 1)
+            let logNow = step % config.output.logEvery == 0 || step == steps
+            net.gradients.zero()
+            nonFinite.snapshot()
+            let g = try gradientStep.gradients(step: step, diagnostics: logNow)
+            report.time(g)
+            lastLoss = g.meanLoss
+            guard try nonFinite.admit(step: step, gradients: g, saveLastGood: { try saveCheckpoint(step: step - 1) }) else {
+                try stopIfSignalled(step: step)
+                continue
+            }
+            batches.accept()
+            let diagnostics = g.diagnostics.map { Diagnostics(sums: $0, spec: net.spec, steps: passes.lastChunkLength) }
+            let tensorGradNorms = diagnostics == nil ? [] : tensorNorms(net.gradients, layout: net.layout)
+            let norm = clipGradientNorm(net.gradients, maxNorm: t.clipNorm)
+            if let c = t.clipValue { clipGradientValue(net.gradients, clip: c) }
+            optimizer.step(parameters: net.parameters, gradients: net.gradients, learningRate: lr)
+            report.communicated(try gradientStep.updated(step: step))
+            report.updated()
+            try fault?.afterUpdate(step: step, rank: comm.rank, parameters: net.parameters)
+
+            // With local SGD the replicas differ between averagings: checked when averaged.
+            if step == steps || (t.checkEvery > 0 && step % t.checkEvery == 0 && !gradientStep.replicasApart) {
+                try verifyReplicas(step: step)
+            }
+            let evalNow = step == steps || (t.evalEvery > 0 && step % t.evalEvery == 0)
+            if evalNow {
+                validation = try evaluate()
+                if let v = validation { schedule.observe(validationLoss: v) }
+            }
+            if logNow || evalNow {
+                try report.log(.init(step: step, loss: lastLoss, gradNorm: norm, learningRate: lr,
+                                     validation: evalNow ? validation : nil, accuracy: validationAccuracy,
+                                     diagnostics: diagnostics, tensorGradNorms: tensorGradNorms, skippedSteps: nonFinite.skippedSteps))
+            }
+            // Checked at the very end of the step (after evaluation and logging), so a signal
+            // that arrived during them is acted on now, not a step later.
+            try stopIfSignalled(step: step)
+            if config.checkpoint.every > 0 && step % config.checkpoint.every == 0 && step != steps {
+                try saveCheckpoint(step: step)
+            }
+        }
+        if startStep == steps {
+            try verifyReplicas(step: steps)
+            validation = try evaluate()
+            try report.logFinalEvaluation(step: steps, validation: validation)
+        }
+        try finish(steps: steps, validation: validation)
+        return TrainResult(steps: steps, finalLoss: lastLoss, validationLoss: validation, parameterChecksum: net.parameters.checksum())
+    }
+
+    /// After the last step: the final checkpoint, the model file and (text) a sample.
+    func finish(steps: Int, validation: Double?) throws {
+        console.info("replicas: parameters bitwise identical on all \(comm.size) rank\(comm.size == 1 ? "" : "s") at step \(steps) (checksum \(String(network.parameters.checksum(), radix: 16)))")
+        if let v = validation { console.info(Evaluation.describe(loss: v, accuracy: validationAccuracy, dataset: dataset)) }
+        let final = try saveCheckpoint(step: steps)
+        guard comm.rank == 0 else { return }
+        let outDir = config.output.directory
+        try Checkpoint.write(path: "\(outDir)/model.safetensors", tensors: modelTensors(network), metadata: modelMetadata(step: steps).encoded)
+        console.info("wrote \(outDir)/model.safetensors, \(outDir)/metrics.jsonl and \(final)")
+        if let text = dataset as? TextDataset, config.output.sampleLength > 0 {
+            let s = generate(text.vocabulary, length: config.output.sampleLength, temperature: config.output.sampleTemperature)
+            console.info("sample (temperature \(config.output.sampleTemperature)):\n\(s)")
+        }
+    }
+
+    // MARK: setup
+
+    /// Everything before the first step, in an order every rank follows alike. Returns the step
+    /// the run continues after (0, or the checkpoint's).
+    func setUp() throws -> Int {
+        let t = config.training, B = t.globalBatchSize
+        guard B >= comm.size else {
+            throw RNNDPError("\(config.source): training.global_batch_size \(B) is smaller than the number of ranks \(comm.size): every rank needs at least one sample",
+                             collective: true)
+        }
+        // Setup that can fail on one rank alone (files): agreed on before any other collective.
+        var resumeFile: SafeTensors.File?
+        try Job.collectively(comm) {
+            dataset = try makeDataset(config)
+            if let path = resumePath {
+                do { resumeFile = try Checkpoint.read(path: path) } catch let e as Checkpoint.Error {
+                    throw RNNDPError(Checkpoint.resumeError(e, path: path))
+                }
+            }
+        }
+        let spec = try makeModelSpec(config, dataset: dataset)
+        // Too large a model is one line on every rank, before anything is allocated.
+        try Job.collectively(comm) {
+            try MemoryEstimate(spec: spec, config: config, ranks: comm.size, steps: dataset.steps)
+                .check(localRanks: comm.localSize, source: config.source)
+        }
+        let net = Network<Float>(spec: spec)
+        network = net
+        // Batch norm's statistics come from the global batch: one allreduce per layer and pass.
+        // A failure inside it is fatal for the job (the other ranks wait in the same collective).
+        let communicator = comm, out = console
+        net.reduceAcrossRanks = { buffer in
+            do { try communicator.allreduceSum(buffer) } catch {
+                out.error("batch norm statistics: \(error)")
+                communicator.abort(code: RNNDPError.runtimeFailure)
+            }
+        }
+        let (threads, why) = chooseThreads()
+        setBLASThreads(threads)
+        printBanner(spec: spec, threads: threads, why: why)
+        try checkShapes(spec: spec)
+        batches = makeBatchSource(spec: spec)
+        passes = BackwardPasses(network: net, source: batches, accumulate: t.accumulateSteps, steps: dataset.steps, bpttLength: t.bpttLength)
+        let shard = comm.shard(of: B)
+        console.info("batch: \(B) samples per step, T=\(dataset.steps); rank 0 takes rows \(shard.lowerBound)..<\(shard.upperBound)"
+                     + (t.accumulateSteps > 1 ? " in \(t.accumulateSteps) micro-batches" : "")
+                     + (passes.chunkLength < dataset.steps ? "; truncated BPTT in chunks of \(passes.chunkLength) steps" : ""))
+        optimizer = makeOptimizer(t.optimizer, count: net.layout.count, as: Float.self)
+        gradientStep = try makeGradientStep()
+        console.info(gradientStep.summary)
+        schedule = LearningRateSchedule(base: t.learningRate, schedule: t.schedule)
+        nonFinite = NonFiniteGuard(network: net, skip: t.skipNonFinite, maxSkipped: t.maxSkipped, console: console)
+        let startStep = try initialState(resumeFile: resumeFile)
+        guard startStep <= t.steps else {
+            throw RNNDPError("--resume: the checkpoint is at step \(startStep), past training.steps \(t.steps); raise training.steps to continue", collective: true)
+        }
+        return startStep
+    }
+
+    /// Threads per rank: the configured number, or the node's cores divided among its ranks.
+    func chooseThreads() -> (threads: Int, reason: String) {
+        let cores = ProcessInfo.processInfo.activeProcessorCount
+        if config.training.threads > 0 { return (config.training.threads, "training.threads") }
+        // The bits of a BLAS product may depend on its thread count, which must not follow N.
+        if config.training.microShards != nil { return (1, "training.reproducible; set training.threads for more, the same in every run you compare") }
+        let t = max(1, cores / max(1, comm.localSize))
+        return (t, "\(cores) cores / \(comm.localSize) rank\(comm.localSize == 1 ? "" : "s") on this node")
+    }
+
+    func printBanner(spec: ModelSpec, threads: Int, why: String) {
+        console.info("rnn-dp train: \(config.source)")
+        for (k, v) in config.resolved { console.info("  \(k): \(v)") }
+        for w in config.warnings { console.warn(w) }
+        console.info("world: \(comm.name); \(threads) BLAS thread\(threads == 1 ? "" : "s") per rank (\(why))")
+        console.info("data: \(dataset.summary)")
+        if let text = dataset as? TextDataset, text.droppedValidationCharacters > 0 {
+            console.warn("\(text.droppedValidationCharacters) validation characters do not occur in the training part and were dropped")
+        }
+        let cellName = spec.cell == .rnn ? "rnn(\(spec.activation.rawValue))" : spec.cell.rawValue
+        console.info("model: \(spec.layers) x \(cellName) H=\(spec.hiddenSize), input \(spec.input), \(spec.outputSize) outputs \(spec.output.rawValue), \(network.layout.count) parameters")
+    }
+
+    /// Rules that need the data and the rank count (the config alone cannot decide them).
+    func checkShapes(spec: ModelSpec) throws {
+        let t = config.training, B = t.globalBatchSize
+        guard t.accumulateSteps <= B / comm.size else {
+            throw RNNDPError("\(config.source): training.accumulate_steps \(t.accumulateSteps) is more than the \(B / comm.size) rows the smallest rank has (global_batch_size \(B) over \(comm.size) ranks)", collective: true)
+        }
+        if t.stateful, let text = dataset as? TextDataset, text.streamChunks(globalBatch: B) < 1 {
+            throw RNNDPError("\(config.source): training.stateful: \(text.train.count) training characters in \(B) streams leave \(text.train.count / B) per stream, fewer than sequence_length + 1 = \(text.steps + 1)", collective: true)
+        }
+        if t.bpttLength > 0 && spec.output != .everyStep {
+            throw RNNDPError("\(config.source): training.bptt_length: truncated BPTT needs a loss at every step (model.output: every_step)", collective: true)
+        }
+        if let M = t.microShards, M < comm.size {
+            throw RNNDPError("\(config.source): training.micro_shards \(M) is fewer than the \(comm.size) ranks: in reproducible mode every rank needs a micro-shard; raise training.micro_shards (a multiple of every rank count you use)", collective: true)
+        }
+    }
+
+    /// Sampled windows, or (training.stateful, which the config allows for text only) streams.
+    func makeBatchSource(spec: ModelSpec) -> BatchSource {
+        let B = config.training.globalBatchSize
+        if config.training.stateful, let text = dataset as? TextDataset {
+            return StatefulStreams(text, comm: comm, globalBatch: B, spec: spec)
+        }
+        return SampledWindows(dataset, globalBatch: B)
+    }
+
+    /// The one place the synchronization mode is chosen.
+    func makeGradientStep() throws -> GradientStep {
+        let t = config.training
+        if let M = t.microShards {
+            return ReproducibleStep(network: network, comm: comm, passes: passes, globalBatch: t.globalBatchSize, microShards: M, fault: fault)
+        }
+        if t.localSGDSteps > 0 {
+            return LocalSGDStep(network: network, comm: comm, passes: passes, globalBatch: t.globalBatchSize, period: t.localSGDSteps, fault: fault)
+        }
+        let reducer = makeGradientReducer(comm: comm, buffer: network.gradients.buffer, bucketBytes: Int(t.bucketMB * 1_048_576), compression: t.compression)
+        return DataParallelStep(network: network, comm: comm, passes: passes, reducer: reducer, globalBatch: t.globalBatchSize, fault: fault)
+    }
+
+    /// Identical replicas: rank 0's initialization (or the checkpoint, or model.init_from),
+    /// broadcast, then verified. Then the run takes its directory: nothing of a previous run is
+    /// touched before the run is known to be valid.
+    func initialState(resumeFile: SafeTensors.File?) throws -> Int {
+        let net = network!
+        var startStep = 0
+        net.initializeParameters(seed: config.seed, settings: config.model.initialization)
+        if let file = resumeFile {
+            try Job.collectively(comm) { startStep = try restore(from: file) }
+            console.info("resumed from \(resumePath!) at step \(startStep)")
+        } else if let from = config.model.initFrom {
+            try Job.collectively(comm) { if comm.rank == 0 { try loadParameters(from: from, into: net) } }
+            console.info("parameters: loaded from \(from)")
+        }
+        let outDir = config.output.directory
+        var metrics: MetricsLog?
+        try Job.collectively(comm) {
+            guard comm.rank == 0 else { return }
+            let intent: RunDirectory.Intent = resumeFile != nil ? .resume(step: startStep) : (overwrite ? .overwrite : .fresh)
+            runDirectory = try RunDirectory.claim(output: outDir, checkpoints: config.checkpoint.directory, intent: intent)
+            metrics = try MetricsLog(path: "\(outDir)/metrics.jsonl", append: resumeFile != nil)
+        }
+        try comm.broadcast(net.parameters.buffer, root: 0)
+        if net.runningStatistics.count > 0 { try comm.broadcast(net.runningStatistics.buffer, root: 0) }
+        try verifyReplicas(step: startStep)
+        report = StepReport(console: console, totalSteps: config.training.steps, startStep: startStep,
+                            globalBatch: config.training.globalBatchSize, steps: dataset.steps, text: dataset is TextDataset)
+        report.metrics = metrics
+        return startStep
+    }
+
+    // MARK: what every rank decides alike
+
+    /// One allreduce(max) of the stop signal received on any rank; if there is one, every rank
+    /// stops here together (after rank 0's checkpoint). Called exactly once per step on every path.
+    func stopIfSignalled(step: Int) throws {
+        var signal = [Double(Signals.received)]
+        try comm.allreduceMax(&signal)
+        guard signal[0] > 0 else { return }
+        let path = try saveCheckpoint(step: step)
+        throw ResumableStop(message: "\(Signals.name(Int32(signal[0]))) received: checkpoint written at step \(step) to \(path); continue with: rnn-dp train --resume \(config.checkpoint.directory)")
+    }
+
+    /// Compares a checksum of the parameters across ranks; a mismatch stops every rank. Once the
+    /// replicas are known to be identical, a non-finite parameter is a decision every rank makes alike.
+    func verifyReplicas(step: Int) throws {
+        try synchronizeParameters()
+        let sums = try comm.allgather(network.parameters.checksum())
+        let differ = sums.indices.filter { sums[$0] != sums[0] }
+        guard differ.isEmpty else {
+            throw RNNDPError("replicas diverged at step \(step): parameters of rank\(differ.count > 1 ? "s" : "") \(differ.map(String.init).joined(separator: ", ")) differ from rank 0's (checksums \(differ.map { String(sums[$0], radix: 16) }.joined(separator: ", ")) vs \(String(sums[0], radix: 16)))",
+                             exitCode: RNNDPError.replicasDiverged, collective: true)
+        }
+        guard Float.allFinite(network.parameters.pointer, network.parameters.count) else {
+            throw RNNDPError("step \(step): the parameters are no longer finite; lower training.optimizer.learning_rate or set training.clip_norm",
+                             exitCode: RNNDPError.runtimeFailure, collective: true)
+        }
+    }
+
+    /// Before a read every rank must make alike (local SGD averages the parameters here).
+    func synchronizeParameters() throws {
+        report?.communicated(try gradientStep?.synchronizeParameters() ?? 0)
+    }
+
+    /// Mean validation loss over the fixed validation samples, sharded across ranks.
+    func evaluate() throws -> Double? {
+        try synchronizeParameters()
+        let e = try evaluateValidation(network: network, dataset: dataset, comm: comm, std: (dataset as? SeriesDataset)?.std ?? 1)
+        validationAccuracy = e?.accuracy
+        return e?.loss
+    }
+
+    // MARK: checkpoints (the format: Checkpoint.swift)
+
+    func modelMetadata(step: Int) -> ModelMetadata {
+        ModelMetadata(step: step, config: config.resolvedText, layout: network.layout.views.map(\.name), dataset: dataset)
+    }
+
+    /// Rank 0 writes ckpt-<step> (atomically) and moves `latest`; returns its path on every rank.
+    @discardableResult
+    func saveCheckpoint(step: Int) throws -> String {
+        try synchronizeParameters()
+        let dir = config.checkpoint.directory
+        if comm.rank == 0 {
+            var state = TrainingState(step: step, optimizer: config.training.optimizer.kind.rawValue, optimizerSteps: optimizer.steps)
+            state.schedule = (schedule.plateauRate, schedule.best, schedule.badEvaluations, schedule.cooldownLeft)
+            state.skippedSteps = nonFinite.skippedSteps
+            state.skippedInARow = nonFinite.skippedInARow
+            state.worldSize = comm.size
+            state.globalBatch = config.training.globalBatchSize
+            state.seed = config.seed
+            var metadata = modelMetadata(step: step).encoded
+            state.encode(into: &metadata)
+            let tensors = modelTensors(network) + batches.checkpointTensors() + optimizerTensors(optimizer, layout: network.layout)
+            let path = try Checkpoint.save(directory: dir, step: step, keep: config.checkpoint.keep, tensors: tensors, metadata: metadata)
+            console.info("checkpoint: \(path)")
+        }
+        return "\(dir)/\(Checkpoint.fileName(step: step))"
+    }
+
+    /// Loads a checkpoint's parameters, running statistics, optimizer, stream and schedule state;
+    /// returns its step. Every tensor must match the model built from the config.
+    func restore(from file: SafeTensors.File) throws -> Int {
+        let path = resumePath ?? "checkpoint"
+        let state = try TrainingState(metadata: file.metadata, path: path)
+        let name = config.training.optimizer.kind.rawValue
+        if !state.optimizer.isEmpty && state.optimizer != name {
+            throw RNNDPError("--resume: \(path): was written with optimizer \(state.optimizer), the config says \(name)")
+        }
+        let prefix = "--resume: \(path)"
+        var expected = try restoreModelTensors(file, into: network, prefix: prefix)
+        expected += try restoreOptimizerTensors(file, into: optimizer, layout: network.layout, prefix: prefix)
+        expected += try batches.restore(from: file, prefix: prefix)
+        let known = Set(expected)
+        if let extra = file.tensors.first(where: { !known.contains($0.name) }) {
+            throw RNNDPError("--resume: \(path): tensor '\(SafeTensors.printable(extra.name))' does not belong to this model and optimizer")
+        }
+        optimizer.steps = state.optimizerSteps
+        warnIfDataOrderChanged(storedConfig: file.metadata["config"] ?? "")
+        if let s = state.schedule { schedule.restore(rate: s.rate, best: s.best, badEvaluations: s.badEvaluations, cooldownLeft: s.cooldownLeft) }
+        nonFinite.skippedSteps = state.skippedSteps
+        nonFinite.skippedInARow = state.skippedInARow
+        return state.step
+    }
+
+    /// Keys that decide which samples a step sees: a change breaks the continuation of the run.
+    func warnIfDataOrderChanged(storedConfig: String) {
+        let stored = Dictionary(ConfigLoader.storedValues(storedConfig), uniquingKeysWith: { a, _ in a })
+        let now = Dictionary(uniqueKeysWithValues: config.resolved.map { ($0.key, $0.value.description) })
+        for key in ["seed", "training.global_batch_size", "training.sequence_length", "training.accumulate_steps", "training.bptt_length", "training.stateful", "data.path"] {
+            if let a = stored[key], let b = now[key], a != b {
+                console.warn("--resume: \(key) was \(a) in the checkpoint and is \(b) now: the run continues with a different data order or batch")
+            }
+        }
+    }
+
+    /// Text generated by the model one character at a time, carrying the hidden state.
+    public func generate(_ vocab: Vocabulary, length: Int, temperature: Double) -> String {
+        Generator.generate(network, vocab: vocab, prime: [vocab.token("\n") ?? 0], length: length, temperature: temperature, seed: config.seed)
+    }
+}
