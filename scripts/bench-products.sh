@@ -3,7 +3,7 @@
 # and packed sgemm, oneDNN matmul with reordered weights, libxsmm with packed panels; forward
 # (B,H)x(H,G*H) and backward (B,G*H)x(G*H,H), T steps with the same weights, pack cost included.
 #
-#   scripts/bench-products.sh [ROUNDS] [T]      # defaults 7 and 50; prints markdown tables
+#   scripts/bench-products.sh [ROUNDS] [T]      # defaults 5 and 50; prints markdown tables
 #
 # Installs what is missing (Debian: libopenblas-dev libdnnl-dev libxsmm-dev; PyPI: mkl-devel into a
 # venv at $MKL_PREFIX, default /opt/rnn-dp-mkl), unless SKIP_INSTALL=1. Builds with cc only what
@@ -14,7 +14,7 @@
 # /tmp/rnn-dp-bench-products); the markdown tables go to stdout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROUNDS=${1:-7}
+ROUNDS=${1:-5}
 T=${2:-50}
 OUT_DIR=${OUT_DIR:-/tmp/rnn-dp-bench-products}
 MKL_PREFIX=${MKL_PREFIX:-/opt/rnn-dp-mkl}
@@ -74,9 +74,9 @@ for isa in $ISAS; do
     out="$OUT_DIR/results-$isa.tsv"
     log "running $isa level ($ROUNDS rounds, T=$T)"
     case $isa in
-        avx512) env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE -u DNNL_MAX_CPU_ISA -u MKL_ENABLE_INSTRUCTIONS -u LIBXSMM_TARGET \
+        avx512) env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE -u DNNL_MAX_CPU_ISA -u MKL_ENABLE_INSTRUCTIONS -u LIBXSMM_TARGET -u BENCH_OWN_ISA \
                     ISA_LABEL=avx512 "$BIN" --rounds "$ROUNDS" --T "$T" > "$out" ;;
-        avx2)   env OPENBLAS_CORETYPE=Haswell DNNL_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 LIBXSMM_TARGET=hsw \
+        avx2)   env OPENBLAS_CORETYPE=Haswell DNNL_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 LIBXSMM_TARGET=hsw BENCH_OWN_ISA=avx2 \
                     ISA_LABEL=avx2 "$BIN" --rounds "$ROUNDS" --T "$T" > "$out" ;;
         *) log "unknown ISA level $isa"; exit 2 ;;
     esac

@@ -257,8 +257,10 @@ static void xs_pack(void *v, prob_t *p) {
     for (int j = 0; j < s->np; j++) {
         float *dst = s->panels + (size_t)j * bm * K;
         if (!p->bwd) { /* Weff^T(n, k) = W[n*H + k]: panel column k is W's column k over rows n */
-            for (int k = 0; k < K; k++)
-                for (int i = 0; i < bm; i++) dst[(size_t)k * bm + i] = p->W[(size_t)(j * bm + i) * H + k];
+            for (int i = 0; i < bm; i++) {
+                const float *src = p->W + (size_t)(j * bm + i) * H;
+                for (int k = 0; k < K; k++) dst[(size_t)k * bm + i] = src[k];
+            }
         } else {       /* Weff^T(n, k) = W[k*H + n]: contiguous runs of bm */
             for (int k = 0; k < K; k++) memcpy(dst + (size_t)k * bm, p->W + (size_t)k * H + j * bm, bm * sizeof(float));
         }
@@ -272,6 +274,102 @@ static void xs_step(void *v, prob_t *p, int t) {
 }
 static void xs_teardown(void *v) { xs_t *s = v; free(s->panels); free(s); }
 #endif
+
+/* (e) our own packed kernel: Weff (K, N) packed once into column panels of NR floats, each panel
+ * (K x NR) contiguous; the step runs register tiles of MR rows x NR columns over K blocks of KC,
+ * with A (the activations) read in place. AVX-512: 12 x 32 tiles (24 zmm accumulators), AVX2+FMA:
+ * 6 x 16 tiles (12 ymm accumulators), smaller tiles for the last rows. The summation order over k is fixed (k ascending within each
+ * KC block, blocks in order), whatever B is. BENCH_OWN_ISA=avx2 forces the AVX2 kernel. */
+#include <immintrin.h>
+static int own_kc = 256;
+static int own_mr512 = 12, own_mr256 = 6;
+typedef struct { float *panels; int nr, mr, avx512; } own_t;
+
+#define OWN_TILE512(MR) \
+__attribute__((target("avx512f"))) static void own_tile512_##MR(const float *a, int lda, const float *p, float *c, int ldc, int kc) { \
+    __m512 acc[MR][2]; \
+    _Pragma("GCC unroll 16") for (int i = 0; i < MR; i++) { acc[i][0] = _mm512_loadu_ps(c + (size_t)i * ldc); acc[i][1] = _mm512_loadu_ps(c + (size_t)i * ldc + 16); } \
+    for (int k = 0; k < kc; k++) { \
+        __m512 b0 = _mm512_load_ps(p + (size_t)k * 32), b1 = _mm512_load_ps(p + (size_t)k * 32 + 16); \
+        _Pragma("GCC unroll 16") for (int i = 0; i < MR; i++) { \
+            __m512 ai = _mm512_set1_ps(a[(size_t)i * lda + k]); \
+            acc[i][0] = _mm512_fmadd_ps(ai, b0, acc[i][0]); \
+            acc[i][1] = _mm512_fmadd_ps(ai, b1, acc[i][1]); \
+        } \
+    } \
+    _Pragma("GCC unroll 16") for (int i = 0; i < MR; i++) { _mm512_storeu_ps(c + (size_t)i * ldc, acc[i][0]); _mm512_storeu_ps(c + (size_t)i * ldc + 16, acc[i][1]); } \
+}
+#define OWN_TILE256(MR) \
+__attribute__((target("avx2,fma"))) static void own_tile256_##MR(const float *a, int lda, const float *p, float *c, int ldc, int kc) { \
+    __m256 acc[MR][2]; \
+    _Pragma("GCC unroll 16") for (int i = 0; i < MR; i++) { acc[i][0] = _mm256_loadu_ps(c + (size_t)i * ldc); acc[i][1] = _mm256_loadu_ps(c + (size_t)i * ldc + 8); } \
+    for (int k = 0; k < kc; k++) { \
+        __m256 b0 = _mm256_load_ps(p + (size_t)k * 16), b1 = _mm256_load_ps(p + (size_t)k * 16 + 8); \
+        _Pragma("GCC unroll 16") for (int i = 0; i < MR; i++) { \
+            __m256 ai = _mm256_broadcast_ss(a + (size_t)i * lda + k); \
+            acc[i][0] = _mm256_fmadd_ps(ai, b0, acc[i][0]); \
+            acc[i][1] = _mm256_fmadd_ps(ai, b1, acc[i][1]); \
+        } \
+    } \
+    _Pragma("GCC unroll 16") for (int i = 0; i < MR; i++) { _mm256_storeu_ps(c + (size_t)i * ldc, acc[i][0]); _mm256_storeu_ps(c + (size_t)i * ldc + 8, acc[i][1]); } \
+}
+OWN_TILE512(12) OWN_TILE512(8) OWN_TILE512(4)
+OWN_TILE256(6) OWN_TILE256(4) OWN_TILE256(2)
+typedef void (*own_tile_fn)(const float *, int, const float *, float *, int, int);
+static void *own_setup(prob_t *p) {
+    own_t *s = calloc(1, sizeof *s);
+    const char *f = getenv("BENCH_OWN_ISA");
+    s->avx512 = __builtin_cpu_supports("avx512f") && !(f && !strcmp(f, "avx2"));
+    s->nr = s->avx512 ? 32 : 16;
+    s->mr = s->avx512 ? own_mr512 : own_mr256;
+    if (p->N % s->nr || p->M % (s->avx512 ? 4 : 2)) { fprintf(stderr, "own kernel: shape not a multiple of the tile\n"); exit(1); }
+    s->panels = xalloc((size_t)p->N * p->K * sizeof(float));
+    return s;
+}
+static void own_pack(void *v, prob_t *p) {
+    own_t *s = v;
+    const int nr = s->nr, K = p->K, H = p->H, np = p->N / nr;
+    for (int j = 0; j < np; j++) {
+        float *dst = s->panels + (size_t)j * K * nr;
+        if (!p->bwd) { /* Weff(k, n) = W[n*H + k]: read W's rows, write panel columns */
+            for (int c = 0; c < nr; c++) {
+                const float *src = p->W + (size_t)(j * nr + c) * H;
+                for (int k = 0; k < K; k++) dst[(size_t)k * nr + c] = src[k];
+            }
+        } else {       /* Weff(k, n) = W[k*H + n] */
+            for (int k = 0; k < K; k++) memcpy(dst + (size_t)k * nr, p->W + (size_t)k * H + j * nr, nr * sizeof(float));
+        }
+    }
+}
+static void own_step(void *v, prob_t *p, int t) {
+    own_t *s = v;
+    const float *a = p->A + (size_t)t * p->M * p->K;
+    float *c = p->C + (size_t)t * p->M * p->N;
+    const int nr = s->nr, mr = s->mr, K = p->K, np = p->N / nr;
+    for (int k0 = 0; k0 < K; k0 += own_kc) {
+        const int kc = K - k0 < own_kc ? K - k0 : own_kc;
+        for (int j = 0; j < np; j++) {
+            const float *pj = s->panels + (size_t)j * K * nr + (size_t)k0 * nr;
+            for (int i = 0; i < p->M;) {
+                const int left = p->M - i;
+                int r;
+                own_tile_fn f;
+                if (s->avx512) {
+                    if (left >= mr && mr == 12) { r = 12; f = own_tile512_12; }
+                    else if (left >= 8) { r = 8; f = own_tile512_8; }
+                    else { r = 4; f = own_tile512_4; }
+                } else {
+                    if (left >= mr && mr == 6) { r = 6; f = own_tile256_6; }
+                    else if (left >= 4) { r = 4; f = own_tile256_4; }
+                    else { r = 2; f = own_tile256_2; }
+                }
+                f(a + (size_t)i * K + k0, K, pj, c + (size_t)i * p->N + j * nr, p->N, kc);
+                i += r;
+            }
+        }
+    }
+}
+static void own_teardown(void *v) { own_t *s = v; free(s->panels); free(s); }
 
 static option_t options[8];
 static int nopt;
@@ -337,6 +435,14 @@ int main(int argc, char **argv) {
     printf("I\tlibxsmm\tlibxsmm %s, target %s, panel width %d\n", LIBXSMM_CONFIG_VERSION, libxsmm_get_target_arch(), xsmm_bm);
     options[nopt++] = (option_t){"libxsmm", 1, xs_setup, xs_pack, xs_step, xs_teardown};
 #endif
+    if (getenv("BENCH_OWN_KC")) own_kc = atoi(getenv("BENCH_OWN_KC"));
+    if (getenv("BENCH_OWN_MR512")) own_mr512 = atoi(getenv("BENCH_OWN_MR512"));
+    if (getenv("BENCH_OWN_MR256")) own_mr256 = atoi(getenv("BENCH_OWN_MR256"));
+    if (__builtin_cpu_supports("avx512f") && !(getenv("BENCH_OWN_ISA") && !strcmp(getenv("BENCH_OWN_ISA"), "avx2")))
+        printf("I\town\town packed kernel: AVX-512, %dx32 tiles (row tails 8x32, 4x32), KC=%d\n", own_mr512, own_kc);
+    else
+        printf("I\town\town packed kernel: AVX2+FMA, %dx16 tiles (row tails 4x16, 2x16), KC=%d\n", own_mr256, own_kc);
+    options[nopt++] = (option_t){"own-packed", 1, own_setup, own_pack, own_step, own_teardown};
 
     /* reference rate: single-thread OpenBLAS sgemm 1024^3 (and MKL's), best of 5 after a warm-up */
     {

@@ -5,8 +5,8 @@ import statistics
 import sys
 from collections import defaultdict
 
-ORDER = ["openblas", "mkl-sgemm", "mkl-packed", "dnnl", "libxsmm"]
-PACKERS = ["mkl-packed", "dnnl", "libxsmm"]
+ORDER = ["openblas", "mkl-sgemm", "mkl-packed", "dnnl", "libxsmm", "own-packed"]
+PACKERS = ["mkl-packed", "dnnl", "libxsmm", "own-packed"]
 
 
 def load(path):
@@ -41,7 +41,7 @@ def main(paths):
     print("Libraries:")
     seen = set()
     for k, v in info:
-        if k in ("openblas", "mkl", "dnnl", "libxsmm", "mkl-path") and (k, v) not in seen:
+        if k in ("openblas", "mkl", "dnnl", "libxsmm", "mkl-path", "own") and (k, v) not in seen:
             seen.add((k, v))
             print(f"- {k}: {v.strip()}")
     impls = defaultdict(set)
