@@ -6,7 +6,10 @@
 #   scripts/bench-products.sh [ROUNDS] [T]      # defaults 5 and 50; prints markdown tables
 #
 # Installs what is missing (Debian: libopenblas-dev libdnnl-dev libxsmm-dev; PyPI: mkl-devel into a
-# venv at $MKL_PREFIX, default /opt/rnn-dp-mkl), unless SKIP_INSTALL=1. Builds with cc only what
+# venv at $MKL_PREFIX, default /opt/rnn-dp-mkl; and onednn-devel-cpu-gomp, a oneDNN 3.x built for
+# the CPU with GNU OpenMP, into $ONEDNN3_PREFIX, default /opt/rnn-dp-onednn3), unless SKIP_INSTALL=1.
+# oneDNN 3.x cannot be linked beside Debian's 2.x (same symbols), so it gets a second binary that
+# runs OpenBLAS and oneDNN 3.x interleaved in its own rounds. Builds with cc only what
 # it finds. Runs twice: the CPU's own ISA (AVX-512 here), then the AVX2 code paths forced through
 # each library's environment variable (OPENBLAS_CORETYPE=Haswell, DNNL_MAX_CPU_ISA=AVX2,
 # MKL_ENABLE_INSTRUCTIONS=AVX2, LIBXSMM_TARGET=hsw). ISAS="avx512" or ISAS="avx2" runs one level.
@@ -18,6 +21,7 @@ ROUNDS=${1:-5}
 T=${2:-50}
 OUT_DIR=${OUT_DIR:-/tmp/rnn-dp-bench-products}
 MKL_PREFIX=${MKL_PREFIX:-/opt/rnn-dp-mkl}
+ONEDNN3_PREFIX=${ONEDNN3_PREFIX:-/opt/rnn-dp-onednn3}
 ISAS=${ISAS:-"avx512 avx2"}
 mkdir -p "$OUT_DIR"
 log() { echo "bench-products: $*" >&2; }
@@ -40,6 +44,13 @@ if [ "${SKIP_INSTALL:-0}" != 1 ]; then
         log "installing mkl-devel from PyPI into $MKL_PREFIX"
         { python3 -m venv "$MKL_PREFIX" && "$MKL_PREFIX/bin/pip" install -q mkl-devel; } >&2 \
             || log "pip install mkl-devel failed; building without MKL"
+    fi
+    # PyPI's newest "onednn-devel" is a SYCL build whose CPU engine needs a SYCL CPU device (none
+    # here); the -cpu-gomp package is the plain CPU build.
+    if ! ls "$ONEDNN3_PREFIX"/lib/libdnnl.so.3* >/dev/null 2>&1; then
+        log "installing onednn-devel-cpu-gomp from PyPI into $ONEDNN3_PREFIX"
+        { python3 -m venv "$ONEDNN3_PREFIX" && "$ONEDNN3_PREFIX/bin/pip" install -q onednn-devel-cpu-gomp; } >&2 \
+            || log "pip install onednn-devel-cpu-gomp failed; no oneDNN 3.x column"
     fi
 fi
 
@@ -66,20 +77,38 @@ log "building with: ${have[*]}"
 BIN="$OUT_DIR/bench_products"
 # MKL is loaded with dlopen (its cblas_* would clash with OpenBLAS's), so it is not linked.
 cc "${CFLAGS[@]}" bench/products/bench_products.c -o "$BIN" "${LIBS[@]}" -lopenblas -lpthread -lrt -ldl -lm
+BIN3=""
+if [ -f "$ONEDNN3_PREFIX/include/oneapi/dnnl/dnnl.h" ] && ls "$ONEDNN3_PREFIX"/lib/libdnnl.so >/dev/null 2>&1; then
+    BIN3="$OUT_DIR/bench_products_onednn3"
+    log "building the oneDNN 3.x binary from $ONEDNN3_PREFIX"
+    cc -O2 -std=c11 -Wall -Wextra -DHAVE_DNNL '-DDNNL_OPTION_NAME="dnnl-3"' -I"$ONEDNN3_PREFIX/include" \
+        bench/products/bench_products.c -o "$BIN3" -L"$ONEDNN3_PREFIX/lib" \
+        -Wl,--disable-new-dtags,-rpath,"$ONEDNN3_PREFIX/lib" -ldnnl -lopenblas -lpthread -lrt -ldl -lm
+fi
 
 # ---- run: one thread everywhere
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_THREADING_LAYER=SEQUENTIAL
 files=()
-for isa in $ISAS; do
-    out="$OUT_DIR/results-$isa.tsv"
-    log "running $isa level ($ROUNDS rounds, T=$T)"
+run_level() { # ISA BINARY OUTPUT [VAR=VALUE...]
+    local isa=$1 bin=$2 out=$3; shift 3
     case $isa in
         avx512) env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE -u DNNL_MAX_CPU_ISA -u MKL_ENABLE_INSTRUCTIONS -u LIBXSMM_TARGET -u BENCH_OWN_ISA \
-                    ISA_LABEL=avx512 "$BIN" --rounds "$ROUNDS" --T "$T" > "$out" ;;
+                    ISA_LABEL=avx512 "$@" "$bin" --rounds "$ROUNDS" --T "$T" > "$out" ;;
         avx2)   env OPENBLAS_CORETYPE=Haswell DNNL_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 LIBXSMM_TARGET=hsw BENCH_OWN_ISA=avx2 \
-                    ISA_LABEL=avx2 "$BIN" --rounds "$ROUNDS" --T "$T" > "$out" ;;
+                    ISA_LABEL=avx2 "$@" "$bin" --rounds "$ROUNDS" --T "$T" > "$out" ;;
         *) log "unknown ISA level $isa"; exit 2 ;;
     esac
-    files+=("$out")
+}
+for isa in $ISAS; do
+    log "running $isa level ($ROUNDS rounds, T=$T)"
+    run_level "$isa" "$BIN" "$OUT_DIR/results-$isa.tsv"
+    files+=("$OUT_DIR/results-$isa.tsv")
 done
+if [ -n "$BIN3" ]; then
+    for isa in $ISAS; do
+        log "running $isa level with oneDNN 3.x ($ROUNDS rounds, T=$T)"
+        run_level "$isa" "$BIN3" "$OUT_DIR/results-$isa-onednn3.tsv" BENCH_OPTIONS=dnnl-3
+        files+=("$OUT_DIR/results-$isa-onednn3.tsv")
+    done
+fi
 python3 bench/products/report.py "${files[@]}"

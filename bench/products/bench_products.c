@@ -27,6 +27,9 @@
 
 #ifdef HAVE_DNNL
 #include <oneapi/dnnl/dnnl.h>
+#ifndef DNNL_OPTION_NAME
+#define DNNL_OPTION_NAME "dnnl"
+#endif
 #endif
 #ifdef HAVE_XSMM
 #include <libxsmm.h>
@@ -167,6 +170,50 @@ typedef struct {
     dnnl_memory_t src, wuser, wpacked, dst;
     int needs_reorder;
 } dn_t;
+#if DNNL_VERSION_MAJOR >= 3
+/* oneDNN 3.x C API: memory descriptors are opaque handles, primitive descriptors are made directly */
+static void *dn_setup(prob_t *p) {
+    dn_t *s = calloc(1, sizeof *s);
+    dnnl_memory_desc_t src_md, wuser_md, wany_md, dst_md;
+    dnnl_dims_t sd = {p->M, p->K}, wd = {p->K, p->N}, dd = {p->M, p->N};
+    DN(dnnl_memory_desc_create_with_tag(&src_md, 2, sd, dnnl_f32, dnnl_ab));
+    DN(dnnl_memory_desc_create_with_tag(&dst_md, 2, dd, dnnl_f32, dnnl_ab));
+    DN(dnnl_memory_desc_create_with_tag(&wuser_md, 2, wd, dnnl_f32, p->bwd ? dnnl_ab : dnnl_ba));
+    DN(dnnl_memory_desc_create_with_tag(&wany_md, 2, wd, dnnl_f32, dnnl_format_tag_any));
+    dnnl_post_ops_t po; dnnl_primitive_attr_t attr;
+    DN(dnnl_post_ops_create(&po));
+    DN(dnnl_post_ops_append_sum(po, 1.0f, 0, dnnl_data_type_undef));
+    DN(dnnl_primitive_attr_create(&attr));
+    DN(dnnl_primitive_attr_set_post_ops(attr, po));
+    dnnl_primitive_desc_t pd;
+    DN(dnnl_matmul_primitive_desc_create(&pd, dn_engine, src_md, wany_md, NULL, dst_md, attr));
+    const char *impl = NULL;
+    dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl);
+    const_dnnl_memory_desc_t wmd = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
+    s->needs_reorder = !dnnl_memory_desc_equal(wmd, wuser_md);
+    printf("I\tdnnl-impl\t%s %s B=%d H=%d G=%d: %s, weights %s\n", getenv("ISA_LABEL") ? getenv("ISA_LABEL") : "",
+           p->bwd ? "bwd" : "fwd", p->B, p->H, p->G, impl ? impl : "?", s->needs_reorder ? "reordered (blocked)" : "plain");
+    DN(dnnl_memory_create(&s->src, src_md, dn_engine, DNNL_MEMORY_NONE));
+    DN(dnnl_memory_create(&s->dst, dst_md, dn_engine, DNNL_MEMORY_NONE));
+    DN(dnnl_memory_create(&s->wuser, wuser_md, dn_engine, p->W));
+    if (s->needs_reorder) {
+        DN(dnnl_memory_create(&s->wpacked, wmd, dn_engine, DNNL_MEMORY_ALLOCATE));
+        dnnl_primitive_desc_t rpd;
+        DN(dnnl_reorder_primitive_desc_create(&rpd, wuser_md, dn_engine, wmd, dn_engine, NULL));
+        DN(dnnl_primitive_create(&s->reorder, rpd));
+        dnnl_primitive_desc_destroy(rpd);
+    } else {
+        s->wpacked = s->wuser;
+    }
+    DN(dnnl_primitive_create(&s->mm, pd));
+    dnnl_primitive_desc_destroy(pd);
+    dnnl_primitive_attr_destroy(attr);
+    dnnl_post_ops_destroy(po);
+    dnnl_memory_desc_destroy(src_md); dnnl_memory_desc_destroy(dst_md);
+    dnnl_memory_desc_destroy(wuser_md); dnnl_memory_desc_destroy(wany_md);
+    return s;
+}
+#else
 static void *dn_setup(prob_t *p) {
     dn_t *s = calloc(1, sizeof *s);
     dnnl_memory_desc_t src_md, wuser_md, wany_md, dst_md;
@@ -209,6 +256,7 @@ static void *dn_setup(prob_t *p) {
     dnnl_post_ops_destroy(po);
     return s;
 }
+#endif
 static void dn_pack(void *v, prob_t *p) {
     dn_t *s = v; (void)p;
     if (!s->needs_reorder) return;
@@ -283,16 +331,17 @@ static void xs_teardown(void *v) { xs_t *s = v; free(s->panels); free(s); }
 #include <immintrin.h>
 static int own_kc = 256;
 static int own_mr512 = 12, own_mr256 = 6;
-typedef struct { float *panels; int nr, mr, avx512; } own_t;
+typedef void (*own_tile_fn)(const float *, const float *, float *, int, int);
+typedef struct { float *panels, *abuf; int nr, mr, avx512, ntile, rows[64]; own_tile_fn fn[64]; } own_t;
 
 #define OWN_TILE512(MR) \
-__attribute__((target("avx512f"))) static void own_tile512_##MR(const float *a, int lda, const float *p, float *c, int ldc, int kc) { \
+__attribute__((target("avx512f"))) static void own_tile512_##MR(const float *a, const float *p, float *c, int ldc, int kc) { \
     __m512 acc[MR][2]; \
     _Pragma("GCC unroll 16") for (int i = 0; i < MR; i++) { acc[i][0] = _mm512_loadu_ps(c + (size_t)i * ldc); acc[i][1] = _mm512_loadu_ps(c + (size_t)i * ldc + 16); } \
     for (int k = 0; k < kc; k++) { \
         __m512 b0 = _mm512_load_ps(p + (size_t)k * 32), b1 = _mm512_load_ps(p + (size_t)k * 32 + 16); \
         _Pragma("GCC unroll 16") for (int i = 0; i < MR; i++) { \
-            __m512 ai = _mm512_set1_ps(a[(size_t)i * lda + k]); \
+            __m512 ai = _mm512_set1_ps(a[(size_t)k * MR + i]); \
             acc[i][0] = _mm512_fmadd_ps(ai, b0, acc[i][0]); \
             acc[i][1] = _mm512_fmadd_ps(ai, b1, acc[i][1]); \
         } \
@@ -300,13 +349,13 @@ __attribute__((target("avx512f"))) static void own_tile512_##MR(const float *a, 
     _Pragma("GCC unroll 16") for (int i = 0; i < MR; i++) { _mm512_storeu_ps(c + (size_t)i * ldc, acc[i][0]); _mm512_storeu_ps(c + (size_t)i * ldc + 16, acc[i][1]); } \
 }
 #define OWN_TILE256(MR) \
-__attribute__((target("avx2,fma"))) static void own_tile256_##MR(const float *a, int lda, const float *p, float *c, int ldc, int kc) { \
+__attribute__((target("avx2,fma"))) static void own_tile256_##MR(const float *a, const float *p, float *c, int ldc, int kc) { \
     __m256 acc[MR][2]; \
     _Pragma("GCC unroll 16") for (int i = 0; i < MR; i++) { acc[i][0] = _mm256_loadu_ps(c + (size_t)i * ldc); acc[i][1] = _mm256_loadu_ps(c + (size_t)i * ldc + 8); } \
     for (int k = 0; k < kc; k++) { \
         __m256 b0 = _mm256_load_ps(p + (size_t)k * 16), b1 = _mm256_load_ps(p + (size_t)k * 16 + 8); \
         _Pragma("GCC unroll 16") for (int i = 0; i < MR; i++) { \
-            __m256 ai = _mm256_broadcast_ss(a + (size_t)i * lda + k); \
+            __m256 ai = _mm256_broadcast_ss(a + (size_t)k * MR + i); \
             acc[i][0] = _mm256_fmadd_ps(ai, b0, acc[i][0]); \
             acc[i][1] = _mm256_fmadd_ps(ai, b1, acc[i][1]); \
         } \
@@ -315,7 +364,6 @@ __attribute__((target("avx2,fma"))) static void own_tile256_##MR(const float *a,
 }
 OWN_TILE512(12) OWN_TILE512(8) OWN_TILE512(4)
 OWN_TILE256(6) OWN_TILE256(4) OWN_TILE256(2)
-typedef void (*own_tile_fn)(const float *, int, const float *, float *, int, int);
 static void *own_setup(prob_t *p) {
     own_t *s = calloc(1, sizeof *s);
     const char *f = getenv("BENCH_OWN_ISA");
@@ -324,6 +372,24 @@ static void *own_setup(prob_t *p) {
     s->mr = s->avx512 ? own_mr512 : own_mr256;
     if (p->N % s->nr || p->M % (s->avx512 ? 4 : 2)) { fprintf(stderr, "own kernel: shape not a multiple of the tile\n"); exit(1); }
     s->panels = xalloc((size_t)p->N * p->K * sizeof(float));
+    s->abuf = xalloc((size_t)p->M * own_kc * sizeof(float));
+    /* row tiles: as many full tiles as fit, but never a tail narrower than half a tile when two
+     * middle-sized tiles can take it (16 rows = 8+8 at AVX-512, 32 = 4x6+4+4 at AVX2) */
+    for (int left = p->M; left > 0;) {
+        int r;
+        own_tile_fn f;
+        if (s->avx512) {
+            if (s->mr == 12 && left >= 12 && left != 16) { r = 12; f = own_tile512_12; }
+            else if (left >= 8) { r = 8; f = own_tile512_8; }
+            else { r = 4; f = own_tile512_4; }
+        } else {
+            if (s->mr == 6 && left >= 6 && left != 8) { r = 6; f = own_tile256_6; }
+            else if (left >= 4) { r = 4; f = own_tile256_4; }
+            else { r = 2; f = own_tile256_2; }
+        }
+        s->rows[s->ntile] = r; s->fn[s->ntile] = f; s->ntile++;
+        left -= r;
+    }
     return s;
 }
 static void own_pack(void *v, prob_t *p) {
@@ -345,31 +411,31 @@ static void own_step(void *v, prob_t *p, int t) {
     own_t *s = v;
     const float *a = p->A + (size_t)t * p->M * p->K;
     float *c = p->C + (size_t)t * p->M * p->N;
-    const int nr = s->nr, mr = s->mr, K = p->K, np = p->N / nr;
+    const int nr = s->nr, K = p->K, np = p->N / nr;
     for (int k0 = 0; k0 < K; k0 += own_kc) {
         const int kc = K - k0 < own_kc ? K - k0 : own_kc;
+        /* copy this K block of A tile by tile, k-major (rows of A are K floats apart, which for
+         * K = 1024 or 4096 puts every row of a tile in the same L1 set) */
+        float *ab = s->abuf;
+        for (int ti = 0, i = 0; ti < s->ntile; i += s->rows[ti], ti++) {
+            const int r = s->rows[ti];
+            for (int ii = 0; ii < r; ii++) {
+                const float *src = a + (size_t)(i + ii) * K + k0;
+                for (int k = 0; k < kc; k++) ab[(size_t)k * r + ii] = src[k];
+            }
+            ab += (size_t)r * kc;
+        }
         for (int j = 0; j < np; j++) {
             const float *pj = s->panels + (size_t)j * K * nr + (size_t)k0 * nr;
-            for (int i = 0; i < p->M;) {
-                const int left = p->M - i;
-                int r;
-                own_tile_fn f;
-                if (s->avx512) {
-                    if (left >= mr && mr == 12) { r = 12; f = own_tile512_12; }
-                    else if (left >= 8) { r = 8; f = own_tile512_8; }
-                    else { r = 4; f = own_tile512_4; }
-                } else {
-                    if (left >= mr && mr == 6) { r = 6; f = own_tile256_6; }
-                    else if (left >= 4) { r = 4; f = own_tile256_4; }
-                    else { r = 2; f = own_tile256_2; }
-                }
-                f(a + (size_t)i * K + k0, K, pj, c + (size_t)i * p->N + j * nr, p->N, kc);
-                i += r;
+            const float *ap = s->abuf;
+            for (int ti = 0, i = 0; ti < s->ntile; i += s->rows[ti], ti++) {
+                s->fn[ti](ap, pj, c + (size_t)i * p->N + j * nr, p->N, kc);
+                ap += (size_t)s->rows[ti] * kc;
             }
         }
     }
 }
-static void own_teardown(void *v) { own_t *s = v; free(s->panels); free(s); }
+static void own_teardown(void *v) { own_t *s = v; free(s->panels); free(s->abuf); free(s); }
 
 static option_t options[8];
 static int nopt;
@@ -427,7 +493,7 @@ int main(int argc, char **argv) {
         printf("I\tdnnl\toneDNN %d.%d.%d (cpu runtime %u)\n", v->major, v->minor, v->patch, v->cpu_runtime);
         DN(dnnl_engine_create(&dn_engine, dnnl_cpu, 0));
         DN(dnnl_stream_create(&dn_stream, dn_engine, dnnl_stream_default_flags));
-        options[nopt++] = (option_t){"dnnl", 1, dn_setup, dn_pack, dn_step, dn_teardown};
+        options[nopt++] = (option_t){DNNL_OPTION_NAME, 1, dn_setup, dn_pack, dn_step, dn_teardown};
     }
 #endif
 #ifdef HAVE_XSMM
@@ -439,11 +505,23 @@ int main(int argc, char **argv) {
     if (getenv("BENCH_OWN_MR512")) own_mr512 = atoi(getenv("BENCH_OWN_MR512"));
     if (getenv("BENCH_OWN_MR256")) own_mr256 = atoi(getenv("BENCH_OWN_MR256"));
     if (__builtin_cpu_supports("avx512f") && !(getenv("BENCH_OWN_ISA") && !strcmp(getenv("BENCH_OWN_ISA"), "avx2")))
-        printf("I\town\town packed kernel: AVX-512, %dx32 tiles (row tails 8x32, 4x32), KC=%d\n", own_mr512, own_kc);
+        printf("I\town\town packed kernel: AVX-512, %dx32 tiles (and 8x32, 4x32), A copied per K block, KC=%d\n", own_mr512, own_kc);
     else
-        printf("I\town\town packed kernel: AVX2+FMA, %dx16 tiles (row tails 4x16, 2x16), KC=%d\n", own_mr256, own_kc);
+        printf("I\town\town packed kernel: AVX2+FMA, %dx16 tiles (and 4x16, 2x16), A copied per K block, KC=%d\n", own_mr256, own_kc);
     options[nopt++] = (option_t){"own-packed", 1, own_setup, own_pack, own_step, own_teardown};
 
+    /* BENCH_OPTIONS=a,b keeps only those options (openblas, the reference, always stays) */
+    if (getenv("BENCH_OPTIONS")) {
+        char want[256];
+        snprintf(want, sizeof want, ",%s,", getenv("BENCH_OPTIONS"));
+        int k = 1;
+        for (int o = 1; o < nopt; o++) {
+            char key[64];
+            snprintf(key, sizeof key, ",%s,", options[o].name);
+            if (strstr(want, key)) options[k++] = options[o];
+        }
+        nopt = k;
+    }
     /* reference rate: single-thread OpenBLAS sgemm 1024^3 (and MKL's), best of 5 after a warm-up */
     {
         const int n = 1024;
