@@ -302,6 +302,11 @@ static void *xs_setup(prob_t *p) {
 static void xs_pack(void *v, prob_t *p) {
     xs_t *s = v;
     const int bm = s->bm, K = p->K, H = p->H;
+    if (p->bwd) { /* Weff^T(n, k) = W[k*H + n]: read W row by row, bm floats to each panel */
+        for (int k = 0; k < K; k++)
+            for (int j = 0; j < s->np; j++) memcpy(s->panels + (size_t)j * bm * K + (size_t)k * bm, p->W + (size_t)k * H + j * bm, bm * sizeof(float));
+        return;
+    }
     for (int j = 0; j < s->np; j++) {
         float *dst = s->panels + (size_t)j * bm * K;
         if (!p->bwd) { /* Weff^T(n, k) = W[n*H + k]: panel column k is W's column k over rows n */
@@ -395,6 +400,11 @@ static void *own_setup(prob_t *p) {
 static void own_pack(void *v, prob_t *p) {
     own_t *s = v;
     const int nr = s->nr, K = p->K, H = p->H, np = p->N / nr;
+    if (p->bwd) { /* Weff(k, n) = W[k*H + n]: read W row by row, nr floats to each panel */
+        for (int k = 0; k < K; k++)
+            for (int j = 0; j < np; j++) memcpy(s->panels + (size_t)j * K * nr + (size_t)k * nr, p->W + (size_t)k * H + j * nr, nr * sizeof(float));
+        return;
+    }
     for (int j = 0; j < np; j++) {
         float *dst = s->panels + (size_t)j * K * nr;
         if (!p->bwd) { /* Weff(k, n) = W[n*H + k]: read W's rows, write panel columns */
