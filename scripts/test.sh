@@ -36,7 +36,7 @@ case "$DEFAULT_CORE" in
 esac
 if [ "$(uname -m)" = x86_64 ]; then
     echo "== order-sensitive tests again under OPENBLAS_CORETYPE=$SECOND_CORE (default kernel: $DEFAULT_CORE)"
-    ORDER_SENSITIVE='TrainerTests|TrainingTests|DiagnosticsTests|PyTorchParityTests|GradientCheckTests|DataParallelTests|ReproducibilityTests|DurabilityTests.testResumeIsExact'
+    ORDER_SENSITIVE='DropoutTests|TrainerTests|TrainingTests|DiagnosticsTests|PyTorchParityTests|GradientCheckTests|DataParallelTests|ReproducibilityTests|DurabilityTests.testResumeIsExact'
     OPENBLAS_CORETYPE=$SECOND_CORE swift test "${BUILD[@]}" --skip-build $SWIFT_TESTING_FLAG --filter "$ORDER_SENSITIVE" 2>&1 | tee "$MARGIN_LOG.second"
     [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "order-sensitive tests failed under OPENBLAS_CORETYPE=$SECOND_CORE" >&2; exit 1; }
 fi

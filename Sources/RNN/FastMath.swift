@@ -9,21 +9,46 @@
 // NaN, and arguments are clamped to where the result is finite or underflows to 0.
 // tanh: Cephes' tanhf: an odd polynomial for |x| < 0.625, 1 - 2 / (e^{2|x|} + 1) beyond.
 
+/// The arithmetic exp's reduction and polynomial need, for Float and SIMD8<Float>, so that the
+/// scalar and the 8-lane exp are one piece of code (and give the same bits).
+public protocol ExpLanes {
+    static func + (a: Self, b: Self) -> Self
+    static func - (a: Self, b: Self) -> Self
+    static func * (a: Self, b: Self) -> Self
+    static func splat(_ x: Float) -> Self
+}
+
+extension Float: ExpLanes {
+    @_transparent public static func splat(_ x: Float) -> Float { x }
+}
+
+extension SIMD8: ExpLanes where Scalar == Float {
+    @_transparent public static func splat(_ x: Float) -> SIMD8<Float> { SIMD8(repeating: x) }
+}
+
 public enum FastMath {
+    /// Cody-Waite reduction of the clamped argument xc = k ln2 + r and the polynomial of e^r.
+    /// Returns t (k + 1.5 * 2^23: k sits in its low mantissa bits) and p = e^r.
+    @_transparent
+    public static func expCore<V: ExpLanes>(_ xc: V, magic: V) -> (t: V, p: V) {
+        let t = xc * .splat(1.442_695_04) + magic
+        let k = t - magic
+        let r = (xc - k * .splat(0.693_359_375)) - k * .splat(-2.121_944_4e-4)
+        var p = V.splat(1.987_569_15e-4)
+        p = p * r + .splat(1.398_199_95e-3)
+        p = p * r + .splat(8.333_451_9e-3)
+        p = p * r + .splat(4.166_579_59e-2)
+        p = p * r + .splat(1.666_666_55e-1)
+        p = p * r + .splat(5.000_000_1e-1)
+        p = p * (r * r) + r + .splat(1)
+        return (t, p)
+    }
+
     @inline(__always)
     public static func exp(_ x: Float) -> Float {
         let xc = Swift.min(Swift.max(x, -87.33654), 88.37626)  // NaN passes through both
         let magic: Float = 12_582_912  // 1.5 * 2^23: adding it rounds to an integer
-        let t = xc * 1.442_695_04 + magic
-        let k = t - magic
-        let r = (xc - k * 0.693_359_375) - k * -2.121_944_4e-4
-        var p: Float = 1.987_569_15e-4
-        p = p * r + 1.398_199_95e-3
-        p = p * r + 8.333_451_9e-3
-        p = p * r + 4.166_579_59e-2
-        p = p * r + 1.666_666_55e-1
-        p = p * r + 5.000_000_1e-1
-        p = p * (r * r) + r + 1
+        let (t, p) = expCore(xc, magic: magic)
         // The integer k sits in the low mantissa bits of t; 2^k = (k + 127) << 23.
         let bits = (t.bitPattern &- magic.bitPattern &+ 127) << 23
         let y = p * Float(bitPattern: bits)

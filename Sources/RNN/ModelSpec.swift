@@ -79,6 +79,13 @@ public struct ModelSpec: Equatable, Sendable {
     /// sequence-wise: statistics over all steps and samples of the global batch), with
     /// rnn.bn_weight_l{k}, rnn.bn_bias_l{k} (G*H) and running statistics for evaluation.
     public var batchNorm = false
+    /// Dropout in training passes (inverted: kept elements scaled by 1/(1-p); off in evaluation).
+    /// `dropout`: on the output of every recurrent layer but the last (PyTorch's nn.LSTM
+    /// dropout=); `inputDropout`: on the dense input of layer 0; `headDropout`: on the head's
+    /// input. See Network.DropoutKey for how masks are drawn.
+    public var dropout = 0.0
+    public var inputDropout = 0.0
+    public var headDropout = 0.0
 
     public init(cell: CellKind = .rnn, activation: Activation = .tanh, input: InputKind, hiddenSize: Int,
                 layers: Int = 1, outputSize: Int, output: OutputMode = .everyStep, loss: LossKind,

@@ -57,6 +57,13 @@ public final class Network<S: RNNScalar> {
     private var dState0 = Buffer<S>(count: 0)  // (L, C, B, H): its gradient after backward
     private var hh = Buffer<S>(count: 0)  // (B, G*H): GRU per-step W_hh h + b_hh
     private var dc = Buffer<S>(count: 0)  // (B, H): LSTM dL/dc carried backward
+    // Dropout (training passes): per place, the factor of every element, 0 or 1/(1-p); and the
+    // dropped copies the next layer and the head read. Place 0: the dense input (T, B, I),
+    // place k in 1..<L: layer k's input, the output of layer k-1 (T, B, H); place L: the head's
+    // input (rows, H).
+    private var dropFactor: [Buffer<S>] = []
+    private var dropped: [Buffer<S>] = []  // (T, B, H) per place 1..<L, then (rows, H) for the head
+    private var dropoutOn = false  // this forward applies dropout (a training pass with some p > 0)
     private var T = 0
     private var B = 0
     /// (T, B) of the latest forward.
@@ -133,6 +140,14 @@ public final class Network<S: RNNScalar> {
             dhh = Buffer(count: spec.cell == .gru ? need * G * H : 0)
             if case .dense(let f) = spec.input { dense = Buffer(count: need * f) }
             head = Buffer(count: need * O)
+            if spec.dropout > 0 || spec.inputDropout > 0 || spec.headDropout > 0 {
+                let width = { (place: Int) -> Int in
+                    if place == 0 { if case .dense(let f) = self.spec.input { return f }; return 0 }
+                    return self.H
+                }
+                dropFactor = (0...spec.layers).map { Buffer(count: need * width($0)) }
+                dropped = (0...spec.layers).map { Buffer(count: $0 == 0 ? 0 : need * self.H) }
+            }
         }
         if batch > batchCapacity {
             batchCapacity = batch
@@ -147,7 +162,8 @@ public final class Network<S: RNNScalar> {
     /// the largest (T, B) seen so far (for memory accounting: `rnn-dp bench`'s peak memory).
     public var workspaceScalars: Int {
         let layers = store.reduce(0) { $0 + $1.h.count + $1.gates.count + $1.cell.count + $1.hn.count + $1.lnHat.count + $1.lnRstd.count + $1.bnHat.count }
-        return layers + delta.count + deltaBelow.count + dxi.count + dhh.count + dense.count + head.count
+        let dropout = dropFactor.reduce(0) { $0 + $1.count } + dropped.reduce(0) { $0 + $1.count }
+        return layers + dropout + delta.count + deltaBelow.count + dxi.count + dhh.count + dense.count + head.count
             + state0.count + dState0.count + hh.count + dc.count
     }
 
@@ -184,10 +200,70 @@ public final class Network<S: RNNScalar> {
         } else {
             precondition(batch.tokens.count == TB, "tokens must be (T, B)")
         }
+        dropoutOn = training && (spec.dropout > 0 || spec.inputDropout > 0 || spec.headDropout > 0)
+        if dropoutOn && spec.inputDropout > 0, case .dense(let f) = spec.input {
+            applyDropout(place: 0, p: spec.inputDropout, x: dense.pointer, into: dense.pointer, rows: TB, width: f, firstStep: 0)
+        }
         batch.tokens.withUnsafeBufferPointer { tokens in
-            for k in 0..<spec.layers { forwardLayer(k, tokens: tokens.baseAddress) }
+            for k in 0..<spec.layers {
+                if k > 0 && dropoutOn && spec.dropout > 0 {
+                    applyDropout(place: k, p: spec.dropout, x: store[k - 1].h.pointer, into: dropped[k].pointer, rows: TB, width: H, firstStep: 0)
+                }
+                forwardLayer(k, tokens: tokens.baseAddress)
+            }
         }
         forwardHead()
+    }
+
+    /// Where in the run a training pass is, for dropout's masks. The mask of an element is a
+    /// function of (seed, step, global row, place, time step, unit) only, never of how the global
+    /// batch is split over ranks, micro-batches or truncated-BPTT chunks, so any number of ranks
+    /// trains the same model. Set before each training pass (the trainer does).
+    public struct DropoutKey: Sendable {
+        public var seed: UInt64, step: Int
+        /// The global row of this batch's row 0, and the time step of its step 0.
+        public var rowOffset: Int, timeOffset: Int
+        public init(seed: UInt64 = 0, step: Int = 0, rowOffset: Int = 0, timeOffset: Int = 0) {
+            self.seed = seed; self.step = step; self.rowOffset = rowOffset; self.timeOffset = timeOffset
+        }
+    }
+    public var dropoutKey = DropoutKey()
+
+    /// SplitMix64's finalizer (Steele et al. 2014): a bijective mix of 64 bits.
+    @inline(__always) static func mix(_ z0: UInt64) -> UInt64 {
+        var z = z0 &+ 0x9E37_79B9_7F4A_7C15
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+
+    /// Whether dropout keeps element (place, time step, global row, unit) of a step: a uniform
+    /// number in [0, 1) from the key, compared with p.
+    @inline(__always) public static func keeps(_ key: DropoutKey, place: Int, step t: Int, row: Int, unit: Int, p: Double) -> Bool {
+        let prefix = mix(mix(mix(mix(key.seed ^ 0x64726f70) ^ UInt64(truncatingIfNeeded: key.step)) ^ UInt64(place)) ^ UInt64(t)) ^ UInt64(row)
+        return Double(mix(mix(prefix) ^ UInt64(unit)) >> 11) * 0x1p-53 >= p
+    }
+
+    /// into = x * mask / (1 - p) over `rows` rows (time-major: row r is step firstStep + r / B,
+    /// sample r % B) of `width` units; keeps the factors for the backward pass. In place allowed.
+    private func applyDropout(place: Int, p: Double, x: UnsafeMutablePointer<S>, into out: UnsafeMutablePointer<S>,
+                              rows: Int, width: Int, firstStep: Int) {
+        let factor = dropFactor[place].pointer
+        let scale = S(1 / (1 - p)), key = dropoutKey
+        for r in 0..<rows {
+            let t = key.timeOffset + firstStep + r / B, row = key.rowOffset + r % B
+            for j in 0..<width {
+                let f: S = Self.keeps(key, place: place, step: t, row: row, unit: j, p: p) ? scale : 0
+                factor[r * width + j] = f
+                out[r * width + j] = x[r * width + j] * f
+            }
+        }
+    }
+
+    /// The backward twin of applyDropout: d (rows, width) times the factors of `place`, in place.
+    private func dropoutBackward(place: Int, _ d: UnsafeMutablePointer<S>, rows: Int, width: Int) {
+        let factor = dropFactor[place].pointer
+        for i in 0..<(rows * width) { d[i] *= factor[i] }
     }
 
     private func setInitialState(_ given: UnsafePointer<S>?) {
@@ -208,7 +284,7 @@ public final class Network<S: RNNScalar> {
 
     /// The input of layer k: (pointer, width) of a (T, B, width) matrix; nil for token input.
     private func layerInput(_ k: Int) -> (UnsafeMutablePointer<S>, Int)? {
-        if k > 0 { return (store[k - 1].h.pointer, H) }
+        if k > 0 { return (dropoutOn && spec.dropout > 0 ? dropped[k].pointer : store[k - 1].h.pointer, H) }
         if case .dense(let f) = spec.input { return (dense.pointer, f) }
         return nil
     }
@@ -350,11 +426,24 @@ public final class Network<S: RNNScalar> {
 
     /// head (rows, O) = h_top W^T + b over every step or the last step.
     private func forwardHead() {
-        let top = store[spec.layers - 1].h.pointer
-        let input = spec.output == .everyStep ? top : top + (T - 1) * B * H
+        let input = headInput()
         S.gemm(transA: false, transB: true, m: headRows, n: O, k: H, alpha: 1, a: input, lda: H,
                b: p(layout.headWeight), ldb: H, beta: 0, c: head.pointer, ldc: O)
         S.addBiasRows(head.pointer, rows: headRows, cols: O, p(layout.headBias), nil)
+    }
+
+    /// The head's input (headRows, H): the top layer's output at every step or the last, after
+    /// head dropout in a training pass (computed here on the forward's first call).
+    private func headInput(forward: Bool = true) -> UnsafeMutablePointer<S> {
+        let top = store[spec.layers - 1].h.pointer
+        let input = spec.output == .everyStep ? top : top + (T - 1) * B * H
+        guard dropoutOn && spec.headDropout > 0 else { return input }
+        let out = dropped[spec.layers].pointer
+        if forward {
+            applyDropout(place: spec.layers, p: spec.headDropout, x: input, into: out, rows: headRows, width: H,
+                         firstStep: spec.output == .everyStep ? 0 : T - 1)
+        }
+        return out
     }
 
     /// Copies the state after the last step of the latest forward, (L, C, B, H), into `out`.
@@ -380,10 +469,11 @@ public final class Network<S: RNNScalar> {
     // MARK: loss
 
     /// Forward pass and loss terms, without gradients (evaluation).
-    /// - batchStatistics: batch norm normalizes with this batch's statistics, as in training,
-    ///   without updating the running ones (for gradient checks); default: the running statistics.
+    /// - batchStatistics: the forward of a training pass (batch norm with this batch's statistics,
+    ///   without updating the running ones; dropout with `dropoutKey`'s masks), for gradient
+    ///   checks; default: evaluation (running statistics, no dropout).
     public func loss(_ batch: Batch, initialState: UnsafePointer<S>? = nil, batchStatistics: Bool = false) -> LossStats {
-        if batchStatistics && spec.batchNorm {
+        if batchStatistics {  // as a training pass (dropout too), the running statistics left alone
             let saved = runningStatistics.array
             forward(batch, initialState: initialState, training: true)
             for (i, v) in saved.enumerated() { runningStatistics[i] = v }
@@ -437,9 +527,8 @@ public final class Network<S: RNNScalar> {
 
     private func backward(_ batch: Batch, learnState: Bool) {
         let TB = T * B
-        let top = store[spec.layers - 1].h.pointer
-        // Head: dW += dOut^T h, db += sum dOut, dh = dOut W.
-        let input = spec.output == .everyStep ? top : top + (T - 1) * B * H
+        // Head: dW += dOut^T h, db += sum dOut, dh = dOut W (then through head dropout).
+        let input = headInput(forward: false)
         S.gemm(transA: true, transB: false, m: O, n: H, k: headRows, alpha: 1, a: head.pointer, lda: O,
                b: input, ldb: H, beta: 1, c: g(layout.headWeight), ldc: H)
         S.sumRows(head.pointer, rows: headRows, cols: O, into: g(layout.headBias))
@@ -451,6 +540,9 @@ public final class Network<S: RNNScalar> {
             delta.pointer.update(repeating: 0, count: (T - 1) * B * H)
             S.gemm(transA: false, transB: false, m: B, n: H, k: O, alpha: 1, a: head.pointer, lda: O,
                    b: p(layout.headWeight), ldb: H, beta: 0, c: delta.pointer + (T - 1) * B * H, ldc: H)
+        }
+        if dropoutOn && spec.headDropout > 0 {
+            dropoutBackward(place: spec.layers, delta.pointer + (spec.output == .everyStep ? 0 : (T - 1) * B * H), rows: headRows, width: H)
         }
         dState0.pointer.update(repeating: 0, count: spec.layers * C * B * H)
         // Every element is written below; reallocated only when T changes.
@@ -522,9 +614,10 @@ public final class Network<S: RNNScalar> {
         if let (x, width) = layerInput(k) {
             S.gemm(transA: true, transB: false, m: GH, n: width, k: TB, alpha: 1, a: dz, lda: GH,
                    b: x, ldb: width, beta: 1, c: g(l.wih), ldc: width)
-            if k > 0 {  // dL/dh_{k-1} = dz W_ih
+            if k > 0 {  // dL/dh_{k-1} = dz W_ih, then through the dropout between the layers
                 S.gemm(transA: false, transB: false, m: TB, n: H, k: GH, alpha: 1, a: dz, lda: GH,
                        b: p(l.wih), ldb: H, beta: 0, c: deltaBelow.pointer, ldc: H)
+                if dropoutOn && spec.dropout > 0 { dropoutBackward(place: k, deltaBelow.pointer, rows: TB, width: H) }
             }
         } else {
             guard case .tokens(let V) = spec.input else { preconditionFailure() }

@@ -24,16 +24,7 @@ extension FastMath {
         var xc = x.replacing(with: lo, where: x .< lo)  // NaN compares false and passes through
         xc = xc.replacing(with: hi, where: xc .> hi)
         let magic = Float8(repeating: 12_582_912)
-        let t = xc * 1.442_695_04 + magic
-        let k = t - magic
-        let r = (xc - k * 0.693_359_375) - k * -2.121_944_4e-4
-        var p = Float8(repeating: 1.987_569_15e-4)
-        p = p * r + 1.398_199_95e-3
-        p = p * r + 8.333_451_9e-3
-        p = p * r + 4.166_579_59e-2
-        p = p * r + 1.666_666_55e-1
-        p = p * r + 5.000_000_1e-1
-        p = p * (r * r) + r + 1
+        let (t, p) = expCore(xc, magic: magic)
         let scale = float((bits(t) &- (12_582_912 as Float).bitPattern &+ 127) &<< 23)
         let y = p * scale
         return y.replacing(with: 0, where: x .< lo)

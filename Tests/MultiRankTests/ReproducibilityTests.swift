@@ -90,6 +90,14 @@ final class ReproducibilityTests: XCTestCase {
                                      training: "  optimizer: {name: adamw, learning_rate: 0.01}\n  bptt_length: 5")
     }
 
+    /// Dropout between the layers and on the head's input, with truncated BPTT: the masks are a
+    /// function of (seed, step, global row, layer, time step, unit), so 1, 2 and 3 ranks draw the
+    /// same ones and train the same bits.
+    func testLSTMWithDropoutBitwiseOnOneToThreeRanks() throws {
+        try assertBitwiseAcrossRanks("lstm+dropout", model: "  cell: lstm\n  hidden_size: 16\n  layers: 2\n  dropout: 0.3\n  head_dropout: 0.2",
+                                     training: "  optimizer: {name: adam, learning_rate: 0.02}\n  bptt_length: 4", ranks: [1, 2, 3])
+    }
+
     /// Three steps on 2 ranks, a checkpoint, then three more on 3 ranks: the same bits as six
     /// uninterrupted steps on 1 rank, and the same logged losses for the resumed steps.
     func testResumeOnADifferentRankCountStaysOnTheTrajectory() throws {

@@ -87,6 +87,9 @@ let configSchema: [KeySpec] = [
     KeySpec("model.output", .choice(OutputMode.allCases.map(\.rawValue)), nil, "every_step (many-to-many) or last_step (many-to-one); default every_step for text, last_step otherwise"),
     KeySpec("model.layer_norm", .bool, .bool(false), "layer normalization of the gate pre-activations inside the cells"),
     KeySpec("model.batch_norm", .bool, .bool(false), "batch normalization of W_ih x over the global batch (statistics synchronized across ranks)"),
+    KeySpec("model.dropout", .double(min: 0, max: 1, maxExclusive: true), .double(0), "dropout probability on the output of every recurrent layer but the last (PyTorch's dropout=); training only, kept values scaled by 1/(1-p); masks depend on (seed, step, sample, layer, time step, unit), not on the rank count"),
+    KeySpec("model.input_dropout", .double(min: 0, max: 1, maxExclusive: true), .double(0), "dropout probability on the dense input of the first layer (not for token input)"),
+    KeySpec("model.head_dropout", .double(min: 0, max: 1, maxExclusive: true), .double(0), "dropout probability on the head's input (the top layer's output)"),
     KeySpec("model.initial_state", .choice(["zeros", "learned"]), .string("zeros"), "initial hidden state: zeros, or a trained parameter per layer"),
     KeySpec("model.init.input_weights", .choice(initChoices), .string("default"), "initializer of weight_ih (default: PyTorch's U(-1/sqrt(H), 1/sqrt(H)))"),
     KeySpec("model.init.recurrent_weights", .choice(initChoices + ["identity"]), .string("default"), "initializer of weight_hh (identity: Le et al. 2015, for relu RNNs)"),
@@ -415,6 +418,10 @@ public struct TrainConfig: Sendable {
         public var batchNorm: Bool
         public var initialization: InitSettings
         public var initFrom: String?
+        /// Dropout probabilities: between recurrent layers, on the dense input, on the head's input.
+        public var dropout: Double
+        public var inputDropout: Double
+        public var headDropout: Double
     }
     public struct Training: Sendable {
         /// nil: from the data (npy).
@@ -601,6 +608,12 @@ final class ConfigResolver {
         try only(["model.activation", "model.leaky_slope"], when: "model.cell", in: ["rnn"], warn: true)
         try only(["model.leaky_slope"], when: "model.activation", in: ["leaky_relu"])
         try only(["model.init.forget_bias"], when: "model.cell", in: ["lstm"])
+        if dbl("model.dropout")! > 0 && int("model.layers")! == 1 {
+            throw err("model.dropout", "acts between recurrent layers, and model.layers is 1 (model.head_dropout drops the head's input)")
+        }
+        if dbl("model.input_dropout")! > 0 && str("data.kind") == "text" {
+            throw err("model.input_dropout", "applies to dense input; text is token input")
+        }
         let recurrentInit = str("model.init.recurrent_weights")!
         if recurrentInit == "identity" && cell != .rnn {
             throw err("model.init.recurrent_weights", "identity applies to the Elman cell (model.cell: rnn), not \(cell.rawValue)")
@@ -615,7 +628,8 @@ final class ConfigResolver {
                       hiddenSize: int("model.hidden_size")!, layers: int("model.layers")!, output: outputMode,
                       learnedInitialState: str("model.initial_state") == "learned",
                       layerNorm: bool("model.layer_norm")!, batchNorm: bool("model.batch_norm")!, initialization: initialization,
-                      initFrom: str("model.init_from"))
+                      initFrom: str("model.init_from"), dropout: dbl("model.dropout")!, inputDropout: dbl("model.input_dropout")!,
+                      headDropout: dbl("model.head_dropout")!)
     }
 
     /// training.optimizer.*: PyTorch's defaults, and keys that belong to other optimizers ignored

@@ -49,6 +49,9 @@ public func makeModelSpec(_ config: TrainConfig, dataset: Dataset) throws -> Mod
         loss = a.loss
         output = a.output
     }
+    if config.model.inputDropout > 0, case .tokens = dataset.input {
+        throw RNNDPError("\(config.source): model.input_dropout: applies to dense input; this data is token input", collective: true)
+    }
     return makeModelSpec(config, input: dataset.input, outputSize: dataset.outputSize, output: output!, loss: loss!)
 }
 
@@ -61,6 +64,9 @@ func makeModelSpec(_ config: TrainConfig, input: InputKind, outputSize: Int, out
     spec.learnedInitialState = config.model.learnedInitialState
     spec.layerNorm = config.model.layerNorm
     spec.batchNorm = config.model.batchNorm
+    spec.dropout = config.model.dropout
+    spec.inputDropout = config.model.inputDropout
+    spec.headDropout = config.model.headDropout
     return spec
 }
 

@@ -19,8 +19,12 @@ final class BackwardPasses {
     private var batch = Batch(batchSize: 0, steps: 0)
     private var state: [Float] = []  // (L, C, rows, H): the initial state of the next pass
 
-    init(network: Network<Float>, source: BatchSource, accumulate: Int, steps: Int, bpttLength: Int) {
+    /// The run's seed, which dropout's masks start from (Network.DropoutKey).
+    let seed: UInt64
+
+    init(network: Network<Float>, source: BatchSource, accumulate: Int, steps: Int, bpttLength: Int, seed: UInt64) {
         self.network = network
+        self.seed = seed
         self.source = source
         self.accumulate = accumulate
         self.steps = steps
@@ -63,6 +67,7 @@ final class BackwardPasses {
             let last = t1 == T
             net.collectDiagnostics = diagnostics && last
             finalPass = last && lastOfStep
+            net.dropoutKey = .init(seed: seed, step: step, rowOffset: rows.lowerBound, timeOffset: t0)
             let chunk = k == T ? whole : whole.timeSlice(t0..<t1, everyStep: true, inputWidth: net.spec.input.width, outputWidth: net.spec.outputSize)
             if carried {
                 stats += state.withUnsafeBufferPointer { net.lossAndGradient(chunk, initialState: $0.baseAddress) }

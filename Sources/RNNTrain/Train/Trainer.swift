@@ -178,7 +178,7 @@ public final class Trainer {
         printBanner(spec: spec, threads: threads, why: why)
         try checkShapes(spec: spec)
         batches = makeBatchSource(spec: spec)
-        passes = BackwardPasses(network: net, source: batches, accumulate: t.accumulateSteps, steps: dataset.steps, bpttLength: t.bpttLength)
+        passes = BackwardPasses(network: net, source: batches, accumulate: t.accumulateSteps, steps: dataset.steps, bpttLength: t.bpttLength, seed: config.seed)
         let shard = comm.shard(of: B)
         console.info("batch: \(B) samples per step, T=\(dataset.steps); rank 0 takes rows \(shard.lowerBound)..<\(shard.upperBound)"
                      + (t.accumulateSteps > 1 ? " in \(t.accumulateSteps) micro-batches" : "")
