@@ -33,6 +33,9 @@ What is stored (every tensor little-endian; config strings in the safetensors "_
    the rate the update of 0-based step s uses (torch: the optimizer's lr after s scheduler.step()
    calls); for plateau, lr.plateau[i] is the rate after observing plateau.metrics[0...i].
 4. sched_sgd.safetensors -- the optimizer-fixture model after 3 SGD(momentum) steps under StepLR.
+5. grad_<cell>_embedding_cross_entropy_<output>.safetensors -- as 1., with token input through
+   `nn.Embedding(VOCAB, EMBEDDING)` named `embedding` (tensor embedding.weight, its gradient
+   grad.embedding.weight; metadata "embedding"). `--only embedding` writes just these.
 """
 
 import json
@@ -52,6 +55,7 @@ OUT = os.path.join(ROOT, "Tests", "RNNTests", "Fixtures", "parity")
 T, B, H, LAYERS = 5, 3, 4, 2
 VOCAB, CE_CLASSES = 5, 6  # token input width, cross-entropy classes (distinct sizes catch mix-ups)
 FEATURES, MSE_OUT = 3, 2  # dense input width, MSE outputs
+EMBEDDING = 3  # embedding width (differs from H and VOCAB)
 
 
 def common_metadata(kind):
@@ -189,6 +193,39 @@ def gradient_fixtures(seed):
     print(f"gradient fixtures: {len(names)}; worst float32-vs-float64 deviation "
           f"(fraction of each tensor's max-abs) {worst:.2e}")
     assert worst < 1e-5, worst
+    return names
+
+
+def embedding_fixtures(seed):
+    """Token input through nn.Embedding, then the 2-layer recurrent model and the head."""
+    names = []
+    for ci, (cell, act) in enumerate([("rnn", "tanh"), ("lstm", "tanh"), ("gru", "tanh")]):
+        for oi, output in enumerate(["every_step", "last_step"]):
+            gen = torch.Generator().manual_seed(seed + 10 * ci + oi)
+            model = make_model(cell, act, EMBEDDING, CE_CLASSES)
+            model["embedding"] = nn.Embedding(VOCAB, EMBEDDING)
+            randomize(model, gen)
+            tokens = torch.randint(0, VOCAB, (T, B), generator=gen, dtype=torch.int64)
+            rows = (T, B) if output == "every_step" else (B,)
+            target = torch.randint(0, CE_CLASSES, rows, generator=gen, dtype=torch.int64)
+            model.zero_grad()
+            value = objective(model, model["embedding"](tokens), target, "cross_entropy", output)
+            value.backward()
+            tensors = {"input.tokens": tokens.to(torch.int32), "target.classes": target.to(torch.int32),
+                       "loss": value.detach().reshape(())}
+            for n, p in model.named_parameters():
+                tensors[n] = p.detach().clone()
+                tensors["grad." + n] = p.grad.detach().clone()
+            meta = common_metadata("gradient")
+            meta.update({
+                "cell": cell, "activation": act, "input": "tokens", "input_width": VOCAB, "embedding": EMBEDDING,
+                "hidden": H, "layers": LAYERS, "outputs": CE_CLASSES, "output": output, "loss": "cross_entropy",
+                "average_over_time": "true" if output == "every_step" else "false", "steps": T, "batch": B,
+            })
+            name = f"grad_{cell}_embedding_cross_entropy_{output}.safetensors"
+            save(name, tensors, meta)
+            names.append(name)
+    print(f"embedding fixtures: {len(names)}")
     return names
 
 
@@ -431,6 +468,10 @@ def main():
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
     os.makedirs(OUT, exist_ok=True)
+    if sys.argv[1:] == ["--only", "embedding"]:
+        names = embedding_fixtures(seed=31)
+        print(f"wrote {len(names)} files to {os.path.relpath(OUT, os.getcwd())}")
+        return 0
     for f in os.listdir(OUT):
         if f.endswith(".safetensors"):
             os.remove(os.path.join(OUT, f))
@@ -438,6 +479,7 @@ def main():
     names += optimizer_fixtures(seed=7)
     names += schedule_fixture()
     names += scheduled_sgd_fixture(seed=7)
+    names += embedding_fixtures(seed=31)
     total = sum(os.path.getsize(os.path.join(OUT, n)) for n in names)
     print(f"wrote {len(names)} files, {total} bytes, to {os.path.relpath(OUT, os.getcwd())}")
 

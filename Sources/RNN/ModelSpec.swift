@@ -84,6 +84,11 @@ public struct ModelSpec: Equatable, Sendable {
     /// dropout=); `inputDropout`: on the dense input of layer 0; `headDropout`: on the head's
     /// input. See Network.DropoutKey for how masks are drawn.
     public var dropout = 0.0
+    /// Token input through an embedding (nn.Embedding, `embedding.weight` (V, E)): layer 0 reads
+    /// the E-wide rows of its tokens instead of one-hot columns. nil: no embedding.
+    public var embeddingSize: Int?
+    /// The width of layer 0's input: E with an embedding, else the input's width.
+    public var firstLayerInputWidth: Int { embeddingSize ?? input.width }
     public var inputDropout = 0.0
     public var headDropout = 0.0
 

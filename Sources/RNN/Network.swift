@@ -61,6 +61,8 @@ public final class Network<S: RNNScalar> {
     // dropped copies the next layer and the head read. Place 0: the dense input (T, B, I),
     // place k in 1..<L: layer k's input, the output of layer k-1 (T, B, H); place L: the head's
     // input (rows, H).
+    private var embedded = Buffer<S>(count: 0)  // (T, B, E): the embedding rows of the tokens
+    private var dEmbedded = Buffer<S>(count: 0)  // (T, B, E): their gradient
     private var dropFactor: [Buffer<S>] = []
     private var dropped: [Buffer<S>] = []  // (T, B, H) per place 1..<L, then (rows, H) for the head
     private var dropoutOn = false  // this forward applies dropout (a training pass with some p > 0)
@@ -139,10 +141,14 @@ public final class Network<S: RNNScalar> {
             dxi = Buffer(count: spec.cell == .rnn ? 0 : need * G * H)
             dhh = Buffer(count: spec.cell == .gru ? need * G * H : 0)
             if case .dense(let f) = spec.input { dense = Buffer(count: need * f) }
+            if let E = spec.embeddingSize {
+                embedded = Buffer(count: need * E)
+                dEmbedded = Buffer(count: need * E)
+            }
             head = Buffer(count: need * O)
             if spec.dropout > 0 || spec.inputDropout > 0 || spec.headDropout > 0 {
                 let width = { (place: Int) -> Int in
-                    if place == 0 { if case .dense(let f) = self.spec.input { return f }; return 0 }
+                    if place == 0 { if let E = self.spec.embeddingSize { return E }; if case .dense(let f) = self.spec.input { return f }; return 0 }
                     return self.H
                 }
                 dropFactor = (0...spec.layers).map { Buffer(count: need * width($0)) }
@@ -163,7 +169,7 @@ public final class Network<S: RNNScalar> {
     public var workspaceScalars: Int {
         let layers = store.reduce(0) { $0 + $1.h.count + $1.gates.count + $1.cell.count + $1.hn.count + $1.lnHat.count + $1.lnRstd.count + $1.bnHat.count }
         let dropout = dropFactor.reduce(0) { $0 + $1.count } + dropped.reduce(0) { $0 + $1.count }
-        return layers + dropout + delta.count + deltaBelow.count + dxi.count + dhh.count + dense.count + head.count
+        return layers + dropout + embedded.count + dEmbedded.count + delta.count + deltaBelow.count + dxi.count + dhh.count + dense.count + head.count
             + state0.count + dState0.count + hh.count + dc.count
     }
 
@@ -200,9 +206,14 @@ public final class Network<S: RNNScalar> {
         } else {
             precondition(batch.tokens.count == TB, "tokens must be (T, B)")
         }
+        if let E = spec.embeddingSize {
+            // embedded[r] = embedding.weight[token r], (T*B, E)
+            let w = p(layout.embedding!)
+            for r in 0..<TB { (embedded.pointer + r * E).update(from: w + Int(batch.tokens[r]) * E, count: E) }
+        }
         dropoutOn = training && (spec.dropout > 0 || spec.inputDropout > 0 || spec.headDropout > 0)
-        if dropoutOn && spec.inputDropout > 0, case .dense(let f) = spec.input {
-            applyDropout(place: 0, p: spec.inputDropout, x: dense.pointer, into: dense.pointer, rows: TB, width: f, firstStep: 0)
+        if dropoutOn && spec.inputDropout > 0, let (x, width) = layerInput(0) {
+            applyDropout(place: 0, p: spec.inputDropout, x: x, into: x, rows: TB, width: width, firstStep: 0)
         }
         batch.tokens.withUnsafeBufferPointer { tokens in
             for k in 0..<spec.layers {
@@ -286,6 +297,7 @@ public final class Network<S: RNNScalar> {
     private func layerInput(_ k: Int) -> (UnsafeMutablePointer<S>, Int)? {
         if k > 0 { return (dropoutOn && spec.dropout > 0 ? dropped[k].pointer : store[k - 1].h.pointer, H) }
         if case .dense(let f) = spec.input { return (dense.pointer, f) }
+        if let E = spec.embeddingSize { return (embedded.pointer, E) }
         return nil
     }
 
@@ -551,7 +563,7 @@ public final class Network<S: RNNScalar> {
             for k in stride(from: spec.layers - 1, through: 0, by: -1) {
                 backwardLayer(k, tokens: tokens.baseAddress)
                 if learnState { accumulateInitialStateGradient(k) }
-                onGradientsFinal?(layout.layer(k).wih.offset)
+                onGradientsFinal?(k == 0 ? 0 : layout.layer(k).wih.offset)  // layer 0: the embedding too
                 if k > 0 { swap(&delta, &deltaBelow) }
             }
         }
@@ -618,6 +630,12 @@ public final class Network<S: RNNScalar> {
                 S.gemm(transA: false, transB: false, m: TB, n: H, k: GH, alpha: 1, a: dz, lda: GH,
                        b: p(l.wih), ldb: H, beta: 0, c: deltaBelow.pointer, ldc: H)
                 if dropoutOn && spec.dropout > 0 { dropoutBackward(place: k, deltaBelow.pointer, rows: TB, width: H) }
+            } else if let e = layout.embedding {  // dL/d(embedded) = dz W_ih, then into the token rows
+                S.gemm(transA: false, transB: false, m: TB, n: width, k: GH, alpha: 1, a: dz, lda: GH,
+                       b: p(l.wih), ldb: width, beta: 0, c: dEmbedded.pointer, ldc: width)
+                if dropoutOn && spec.inputDropout > 0 { dropoutBackward(place: 0, dEmbedded.pointer, rows: TB, width: width) }
+                let dw = g(e)
+                for r in 0..<TB { S.axpy(n: width, alpha: 1, x: dEmbedded.pointer + r * width, y: dw + Int(tokens![r]) * width) }
             }
         } else {
             guard case .tokens(let V) = spec.input else { preconditionFailure() }

@@ -11,7 +11,8 @@ public struct ParamView: Equatable, Sendable {
 
 /// The layout of the one flat parameter buffer (and, identically, the flat gradient buffer).
 ///
-/// Order: layer 0 (weight_ih, weight_hh, bias_ih, bias_hh, and with a learned initial state
+/// Order: with token input through an embedding, embedding.weight (V, E) first (its gradient is
+/// final last); then layer 0 (weight_ih, weight_hh, bias_ih, bias_hh, and with a learned initial state
 /// h0 and for LSTM c0), layer 1, ..., then head.weight, head.bias. Layer k's input width is I for
 /// k = 0 and H above. The learned initial states (rnn.h0_l{k}, rnn.c0_l{k}, shape (H)) are rnn-dp's
 /// own; PyTorch's modules have none (load with strict=False or pass them as h_0).
@@ -28,6 +29,8 @@ public struct ParameterLayout: Equatable, Sendable {
         public let lnWeight: ParamView?, lnBias: ParamView?, bnWeight: ParamView?, bnBias: ParamView?
     }
     public let layers: [Layer]
+    /// embedding.weight (V, E), when the model has one.
+    public let embedding: ParamView?
 
     public init(spec: ModelSpec) {
         var views: [ParamView] = []
@@ -38,9 +41,15 @@ public struct ParameterLayout: Equatable, Sendable {
             offset += v.count
         }
         let gh = spec.cell.gates * spec.hiddenSize
+        if let E = spec.embeddingSize {
+            add("embedding.weight", [spec.input.width, E])  // (V, E)
+            embedding = views.last
+        } else {
+            embedding = nil
+        }
         var layers: [Layer] = []
         for k in 0..<spec.layers {
-            let inWidth = k == 0 ? spec.input.width : spec.hiddenSize
+            let inWidth = k == 0 ? spec.firstLayerInputWidth : spec.hiddenSize
             add("rnn.weight_ih_l\(k)", [gh, inWidth])  // (G*H, I_k)
             add("rnn.weight_hh_l\(k)", [gh, spec.hiddenSize])  // (G*H, H)
             add("rnn.bias_ih_l\(k)", [gh])  // (G*H)

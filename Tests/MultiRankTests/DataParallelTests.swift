@@ -69,10 +69,12 @@ final class DataParallelTests: XCTestCase {
         XCTAssertNotEqual(untrained.tensor("rnn.weight_hh_l0")?.values, reference.tensor("rnn.weight_hh_l0")?.values)
     }
 
-    /// Dropout between the layers and on the head's input, in 2 micro-batches per rank: np = 2
-    /// and 3 (uneven shards) train one process's model within 1e-5, and dropout changed it.
+    /// Characters through an embedding with dropout on its output, between the layers and on the
+    /// head's input, in 2 micro-batches per rank: np = 2 and 3 (uneven shards) train one
+    /// process's model within 1e-5, and dropout changed it.
     func testDropoutSameModelOnOneTwoAndThreeRanks() throws {
-        let sets = ["--set", "model.dropout=0.4", "--set", "model.head_dropout=0.2", "--set", "training.accumulate_steps=2"]
+        let sets = ["--set", "model.embedding_size=8", "--set", "model.input_dropout=0.1", "--set", "model.dropout=0.4",
+                    "--set", "model.head_dropout=0.2", "--set", "training.accumulate_steps=2"]
         var models: [Int: SafeTensors.File] = [:]
         for np in [1, 2, 3] {
             let dir = MPIRunner.tempDir()
@@ -83,7 +85,7 @@ final class DataParallelTests: XCTestCase {
         let reference = try XCTUnwrap(models[1])
         for np in [2, 3] { assertClose(try XCTUnwrap(models[np]), reference, 1e-5, "dropout np=\(np) vs np=1") }
         let plainDir = MPIRunner.tempDir()
-        XCTAssertEqual(try MPIRunner.run(np: 1, ["train", "--config", config(plainDir), "--set", "training.accumulate_steps=2"]).status, 0)
+        XCTAssertEqual(try MPIRunner.run(np: 1, ["train", "--config", config(plainDir), "--set", "model.embedding_size=8", "--set", "training.accumulate_steps=2"]).status, 0)
         let plain = try SafeTensors.read(path: "\(plainDir)/out/model.safetensors")
         XCTAssertNotEqual(plain.tensor("rnn.weight_ih_l1")?.values, reference.tensor("rnn.weight_ih_l1")?.values, "dropout acts")
     }

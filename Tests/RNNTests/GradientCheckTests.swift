@@ -1,5 +1,6 @@
 import XCTest
 @testable import RNN
+import Margins
 
 /// Finite-difference checks of backpropagation through time, in Double: the analytic gradient of
 /// every parameter against central differences of the objective (Network's documentation).
@@ -212,6 +213,22 @@ final class GradientCheckTests: XCTestCase {
             spec.leakySlope = slope
             let r = Self.check(spec)
             XCTAssertLessThan(r.worst, 1e-6, "slope \(slope): \(r.name)")
+        }
+    }
+
+    /// Token input through an embedding (its gradient scattered into the rows of the tokens seen),
+    /// with dropout on its output, every cell and output mode.
+    func testEmbedding() {
+        for cell in [CellKind.rnn, .lstm, .gru] {
+            for output in [OutputMode.everyStep, .lastStep] {
+                var spec = ModelSpec(cell: cell, input: .tokens(vocabulary: 6), hiddenSize: 4, layers: 2, outputSize: 3,
+                                     output: output, loss: .crossEntropy)
+                spec.embeddingSize = 5
+                spec.inputDropout = 0.3
+                let (worst, name) = Self.check(spec)
+                Margin.report("GradientCheck", "embedding \(cell) \(output)", value: worst, must: .below, bound: 1e-6)
+                XCTAssertLessThan(worst, 1e-6, "\(cell) \(output): \(name)")
+            }
         }
     }
 

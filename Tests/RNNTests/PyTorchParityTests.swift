@@ -43,7 +43,8 @@ final class PyTorchParityTests: XCTestCase {
         super.tearDown()
     }
 
-    static let expectedGradientFixtures = 16  // {rnn tanh, rnn relu, lstm, gru} x {ce, mse} x {every, last}
+    static let expectedGradientFixtures = 22  // {rnn tanh, rnn relu, lstm, gru} x {ce, mse} x {every, last}, and
+                                              // {rnn tanh, lstm, gru} x {every, last} through an nn.Embedding
     static let expectedOptimizerFixtures = 10
     static let expectedSchedules: Set<String> = ["constant", "step", "exponential", "cosine", "triangular", "plateau"]
 
@@ -151,13 +152,15 @@ final class PyTorchParityTests: XCTestCase {
         case "dense": input = .dense(features: width)
         case let s: throw ParityError("\(f.name): unknown input \(s)")
         }
-        return ModelSpec(cell: try XCTUnwrap(CellKind(rawValue: try f.string("cell")), f.name),
+        var spec = ModelSpec(cell: try XCTUnwrap(CellKind(rawValue: try f.string("cell")), f.name),
                          activation: try XCTUnwrap(Activation(rawValue: try f.string("activation")), f.name),
                          input: input, hiddenSize: try f.int("hidden"), layers: try f.int("layers"),
                          outputSize: try f.int("outputs"),
                          output: try XCTUnwrap(OutputMode(rawValue: try f.string("output")), f.name),
                          loss: try XCTUnwrap(LossKind(rawValue: try f.string("loss")), f.name),
                          averageOverTime: try f.bool("average_over_time"))
+        if f.metadata["embedding"] != nil { spec.embeddingSize = try f.int("embedding") }
+        return spec
     }
 
     /// The fixture's batch, with its shapes checked against the spec.
@@ -232,7 +235,7 @@ final class PyTorchParityTests: XCTestCase {
             "fixture", "generator", "torch_version", "variant", "cell", "activation", "input", "input_width", "hidden",
             "layers", "outputs", "output", "loss", "average_over_time", "steps", "batch", "optimizer_steps", "kind",
             "lr", "weight_decay", "momentum", "dampening", "nesterov", "beta1", "beta2", "eps", "alpha", "centered",
-            "lr_decay", "initial_accumulator", "clip_norm", "clip_value", "schedule",
+            "lr_decay", "initial_accumulator", "clip_norm", "clip_value", "schedule", "embedding",
         ]
         let unknown = Set(f.metadata.keys).subtracting(known).filter { !$0.hasPrefix("step.") }
         XCTAssertEqual(unknown.sorted(), [], "\(f.name): metadata keys this test does not apply")

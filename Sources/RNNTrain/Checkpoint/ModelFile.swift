@@ -38,7 +38,8 @@ public struct TrainedModel {
         guard let wih = file.tensor("rnn.weight_ih_l0"), wih.shape.count == 2, let head = file.tensor("head.weight"), head.shape.count == 2 else {
             throw RNNDPError("\(path): no rnn.weight_ih_l0 / head.weight tensors")
         }
-        let input: InputKind = vocabulary != nil ? .tokens(vocabulary: wih.shape[1]) : .dense(features: wih.shape[1])
+        let V = file.tensor("embedding.weight")?.shape.first ?? wih.shape[1]  // with an embedding, its rows
+        let input: InputKind = vocabulary != nil ? .tokens(vocabulary: V) : .dense(features: wih.shape[1])
         return makeModelSpec(config, input: input, outputSize: head.shape[0],
                              output: config.model.output ?? (vocabulary != nil ? .everyStep : .lastStep),
                              loss: config.training.loss ?? (vocabulary != nil ? .crossEntropy : .mse))

@@ -87,6 +87,7 @@ let configSchema: [KeySpec] = [
     KeySpec("model.output", .choice(OutputMode.allCases.map(\.rawValue)), nil, "every_step (many-to-many) or last_step (many-to-one); default every_step for text, last_step otherwise"),
     KeySpec("model.layer_norm", .bool, .bool(false), "layer normalization of the gate pre-activations inside the cells"),
     KeySpec("model.batch_norm", .bool, .bool(false), "batch normalization of W_ih x over the global batch (statistics synchronized across ranks)"),
+    KeySpec("model.embedding_size", .int(min: 1, max: 65536), .null, nullable: true, "token input through an embedding of this width E (nn.Embedding: embedding.weight (V, E)) instead of one-hot columns of W_ih (null: none)"),
     KeySpec("model.dropout", .double(min: 0, max: 1, maxExclusive: true), .double(0), "dropout probability on the output of every recurrent layer but the last (PyTorch's dropout=); training only, kept values scaled by 1/(1-p); masks depend on (seed, step, sample, layer, time step, unit), not on the rank count"),
     KeySpec("model.input_dropout", .double(min: 0, max: 1, maxExclusive: true), .double(0), "dropout probability on the dense input of the first layer (not for token input)"),
     KeySpec("model.head_dropout", .double(min: 0, max: 1, maxExclusive: true), .double(0), "dropout probability on the head's input (the top layer's output)"),
@@ -418,6 +419,8 @@ public struct TrainConfig: Sendable {
         public var batchNorm: Bool
         public var initialization: InitSettings
         public var initFrom: String?
+        /// Token input through an embedding of this width; nil: none.
+        public var embeddingSize: Int?
         /// Dropout probabilities: between recurrent layers, on the dense input, on the head's input.
         public var dropout: Double
         public var inputDropout: Double
@@ -611,8 +614,8 @@ final class ConfigResolver {
         if dbl("model.dropout")! > 0 && int("model.layers")! == 1 {
             throw err("model.dropout", "acts between recurrent layers, and model.layers is 1 (model.head_dropout drops the head's input)")
         }
-        if dbl("model.input_dropout")! > 0 && str("data.kind") == "text" {
-            throw err("model.input_dropout", "applies to dense input; text is token input")
+        if dbl("model.input_dropout")! > 0 && str("data.kind") == "text" && int("model.embedding_size") == nil {
+            throw err("model.input_dropout", "applies to dense input or an embedding's output; text without model.embedding_size is one-hot token input")
         }
         let recurrentInit = str("model.init.recurrent_weights")!
         if recurrentInit == "identity" && cell != .rnn {
@@ -628,7 +631,7 @@ final class ConfigResolver {
                       hiddenSize: int("model.hidden_size")!, layers: int("model.layers")!, output: outputMode,
                       learnedInitialState: str("model.initial_state") == "learned",
                       layerNorm: bool("model.layer_norm")!, batchNorm: bool("model.batch_norm")!, initialization: initialization,
-                      initFrom: str("model.init_from"), dropout: dbl("model.dropout")!, inputDropout: dbl("model.input_dropout")!,
+                      initFrom: str("model.init_from"), embeddingSize: int("model.embedding_size"), dropout: dbl("model.dropout")!, inputDropout: dbl("model.input_dropout")!,
                       headDropout: dbl("model.head_dropout")!)
     }
 

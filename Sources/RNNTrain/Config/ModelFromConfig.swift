@@ -49,8 +49,11 @@ public func makeModelSpec(_ config: TrainConfig, dataset: Dataset) throws -> Mod
         loss = a.loss
         output = a.output
     }
-    if config.model.inputDropout > 0, case .tokens = dataset.input {
-        throw RNNDPError("\(config.source): model.input_dropout: applies to dense input; this data is token input", collective: true)
+    if config.model.inputDropout > 0, case .tokens = dataset.input, config.model.embeddingSize == nil {
+        throw RNNDPError("\(config.source): model.input_dropout: applies to dense input or an embedding's output; this data is one-hot token input", collective: true)
+    }
+    if config.model.embeddingSize != nil, case .dense = dataset.input {
+        throw RNNDPError("\(config.source): model.embedding_size: needs token input (text, or npy with data.vocabulary); this data is dense", collective: true)
     }
     return makeModelSpec(config, input: dataset.input, outputSize: dataset.outputSize, output: output!, loss: loss!)
 }
@@ -64,6 +67,7 @@ func makeModelSpec(_ config: TrainConfig, input: InputKind, outputSize: Int, out
     spec.learnedInitialState = config.model.learnedInitialState
     spec.layerNorm = config.model.layerNorm
     spec.batchNorm = config.model.batchNorm
+    spec.embeddingSize = config.model.embeddingSize
     spec.dropout = config.model.dropout
     spec.inputDropout = config.model.inputDropout
     spec.headDropout = config.model.headDropout

@@ -215,7 +215,11 @@ public final class Trainer {
             console.warn("\(text.droppedValidationCharacters) validation characters do not occur in the training part and were dropped")
         }
         let cellName = spec.cell == .rnn ? "rnn(\(spec.activation.rawValue))" : spec.cell.rawValue
-        console.info("model: \(spec.layers) x \(cellName) H=\(spec.hiddenSize), input \(spec.input), \(spec.outputSize) outputs \(spec.output.rawValue), \(network.layout.count) parameters")
+        let embedding = spec.embeddingSize.map { " through an embedding E=\($0)" } ?? ""
+        let dropouts = [("dropout", spec.dropout), ("input dropout", spec.inputDropout), ("head dropout", spec.headDropout)]
+            .filter { $0.1 > 0 }.map { "\($0.0) \($0.1)" }
+        console.info("model: \(spec.layers) x \(cellName) H=\(spec.hiddenSize), input \(spec.input)\(embedding), \(spec.outputSize) outputs \(spec.output.rawValue), \(network.layout.count) parameters"
+                     + (dropouts.isEmpty ? "" : "; " + dropouts.joined(separator: ", ")))
     }
 
     /// Rules that need the data and the rank count (the config alone cannot decide them).
