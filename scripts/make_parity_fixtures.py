@@ -225,6 +225,34 @@ def embedding_fixtures(seed):
             name = f"grad_{cell}_embedding_cross_entropy_{output}.safetensors"
             save(name, tensors, meta)
             names.append(name)
+    # Tied weights (Press and Wolf 2017): head.weight is embedding.weight, so E = H and the head
+    # predicts the VOCAB tokens; named_parameters lists the shared tensor once, as embedding.weight.
+    for ci, cell in enumerate(["lstm", "gru"]):
+        gen = torch.Generator().manual_seed(seed + 100 + ci)
+        rnn = make_model(cell, "tanh", H, VOCAB)
+        model = nn.ModuleDict({"embedding": nn.Embedding(VOCAB, H), "rnn": rnn["rnn"], "head": rnn["head"]})
+        model["head"].weight = model["embedding"].weight
+        randomize(model, gen)
+        tokens = torch.randint(0, VOCAB, (T, B), generator=gen, dtype=torch.int64)
+        target = torch.randint(0, VOCAB, (T, B), generator=gen, dtype=torch.int64)
+        model.zero_grad()
+        value = objective(model, model["embedding"](tokens), target, "cross_entropy", "every_step")
+        value.backward()
+        tensors = {"input.tokens": tokens.to(torch.int32), "target.classes": target.to(torch.int32),
+                   "loss": value.detach().reshape(())}
+        for n, p in model.named_parameters():
+            tensors[n] = p.detach().clone()
+            tensors["grad." + n] = p.grad.detach().clone()
+        assert "head.weight" not in tensors and "embedding.weight" in tensors
+        meta = common_metadata("gradient")
+        meta.update({
+            "cell": cell, "activation": "tanh", "input": "tokens", "input_width": VOCAB, "embedding": H, "tie_weights": "true",
+            "hidden": H, "layers": LAYERS, "outputs": VOCAB, "output": "every_step", "loss": "cross_entropy",
+            "average_over_time": "true", "steps": T, "batch": B,
+        })
+        name = f"grad_{cell}_tied_cross_entropy_every_step.safetensors"
+        save(name, tensors, meta)
+        names.append(name)
     print(f"embedding fixtures: {len(names)}")
     return names
 

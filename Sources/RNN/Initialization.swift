@@ -72,7 +72,7 @@ extension Network {
             for v in [l.h0, l.c0, l.lnBias, l.bnBias].compactMap({ $0 }) { for i in v.range { parameters[i] = 0 } }
             for v in [l.lnWeight, l.bnWeight].compactMap({ $0 }) { for i in v.range { parameters[i] = 1 } }
         }
-        fill(layout.headWeight, settings.headWeights)
+        if !spec.tieWeights { fill(layout.headWeight, settings.headWeights) }
         // nn.Embedding's default: N(0, 1).
         if let e = layout.embedding { for i in e.range { parameters[i] = S(Initializer.normal(&rng)) } }
         for i in layout.headBias.range { parameters[i] = settings.zeroBiases ? 0 : S((rng.nextDouble() * 2 - 1) * bound) }

@@ -87,6 +87,9 @@ public struct ModelSpec: Equatable, Sendable {
     /// Token input through an embedding (nn.Embedding, `embedding.weight` (V, E)): layer 0 reads
     /// the E-wide rows of its tokens instead of one-hot columns. nil: no embedding.
     public var embeddingSize: Int?
+    /// The head's weight is the embedding's (Press and Wolf 2017): one (V, E) parameter, with
+    /// E = H and V outputs; files carry it under both names, as PyTorch's state dict does.
+    public var tieWeights = false
     /// The width of layer 0's input: E with an embedding, else the input's width.
     public var firstLayerInputWidth: Int { embeddingSize ?? input.width }
     public var inputDropout = 0.0

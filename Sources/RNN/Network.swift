@@ -544,7 +544,7 @@ public final class Network<S: RNNScalar> {
         S.gemm(transA: true, transB: false, m: O, n: H, k: headRows, alpha: 1, a: head.pointer, lda: O,
                b: input, ldb: H, beta: 1, c: g(layout.headWeight), ldc: H)
         S.sumRows(head.pointer, rows: headRows, cols: O, into: g(layout.headBias))
-        onGradientsFinal?(layout.headWeight.offset)
+        onGradientsFinal?(layout.headFinalOffset)
         if spec.output == .everyStep {
             S.gemm(transA: false, transB: false, m: TB, n: H, k: O, alpha: 1, a: head.pointer, lda: O,
                    b: p(layout.headWeight), ldb: H, beta: 0, c: delta.pointer, ldc: H)

@@ -78,11 +78,20 @@ public struct ParameterLayout: Equatable, Sendable {
             layers.append(Layer(wih: views[base], whh: views[base + 1], bih: views[base + 2], bhh: views[base + 3], h0: h0, c0: c0,
                                 lnWeight: ln.first, lnBias: ln.last, bnWeight: bn.first, bnBias: bn.last))
         }
-        add("head.weight", [spec.outputSize, spec.hiddenSize])  // (O, H)
+        if spec.tieWeights {
+            precondition(spec.embeddingSize == spec.hiddenSize && spec.outputSize == spec.input.width, "tied weights need E = H and V outputs")
+            headWeight = embedding!
+            aliases = [ParamView(name: "head.weight", offset: embedding!.offset, shape: embedding!.shape)]
+        } else {
+            add("head.weight", [spec.outputSize, spec.hiddenSize])  // (O, H)
+            headWeight = views.last!
+            aliases = []
+        }
         add("head.bias", [spec.outputSize])  // (O)
         self.views = views
         self.layers = layers
         self.count = offset
+        tied = spec.tieWeights
     }
 
     public func view(_ name: String) -> ParamView? { views.first { $0.name == name } }
@@ -90,8 +99,15 @@ public struct ParameterLayout: Equatable, Sendable {
     /// The views of recurrent layer k.
     public func layer(_ k: Int) -> Layer { layers[k] }
 
-    public var headWeight: ParamView { views[views.count - 2] }
+    /// head.weight (O, H): its own view, or with tied weights the embedding's.
+    public let headWeight: ParamView
     public var headBias: ParamView { views[views.count - 1] }
-    /// Elements [0, recurrentCount) belong to the recurrent layers; the head follows.
-    public var recurrentCount: Int { headWeight.offset }
+    /// Names that files carry for a view stored once (tied weights: head.weight for the embedding).
+    public let aliases: [ParamView]
+    /// Elements [0, recurrentCount) belong to the recurrent layers (and the embedding); the head
+    /// follows. (Tied weights need every_step output, which does not use it.)
+    public var recurrentCount: Int { tied ? headBias.offset : headWeight.offset }
+    private let tied: Bool
+    /// Gradients from this offset on are final once the head's backward is done.
+    public var headFinalOffset: Int { tied ? headBias.offset : headWeight.offset }
 }

@@ -102,82 +102,35 @@ public enum Bench {
         let net = Network<Float>(spec: spec)
         net.initializeParameters(seed: 1)
         let opt = Adam<Float>(count: net.layout.count)
-        let rows = comm.shard(of: B)
-        // A fixed random batch per rank (data loading is not what is measured).
-        var rng = Xoshiro256(seed: 7, stream: RandomStream.trainingData.rawValue, index: UInt64(comm.rank))
         let T = c.steps
-        func randomBatch(_ n: Int) -> Batch {
-            Batch(batchSize: n, steps: T, tokens: (0..<(T * n)).map { _ in Int32(rng.nextInt(below: vocabulary)) },
-                  targetClasses: (0..<(T * n)).map { _ in Int32(rng.nextInt(below: vocabulary)) })
-        }
-        let batch = randomBatch(rows.count)
-        // Reproducible mode (training.reproducible): this rank's micro-shards, each computed on its
-        // own, summed exactly in fixed point.
-        var microBatches: [Batch] = []
-        var reduction: FixedPointReduction?
-        if let M = microShards {
-            microBatches = Shard.rows(globalBatch: M, rank: comm.rank, size: comm.size).map { j in randomBatch(Shard.rows(globalBatch: B, rank: j, size: M).count) }
-            reduction = FixedPointReduction(comm: comm, count: net.layout.count, segments: net.layout.views.map(\.range))
-        }
+        // The training step itself (GradientStep, chosen as training chooses it), over fixed
+        // random rows: data loading is not what is measured.
+        let passes = BackwardPasses(network: net, source: RandomRows(vocabulary: vocabulary, steps: T), accumulate: 1, steps: T, bpttLength: 0, seed: 1)
+        let mode: SynchronizationMode = microShards.map { .reproducible(microShards: $0) }
+            ?? localSGD.map { .localSGD(period: $0) } ?? .dataParallel(bucketBytes: bucketBytes, compression: compression)
+        let gradientStep = makeGradientStep(mode, network: net, comm: comm, passes: passes, globalBatch: B, fault: nil)
         var stepTimes: [Double] = [], computeTimes: [Double] = [], commTimes: [Double] = [], totalCommTimes: [Double] = []
-        // The training exchange: buckets reduced during the backward pass (more than one rank).
-        let reducer = makeGradientReducer(comm: comm, buffer: net.gradients.buffer, bucketBytes: bucketBytes, compression: compression)
-        var failure: Error?
-        if reducer.overlapsBackward && microShards == nil && localSGD == nil {
-            net.onGradientsFinal = { offset in do { try reducer.ready(from: offset) } catch { failure = failure ?? error } }
-            net.onProgress = { do { try reducer.progress() } catch { failure = failure ?? error } }
-        }
-        var reductionTiming = ReductionTiming()
         for i in 0..<(warmup + steps) {
             try comm.barrier()
             let t0 = monotonicSeconds()
-            var t1 = t0, t2 = t0
-            if let reduction {
-                // The compute is timed inside the loop; the reduction is what follows its last pass.
-                try reduction.reduceMicroShards(microBatches.count, gradients: net.gradients.pointer, totalParts: microShards!) { n in
-                    net.gradients.zero()
-                    net.lossAndGradient(microBatches[n])
-                    if n == microBatches.count - 1 { t1 = monotonicSeconds() }
-                }
-                t2 = monotonicSeconds()
-            } else if let k = localSGD {
-                // Local SGD: no gradient exchange; the parameters are averaged every k steps.
-                net.gradients.zero()
-                net.lossAndGradient(batch)
-                net.normalizeGradients(globalSamples: rows.count, steps: T)
-                opt.step(parameters: net.parameters, gradients: net.gradients, learningRate: 1e-3)
-                t1 = monotonicSeconds()
-                if (i + 1) % k == 0 { try comm.allreduceMean(net.parameters.buffer) }
-                t2 = monotonicSeconds()
-                if i >= warmup {
-                    stepTimes.append(t2 - t0)
-                    computeTimes.append(t1 - t0)
-                    commTimes.append(t2 - t1)
-                    totalCommTimes.append(t2 - t1)
-                }
-                continue
-            } else {
-                net.gradients.zero()
-                reducer.begin()
-                net.lossAndGradient(batch)
-                if let failure { throw failure }
-                t1 = monotonicSeconds()
-                reductionTiming = try reducer.finish()
-                t2 = monotonicSeconds()
-            }
-            net.normalizeGradients(globalSamples: B, steps: T)
+            net.gradients.zero()
+            let g = try gradientStep.gradients(step: 1, diagnostics: false)  // step 1's rows every time
+            let t1 = monotonicSeconds()
             opt.step(parameters: net.parameters, gradients: net.gradients, learningRate: 1e-3)
-            let t3 = monotonicSeconds()
+            let averaging = try gradientStep.updated(step: i + 1)  // local SGD: every k steps
+            let t2 = monotonicSeconds()
             if i >= warmup {
-                stepTimes.append(t3 - t0)
-                computeTimes.append((t1 - t0) + (t3 - t2))
-                commTimes.append(t2 - t1)
-                totalCommTimes.append(max(reductionTiming.communication, t2 - t1))
+                stepTimes.append(t2 - t0)
+                computeTimes.append(g.compute + (t2 - t1 - averaging))
+                commTimes.append(t1 - t0 - g.compute + averaging)
+                totalCommTimes.append(max(g.reduction.communication, t1 - t0 - g.compute) + averaging)
             }
         }
         // Rank 0 reports the slowest rank's times (a step is as slow as its slowest rank).
         // Local SGD: means, so that the averaging every k steps is amortized over the steps.
         let center: ([Double]) -> Double = localSGD == nil ? median : { $0.reduce(0, +) / Double(max($0.count, 1)) }
+        // Reproducible mode keeps the gradients of this rank's micro-shards but the last.
+        let ownMicroShards = microShards.map { Shard.rows(globalBatch: $0, rank: comm.rank, size: comm.size).count } ?? 1
         var med = [center(stepTimes), center(computeTimes), center(commTimes), center(totalCommTimes)]
         try comm.allreduceMax(&med)
         let f = flops(c, globalBatch: B)
@@ -186,10 +139,43 @@ public enum Bench {
                       tokensPerSecond: Double(B * T) / med[0], gflops: f / med[0] / 1e9,
                       fractionOfSgemm: perRankGflops / sgemm, medianCompute: med[1], medianExposedComm: med[2],
                       medianCommunication: med[3], parameters: net.layout.count,
-                      modelBytes: 4 * (4 * net.layout.count + net.workspaceScalars + max(microBatches.count - 1, 0) * net.layout.count),
+                      modelBytes: 4 * (4 * net.layout.count + net.workspaceScalars + max(ownMicroShards - 1, 0) * net.layout.count),
                       peakGrowthBytes: max(0, Memory.peakResidentBytes() - residentBefore), microShards: microShards,
                       compression: compression)
     }
+}
+
+/// `rnn-dp bench`'s rows: global row b is a fixed random sequence of tokens and targets, a
+/// function of b only, the same on every step.
+final class RandomRows: BatchSource {
+    let vocabulary: Int, steps: Int
+    private var cache: [Int: Batch] = [:]  // by the first row of a request
+    init(vocabulary: Int, steps: Int) {
+        self.vocabulary = vocabulary
+        self.steps = steps
+    }
+
+    func fill(_ batch: inout Batch, step: Int, rows: Range<Int>, state: inout [Float]) -> Bool {
+        if let b = cache[rows.lowerBound], b.batchSize == rows.count { batch = b; return false }
+        let T = steps
+        var tokens = [Int32](repeating: 0, count: T * rows.count), targets = tokens
+        for (i, row) in rows.enumerated() {
+            var rng = Xoshiro256(seed: 7, stream: RandomStream.trainingData.rawValue, index: UInt64(row))
+            for t in 0..<T {
+                tokens[t * rows.count + i] = Int32(rng.nextInt(below: vocabulary))
+                targets[t * rows.count + i] = Int32(rng.nextInt(below: vocabulary))
+            }
+        }
+        batch = Batch(batchSize: rows.count, steps: T, tokens: tokens, targetClasses: targets)
+        cache[rows.lowerBound] = batch
+        return false
+    }
+    var carriesState: Bool { false }
+    func keep(finalState: [Float], rows: Range<Int>) {}
+    func exchange() throws {}
+    func accept() {}
+    func checkpointTensors() -> [SafeTensors.Tensor] { [] }
+    func restore(from file: SafeTensors.File, prefix: String) throws -> [String] { [] }
 }
 
 /// Resident memory of this process (Linux: /proc/self/statm and getrusage).

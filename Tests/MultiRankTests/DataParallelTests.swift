@@ -90,6 +90,24 @@ final class DataParallelTests: XCTestCase {
         XCTAssertNotEqual(plain.tensor("rnn.weight_ih_l1")?.values, reference.tensor("rnn.weight_ih_l1")?.values, "dropout acts")
     }
 
+    /// A language model whose head is tied to its embedding: the shared gradient (head and
+    /// embedding parts) is final only after layer 0, and small buckets at np = 3 still match the
+    /// blocking exchange; the model file holds the tensor under both names, equal.
+    func testTiedWeightsInSmallBucketsMatchTheBlockingExchange() throws {
+        let tie = ["--set", "model.embedding_size=24", "--set", "model.tie_weights=true"]
+        let blockingDir = MPIRunner.tempDir(), bucketDir = MPIRunner.tempDir()
+        XCTAssertEqual(try MPIRunner.run(np: 3, ["train", "--config", config(blockingDir), "--set", "training.bucket_mb=0"] + tie).status, 0)
+        let r = try MPIRunner.run(np: 3, ["train", "--config", config(bucketDir), "--set", "training.bucket_mb=0.004"] + tie)
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let m = try SafeTensors.read(path: "\(bucketDir)/out/model.safetensors")
+        assertClose(m, try SafeTensors.read(path: "\(blockingDir)/out/model.safetensors"), 1e-5, "tied weights np=3, buckets vs blocking")
+        XCTAssertEqual(try XCTUnwrap(m.tensor("head.weight")).values, try XCTUnwrap(m.tensor("embedding.weight")).values)
+        XCTAssertEqual(m.tensor("head.weight")?.shape, [65, 24])
+        // It reads back: eval loads both names into the one parameter.
+        let e = try MPIRunner.run(np: 0, ["eval", "--checkpoint", "\(bucketDir)/out/model.safetensors"])
+        XCTAssertEqual(e.status, 0, e.stderr)
+    }
+
     /// The bucketed exchange with many small buckets (about 4 KiB each: several outstanding
     /// nonblocking allreduces, started in order during the backward pass) trains, at np = 3, the
     /// model of one blocking allreduce after the backward pass.

@@ -7,7 +7,7 @@ import RNN
 /// The parameters under their names, then batch norm's running statistics.
 func modelTensors(_ net: Network<Float>) -> [SafeTensors.Tensor] {
     let p = net.parameters
-    return net.layout.views.map { v in SafeTensors.Tensor(name: v.name, shape: v.shape, values: Array(p.buffer[v.range])) }
+    return (net.layout.views + net.layout.aliases).map { v in SafeTensors.Tensor(name: v.name, shape: v.shape, values: Array(p.buffer[v.range])) }
         + runningStatisticsTensors(net)
 }
 
@@ -50,6 +50,14 @@ func restoreModelTensors(_ file: SafeTensors.File, into net: Network<Float>, pre
     for v in net.layout.views {
         try copyTensor(file, v.name, shape: v.shape, into: net.parameters, at: v.offset, prefix: prefix)
         names.append(v.name)
+    }
+    // Tied weights: the file's head.weight must be the embedding it ties (PyTorch stores both).
+    for a in net.layout.aliases {
+        guard let t = file.tensor(a.name) else { continue }
+        guard t.shape == a.shape, t.values.elementsEqual(net.parameters.buffer[a.range]) else {
+            throw RNNDPError("\(prefix): tensor '\(a.name)' \(t.shape) differs from the tensor it is tied to in this model (model.tie_weights)")
+        }
+        names.append(a.name)
     }
     for (i, r) in runningStatisticsTensors(net).enumerated() where requireStatistics || file.tensor(r.name) != nil {
         try copyTensor(file, r.name, shape: r.shape, into: net.runningStatistics, at: i * r.values.count, prefix: prefix)
@@ -96,7 +104,7 @@ public func loadParameters(from file: SafeTensors.File, path: String, into net: 
     let prefix = context.map { "\($0): \(path)" } ?? path
     let running = Set(runningStatisticsTensors(net).map(\.name))
     let model = file.tensors.filter { t in !t.name.hasPrefix("optimizer.") && !running.contains(t.name) }
-    let names = Set(net.layout.views.map(\.name))
+    let names = Set((net.layout.views + net.layout.aliases).map(\.name))
     if let extra = model.first(where: { !names.contains($0.name) }) {
         throw RNNDPError("\(prefix): tensor '\(SafeTensors.printable(extra.name))' \(extra.shape) is not a parameter of this model (\(net.layout.views.map(\.name).joined(separator: ", ")))")
     }

@@ -88,6 +88,7 @@ let configSchema: [KeySpec] = [
     KeySpec("model.layer_norm", .bool, .bool(false), "layer normalization of the gate pre-activations inside the cells"),
     KeySpec("model.batch_norm", .bool, .bool(false), "batch normalization of W_ih x over the global batch (statistics synchronized across ranks)"),
     KeySpec("model.embedding_size", .int(min: 1, max: 65536), .null, nullable: true, "token input through an embedding of this width E (nn.Embedding: embedding.weight (V, E)) instead of one-hot columns of W_ih (null: none)"),
+    KeySpec("model.tie_weights", .bool, .bool(false), "the head's weight is the embedding's (Press and Wolf 2017): needs model.embedding_size = model.hidden_size, a head over the vocabulary, and every_step output"),
     KeySpec("model.dropout", .double(min: 0, max: 1, maxExclusive: true), .double(0), "dropout probability on the output of every recurrent layer but the last (PyTorch's dropout=); training only, kept values scaled by 1/(1-p); masks depend on (seed, step, sample, layer, time step, unit), not on the rank count"),
     KeySpec("model.input_dropout", .double(min: 0, max: 1, maxExclusive: true), .double(0), "dropout probability on the dense input of the first layer (not for token input)"),
     KeySpec("model.head_dropout", .double(min: 0, max: 1, maxExclusive: true), .double(0), "dropout probability on the head's input (the top layer's output)"),
@@ -421,6 +422,8 @@ public struct TrainConfig: Sendable {
         public var initFrom: String?
         /// Token input through an embedding of this width; nil: none.
         public var embeddingSize: Int?
+        /// head.weight is embedding.weight.
+        public var tieWeights: Bool
         /// Dropout probabilities: between recurrent layers, on the dense input, on the head's input.
         public var dropout: Double
         public var inputDropout: Double
@@ -617,6 +620,12 @@ final class ConfigResolver {
         if dbl("model.input_dropout")! > 0 && str("data.kind") == "text" && int("model.embedding_size") == nil {
             throw err("model.input_dropout", "applies to dense input or an embedding's output; text without model.embedding_size is one-hot token input")
         }
+        if bool("model.tie_weights")! {
+            guard let e = int("model.embedding_size"), e == int("model.hidden_size")! else {
+                throw err("model.tie_weights", "needs model.embedding_size equal to model.hidden_size (\(int("model.embedding_size").map(String.init) ?? "null") vs \(int("model.hidden_size")!))")
+            }
+            if let o = str("model.output"), o != "every_step" { throw err("model.tie_weights", "needs a loss at every step (model.output: every_step), as a language model has") }
+        }
         let recurrentInit = str("model.init.recurrent_weights")!
         if recurrentInit == "identity" && cell != .rnn {
             throw err("model.init.recurrent_weights", "identity applies to the Elman cell (model.cell: rnn), not \(cell.rawValue)")
@@ -631,7 +640,7 @@ final class ConfigResolver {
                       hiddenSize: int("model.hidden_size")!, layers: int("model.layers")!, output: outputMode,
                       learnedInitialState: str("model.initial_state") == "learned",
                       layerNorm: bool("model.layer_norm")!, batchNorm: bool("model.batch_norm")!, initialization: initialization,
-                      initFrom: str("model.init_from"), embeddingSize: int("model.embedding_size"), dropout: dbl("model.dropout")!, inputDropout: dbl("model.input_dropout")!,
+                      initFrom: str("model.init_from"), embeddingSize: int("model.embedding_size"), tieWeights: bool("model.tie_weights")!, dropout: dbl("model.dropout")!, inputDropout: dbl("model.input_dropout")!,
                       headDropout: dbl("model.head_dropout")!)
     }
 

@@ -52,6 +52,9 @@ public func makeModelSpec(_ config: TrainConfig, dataset: Dataset) throws -> Mod
     if config.model.inputDropout > 0, case .tokens = dataset.input, config.model.embeddingSize == nil {
         throw RNNDPError("\(config.source): model.input_dropout: applies to dense input or an embedding's output; this data is one-hot token input", collective: true)
     }
+    if config.model.tieWeights, case .tokens(let V) = dataset.input, dataset.outputSize != V || (output ?? .everyStep) != .everyStep {
+        throw RNNDPError("\(config.source): model.tie_weights: needs a head over the \(V) input tokens at every step; this data has \(dataset.outputSize) outputs", collective: true)
+    }
     if config.model.embeddingSize != nil, case .dense = dataset.input {
         throw RNNDPError("\(config.source): model.embedding_size: needs token input (text, or npy with data.vocabulary); this data is dense", collective: true)
     }
@@ -68,6 +71,7 @@ func makeModelSpec(_ config: TrainConfig, input: InputKind, outputSize: Int, out
     spec.layerNorm = config.model.layerNorm
     spec.batchNorm = config.model.batchNorm
     spec.embeddingSize = config.model.embeddingSize
+    spec.tieWeights = config.model.tieWeights
     spec.dropout = config.model.dropout
     spec.inputDropout = config.model.inputDropout
     spec.headDropout = config.model.headDropout

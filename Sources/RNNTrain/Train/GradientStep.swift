@@ -69,6 +69,28 @@ class ShardStep {
     }
 }
 
+/// How replicas synchronize: training.reproducible, training.local_sgd_steps, or (the default)
+/// the gradient reducer of training.bucket_mb and training.compression.
+enum SynchronizationMode {
+    case dataParallel(bucketBytes: Int, compression: Compression)
+    case localSGD(period: Int)
+    case reproducible(microShards: Int)
+}
+
+/// The GradientStep of a mode (the trainer's and `rnn-dp bench`'s).
+func makeGradientStep(_ mode: SynchronizationMode, network: Network<Float>, comm: Communicator, passes: BackwardPasses,
+                      globalBatch: Int, fault: FaultInjection?) -> GradientStep {
+    switch mode {
+    case .reproducible(let M):
+        return ReproducibleStep(network: network, comm: comm, passes: passes, globalBatch: globalBatch, microShards: M, fault: fault)
+    case .localSGD(let k):
+        return LocalSGDStep(network: network, comm: comm, passes: passes, globalBatch: globalBatch, period: k, fault: fault)
+    case .dataParallel(let bucketBytes, let compression):
+        let reducer = makeGradientReducer(comm: comm, buffer: network.gradients.buffer, bucketBytes: bucketBytes, compression: compression)
+        return DataParallelStep(network: network, comm: comm, passes: passes, reducer: reducer, globalBatch: globalBatch, fault: fault)
+    }
+}
+
 /// The steps whose replicas never differ: nothing to do after the update or before a shared read.
 extension GradientStep {
     func updated(step: Int) throws -> Double { 0 }

@@ -248,17 +248,13 @@ public final class Trainer {
         return SampledWindows(dataset, globalBatch: B)
     }
 
-    /// The one place the synchronization mode is chosen.
+    /// The one place the config's synchronization mode is read.
     func makeGradientStep() throws -> GradientStep {
         let t = config.training
-        if let M = t.microShards {
-            return ReproducibleStep(network: network, comm: comm, passes: passes, globalBatch: t.globalBatchSize, microShards: M, fault: fault)
-        }
-        if t.localSGDSteps > 0 {
-            return LocalSGDStep(network: network, comm: comm, passes: passes, globalBatch: t.globalBatchSize, period: t.localSGDSteps, fault: fault)
-        }
-        let reducer = makeGradientReducer(comm: comm, buffer: network.gradients.buffer, bucketBytes: Int(t.bucketMB * 1_048_576), compression: t.compression)
-        return DataParallelStep(network: network, comm: comm, passes: passes, reducer: reducer, globalBatch: t.globalBatchSize, fault: fault)
+        let mode: SynchronizationMode = t.microShards.map { .reproducible(microShards: $0) }
+            ?? (t.localSGDSteps > 0 ? .localSGD(period: t.localSGDSteps)
+                : .dataParallel(bucketBytes: Int(t.bucketMB * 1_048_576), compression: t.compression))
+        return RNNTrain.makeGradientStep(mode, network: network, comm: comm, passes: passes, globalBatch: t.globalBatchSize, fault: fault)
     }
 
     /// Identical replicas: rank 0's initialization (or the checkpoint, or model.init_from),
