@@ -94,6 +94,9 @@ public struct ModelSpec: Equatable, Sendable {
     public var firstLayerInputWidth: Int { embeddingSize ?? input.width }
     public var inputDropout = 0.0
     public var headDropout = 0.0
+    /// Variational dropout (Gal and Ghahramani 2016): one mask per sequence, the same at every
+    /// time step, at each of the three places (not on the recurrent connections).
+    public var variationalDropout = false
 
     public init(cell: CellKind = .rnn, activation: Activation = .tanh, input: InputKind, hiddenSize: Int,
                 layers: Int = 1, outputSize: Int, output: OutputMode = .everyStep, loss: LossKind,

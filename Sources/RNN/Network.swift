@@ -261,8 +261,9 @@ public final class Network<S: RNNScalar> {
                               rows: Int, width: Int, firstStep: Int) {
         let factor = dropFactor[place].pointer
         let scale = S(1 / (1 - p)), key = dropoutKey
+        let variational = spec.variationalDropout
         for r in 0..<rows {
-            let t = key.timeOffset + firstStep + r / B, row = key.rowOffset + r % B
+            let t = variational ? 0 : key.timeOffset + firstStep + r / B, row = key.rowOffset + r % B
             for j in 0..<width {
                 let f: S = Self.keeps(key, place: place, step: t, row: row, unit: j, p: p) ? scale : 0
                 factor[r * width + j] = f
@@ -270,6 +271,9 @@ public final class Network<S: RNNScalar> {
             }
         }
     }
+
+    /// The factors of dropout place `place` in the latest training forward, (rows, width) (tests).
+    func dropoutFactors(place: Int) -> [S] { dropFactor[place].array }
 
     /// The backward twin of applyDropout: d (rows, width) times the factors of `place`, in place.
     private func dropoutBackward(place: Int, _ d: UnsafeMutablePointer<S>, rows: Int, width: Int) {

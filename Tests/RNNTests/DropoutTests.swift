@@ -79,6 +79,36 @@ final class DropoutTests: XCTestCase {
         XCTAssertEqual(zero.gradients.array, plain.gradients.array)
     }
 
+    /// Variational dropout: a sample's mask is the same at every time step (and still differs
+    /// between samples and units); gradients through it are checked too.
+    func testVariationalMasksAreTheSameAtEveryStep() {
+        var s = spec(.gru, p: 0.5)
+        s.variationalDropout = true
+        let net = Network<Double>(spec: s)
+        net.initializeParameters(seed: 4)
+        let T = 6, B = 3, H = s.hiddenSize
+        net.dropoutKey = .init(seed: 8, step: 2, rowOffset: 5, timeOffset: 7)
+        net.lossAndGradient(GradientCheckTests.batch(s, T: T, B: B, seed: 1))
+        let f = net.dropoutFactors(place: 1)  // (T, B, H): the input of layer 1
+        let step0 = Array(f[0..<(B * H)])
+        for t in 1..<T { XCTAssertEqual(Array(f[(t * B * H)..<((t + 1) * B * H)]), step0, "step \(t)") }
+        XCTAssertTrue(step0.contains(0) && step0.contains(2), "some units dropped, some kept (scaled by 2)")
+        XCTAssertNotEqual(Array(step0[0..<H]), Array(step0[H..<(2 * H)]), "samples differ")
+        var standard = s
+        standard.variationalDropout = false
+        let other = Network<Double>(spec: standard)
+        other.parameters.copy(from: net.parameters)
+        other.dropoutKey = net.dropoutKey
+        other.lossAndGradient(GradientCheckTests.batch(s, T: T, B: B, seed: 1))
+        let g = other.dropoutFactors(place: 1)
+        XCTAssertNotEqual(Array(g[0..<(B * H)]), Array(g[(B * H)..<(2 * B * H)]), "standard dropout draws a mask per step")
+        var gradSpec = spec(.lstm, p: 0.4, input: 0.3, head: 0.5)
+        gradSpec.variationalDropout = true
+        let (worst, name) = GradientCheckTests.check(gradSpec)
+        Margin.report("GradientCheck", "variational dropout lstm", value: worst, must: .below, bound: 1e-6)
+        XCTAssertLessThan(worst, 1e-6, name)
+    }
+
     /// Finite differences with the masks fixed (the same key for every evaluation of the
     /// objective): every place of dropout, every cell, both output modes.
     func testGradientsThroughDropout() {

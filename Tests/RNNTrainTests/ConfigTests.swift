@@ -63,7 +63,7 @@ final class ConfigTests: XCTestCase {
         XCTAssertEqual(error(minimal, ["training.optimizer.momentum=1"]), "--set: training.optimizer.momentum: expected a number >= 0.0 and < 1.0, got '1'")
         XCTAssertEqual(error(minimal, ["training.average_over_time=maybe"]), "--set: training.average_over_time: expected true or false, got 'maybe'")
         XCTAssertEqual(error(minimal + "\nmodel:\n  layers: [1, 2]\n"), "c.yaml:5: model.layers: expected a single value, got a list")
-        XCTAssertEqual(error(minimal + "\nmodel: 3\n"), "c.yaml:4: model: is a section, expected keys under it (cell, activation, leaky_slope, hidden_size, layers, output, layer_norm, batch_norm, embedding_size, tie_weights, dropout, input_dropout, head_dropout, initial_state, init, init_from)")
+        XCTAssertEqual(error(minimal + "\nmodel: 3\n"), "c.yaml:4: model: is a section, expected keys under it (cell, activation, leaky_slope, hidden_size, layers, output, layer_norm, batch_norm, embedding_size, tie_weights, dropout, input_dropout, variational_dropout, head_dropout, initial_state, init, init_from)")
         XCTAssertEqual(error(minimal, ["model.hidden_size=null"]), "--set: model.hidden_size: expected an integer in 1...65536, got 'null'")
     }
 

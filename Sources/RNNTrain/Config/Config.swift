@@ -91,6 +91,7 @@ let configSchema: [KeySpec] = [
     KeySpec("model.tie_weights", .bool, .bool(false), "the head's weight is the embedding's (Press and Wolf 2017): needs model.embedding_size = model.hidden_size, a head over the vocabulary, and every_step output"),
     KeySpec("model.dropout", .double(min: 0, max: 1, maxExclusive: true), .double(0), "dropout probability on the output of every recurrent layer but the last (PyTorch's dropout=); training only, kept values scaled by 1/(1-p); masks depend on (seed, step, sample, layer, time step, unit), not on the rank count"),
     KeySpec("model.input_dropout", .double(min: 0, max: 1, maxExclusive: true), .double(0), "dropout probability on the dense input of the first layer (not for token input)"),
+    KeySpec("model.variational_dropout", .bool, .bool(false), "dropout masks drawn once per sequence and used at every time step (Gal and Ghahramani 2016), at each of the three places"),
     KeySpec("model.head_dropout", .double(min: 0, max: 1, maxExclusive: true), .double(0), "dropout probability on the head's input (the top layer's output)"),
     KeySpec("model.initial_state", .choice(["zeros", "learned"]), .string("zeros"), "initial hidden state: zeros, or a trained parameter per layer"),
     KeySpec("model.init.input_weights", .choice(initChoices), .string("default"), "initializer of weight_ih (default: PyTorch's U(-1/sqrt(H), 1/sqrt(H)))"),
@@ -428,6 +429,7 @@ public struct TrainConfig: Sendable {
         public var dropout: Double
         public var inputDropout: Double
         public var headDropout: Double
+        public var variationalDropout: Bool
     }
     public struct Training: Sendable {
         /// nil: from the data (npy).
@@ -641,7 +643,7 @@ final class ConfigResolver {
                       learnedInitialState: str("model.initial_state") == "learned",
                       layerNorm: bool("model.layer_norm")!, batchNorm: bool("model.batch_norm")!, initialization: initialization,
                       initFrom: str("model.init_from"), embeddingSize: int("model.embedding_size"), tieWeights: bool("model.tie_weights")!, dropout: dbl("model.dropout")!, inputDropout: dbl("model.input_dropout")!,
-                      headDropout: dbl("model.head_dropout")!)
+                      headDropout: dbl("model.head_dropout")!, variationalDropout: bool("model.variational_dropout")!)
     }
 
     /// training.optimizer.*: PyTorch's defaults, and keys that belong to other optimizers ignored

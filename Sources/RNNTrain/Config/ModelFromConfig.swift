@@ -75,6 +75,7 @@ func makeModelSpec(_ config: TrainConfig, input: InputKind, outputSize: Int, out
     spec.dropout = config.model.dropout
     spec.inputDropout = config.model.inputDropout
     spec.headDropout = config.model.headDropout
+    spec.variationalDropout = config.model.variationalDropout
     return spec
 }
 
