@@ -35,7 +35,10 @@ What is stored (every tensor little-endian; config strings in the safetensors "_
 4. sched_sgd.safetensors -- the optimizer-fixture model after 3 SGD(momentum) steps under StepLR.
 5. grad_<cell>_embedding_cross_entropy_<output>.safetensors -- as 1., with token input through
    `nn.Embedding(VOCAB, EMBEDDING)` named `embedding` (tensor embedding.weight, its gradient
-   grad.embedding.weight; metadata "embedding"). `--only embedding` writes just these.
+   grad.embedding.weight; metadata "embedding"); grad_<cell>_tied_... with the head tied to it.
+6. grad_<cell>_bidirectional_mse_<output>.safetensors -- as 1. with bidirectional=True (tensors
+   ..._reverse); last_step feeds the head torch.cat((h_n[-2], h_n[-1]), dim=1).
+   `--only embedding` writes just 5. and 6.
 """
 
 import json
@@ -253,7 +256,40 @@ def embedding_fixtures(seed):
         name = f"grad_{cell}_tied_cross_entropy_every_step.safetensors"
         save(name, tensors, meta)
         names.append(name)
-    print(f"embedding fixtures: {len(names)}")
+    # Bidirectional layers, dense input and MSE: the head reads [forward | backward] at each step,
+    # or for last_step PyTorch's h_n (forward after step T-1, backward after step 0).
+    for ci, (cell, act) in enumerate([("rnn", "tanh"), ("lstm", "tanh"), ("gru", "tanh")]):
+        for oi, output in enumerate(["every_step", "last_step"]):
+            gen = torch.Generator().manual_seed(seed + 200 + 10 * ci + oi)
+            rnn = {"rnn": nn.RNN(FEATURES, H, LAYERS, nonlinearity=act, bidirectional=True),
+                   "lstm": nn.LSTM(FEATURES, H, LAYERS, bidirectional=True),
+                   "gru": nn.GRU(FEATURES, H, LAYERS, bidirectional=True)}[cell]
+            model = nn.ModuleDict({"rnn": rnn, "head": nn.Linear(2 * H, MSE_OUT)})
+            randomize(model, gen)
+            x = torch.rand((T, B, FEATURES), generator=gen, dtype=torch.float32) * 2 - 1
+            rows = (T, B, MSE_OUT) if output == "every_step" else (B, MSE_OUT)
+            target = torch.rand(rows, generator=gen, dtype=torch.float32) * 2 - 1
+            model.zero_grad()
+            y, h_n = model["rnn"](x)
+            if output == "last_step":
+                h = h_n[0] if cell == "lstm" else h_n
+                y = torch.cat((h[-2], h[-1]), dim=1)
+            value = F.mse_loss(model["head"](y), target)
+            value.backward()
+            tensors = {"input.features": x.clone(), "target.values": target.clone(), "loss": value.detach().reshape(())}
+            for n, p in model.named_parameters():
+                tensors[n] = p.detach().clone()
+                tensors["grad." + n] = p.grad.detach().clone()
+            meta = common_metadata("gradient")
+            meta.update({
+                "cell": cell, "activation": act, "input": "dense", "input_width": FEATURES, "bidirectional": "true",
+                "hidden": H, "layers": LAYERS, "outputs": MSE_OUT, "output": output, "loss": "mse",
+                "average_over_time": "true" if output == "every_step" else "false", "steps": T, "batch": B,
+            })
+            name = f"grad_{cell}_bidirectional_mse_{output}.safetensors"
+            save(name, tensors, meta)
+            names.append(name)
+    print(f"embedding, tied and bidirectional fixtures: {len(names)}")
     return names
 
 

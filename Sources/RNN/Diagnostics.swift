@@ -26,13 +26,13 @@ public struct Diagnostics: Equatable, Sendable {
 
 extension Network {
     /// The length of `diagnosticSums()` for a backward pass over `steps` time steps: (L, 3 + H + T).
-    public func diagnosticSumCount(steps T: Int) -> Int { spec.layers * (3 + spec.hiddenSize + T) }
+    public func diagnosticSumCount(steps T: Int) -> Int { spec.units * (3 + spec.hiddenSize + T) }
 
     /// The additive sums behind `Diagnostics`, from the latest `lossAndGradient` (which must have
     /// run with `collectDiagnostics` set). Shape (L, 3 + H + T): per layer the saturated count, the
     /// number of outputs counted, the near-dead count, H fired counts (relu), T squared dh norms.
     public func diagnosticSums() -> [Double] {
-        let L = spec.layers, H = spec.hiddenSize, T = lastSteps, B = lastBatch
+        let L = spec.units, H = spec.hiddenSize, T = lastSteps, B = lastBatch
         let width = 3 + H + T
         var out = [Double](repeating: 0, count: L * width)
         let sigmoidLow = 0.0998, sigmoidHigh = 0.9002, tanhHigh = 0.8005, dead = 0.01
@@ -75,10 +75,10 @@ extension Diagnostics {
     public init(sums: [Double], spec: ModelSpec, steps T: Int) {
         let H = spec.hiddenSize, width = 3 + H + T
         let relu = spec.cell == .rnn && (spec.activation == .relu || spec.activation == .leakyRelu)
-        dhNorms = (0..<spec.layers).map { k in (0..<T).map { sums[k * width + 3 + H + $0].squareRoot() } }
-        saturated = (0..<spec.layers).map { k in relu ? nil : sums[k * width] / max(sums[k * width + 1], 1) }
-        nearDead = (0..<spec.layers).map { k in relu ? nil : sums[k * width + 2] / max(sums[k * width + 1], 1) }
-        deadUnits = (0..<spec.layers).map { k in
+        dhNorms = (0..<spec.units).map { k in (0..<T).map { sums[k * width + 3 + H + $0].squareRoot() } }
+        saturated = (0..<spec.units).map { k in relu ? nil : sums[k * width] / max(sums[k * width + 1], 1) }
+        nearDead = (0..<spec.units).map { k in relu ? nil : sums[k * width + 2] / max(sums[k * width + 1], 1) }
+        deadUnits = (0..<spec.units).map { k in
             relu ? Double((0..<H).filter { sums[k * width + 3 + $0] == 0 }.count) / Double(H) : nil
         }
     }

@@ -56,7 +56,7 @@ extension Network {
                 for i in 0..<values.count { parameters[v.offset + blk * rows * cols + i] = S(values[i]) }
             }
         }
-        for k in 0..<spec.layers {
+        for k in 0..<spec.units {
             let l = layout.layer(k)
             fill(l.wih, settings.inputWeights)
             fill(l.whh, settings.recurrentWeights)

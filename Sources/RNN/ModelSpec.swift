@@ -90,6 +90,18 @@ public struct ModelSpec: Equatable, Sendable {
     /// The head's weight is the embedding's (Press and Wolf 2017): one (V, E) parameter, with
     /// E = H and V outputs; files carry it under both names, as PyTorch's state dict does.
     public var tieWeights = false
+    /// Bidirectional layers (PyTorch's bidirectional=True): every layer also runs over the
+    /// sequence backwards with its own weights (`..._reverse`); the next layer and the head read
+    /// the 2H concatenation [forward | backward] at each step; last_step reads PyTorch's h_n, the
+    /// forward state after the last step and the backward state after step 0.
+    public var bidirectional = false
+    /// 2 for bidirectional layers, else 1.
+    public var directions: Int { bidirectional ? 2 : 1 }
+    /// Recurrent units: (layer, direction) pairs, unit v = layer v / D in direction v % D. Each has
+    /// its own weights, activations and initial state ((L * D, C, B, H), as PyTorch's h_0).
+    public var units: Int { layers * directions }
+    /// The width of a layer's output: D * H.
+    public var layerOutputWidth: Int { directions * hiddenSize }
     /// The width of layer 0's input: E with an embedding, else the input's width.
     public var firstLayerInputWidth: Int { embeddingSize ?? input.width }
     public var inputDropout = 0.0

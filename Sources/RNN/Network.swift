@@ -47,8 +47,17 @@ public final class Network<S: RNNScalar> {
     private var capacity = 0  // T*B the workspaces hold
     private var batchCapacity = 0  // B the per-step workspaces hold
     private var store: [LayerStore] = []
-    private var delta = Buffer<S>(count: 0)  // (T, B, H): dL/dh of the current layer (Elman: then dL/dz in place)
-    private var deltaBelow = Buffer<S>(count: 0)  // (T, B, H): dL/dh of the layer below
+    private var delta: [Buffer<S>] = []  // D x (T, B, H): dL/dh of the current layer's units, each in its own time order (Elman: then dL/dz in place)
+    private var deltaBelow: [Buffer<S>] = []  // D x (T, B, H): dL/dh of the layer below
+    // Bidirectional layers: each layer's output [forward | backward] per step, (T, B, 2H); the
+    // reversed-in-time input and tokens of a backward unit; the head's input for last_step,
+    // (B, 2H); the gradient of a unit's input, and of the layer's, (T, B, width).
+    private var cat: [Buffer<S>] = []
+    private var reversedInput = Buffer<S>(count: 0)
+    private var reversedTokens: [Int32] = []
+    private var lastTop = Buffer<S>(count: 0)
+    private var dUnitInput = Buffer<S>(count: 0)
+    private var dLayerInput = Buffer<S>(count: 0)
     private var dxi = Buffer<S>(count: 0)  // (T, B, G*H): dL/d(input-side pre-activations), LSTM and GRU
     private var dhh = Buffer<S>(count: 0)  // (T, B, G*H): dL/d(hidden-side pre-activations), GRU
     private var dense = Buffer<S>(count: 0)  // (T, B, I): dense input converted to S
@@ -114,10 +123,10 @@ public final class Network<S: RNNScalar> {
         parameters = Buffer(count: layout.count)
         gradients = Buffer(count: layout.count)
         let gh = spec.cell.gates * spec.hiddenSize
-        runningStatistics = Buffer(count: spec.batchNorm ? spec.layers * 2 * gh : 0)
-        bnStats = Buffer(count: spec.batchNorm ? spec.layers * 2 * gh : 0)
+        runningStatistics = Buffer(count: spec.batchNorm ? spec.units * 2 * gh : 0)
+        bnStats = Buffer(count: spec.batchNorm ? spec.units * 2 * gh : 0)
         bnSums = Buffer(count: spec.batchNorm ? 2 * gh + 1 : 0)
-        for k in 0..<(spec.batchNorm ? spec.layers : 0) {
+        for k in 0..<(spec.batchNorm ? spec.units : 0) {
             for j in 0..<gh { runningStatistics[(2 * k + 1) * gh + j] = 1 }
         }
     }
@@ -135,9 +144,17 @@ public final class Network<S: RNNScalar> {
         let need = steps * batch
         if need > capacity {
             capacity = need
-            store = (0..<spec.layers).map { _ in LayerStore(need, H, spec) }
-            delta = Buffer(count: need * H)
-            deltaBelow = Buffer(count: need * H)
+            store = (0..<spec.units).map { _ in LayerStore(need, H, spec) }
+            delta = (0..<D).map { _ in Buffer(count: need * H) }
+            deltaBelow = (0..<D).map { _ in Buffer(count: need * H) }
+            if D == 2 {
+                let widest = max(spec.firstLayerInputWidth, spec.layerOutputWidth)
+                cat = (0..<spec.layers).map { _ in Buffer(count: need * 2 * H) }
+                reversedInput = Buffer(count: need * widest)
+                reversedTokens = [Int32](repeating: 0, count: need)
+                dUnitInput = Buffer(count: need * widest)
+                dLayerInput = Buffer(count: need * widest)
+            }
             dxi = Buffer(count: spec.cell == .rnn ? 0 : need * G * H)
             dhh = Buffer(count: spec.cell == .gru ? need * G * H : 0)
             if case .dense(let f) = spec.input { dense = Buffer(count: need * f) }
@@ -149,16 +166,17 @@ public final class Network<S: RNNScalar> {
             if spec.dropout > 0 || spec.inputDropout > 0 || spec.headDropout > 0 {
                 let width = { (place: Int) -> Int in
                     if place == 0 { if let E = self.spec.embeddingSize { return E }; if case .dense(let f) = self.spec.input { return f }; return 0 }
-                    return self.H
+                    return self.spec.layerOutputWidth
                 }
                 dropFactor = (0...spec.layers).map { Buffer(count: need * width($0)) }
-                dropped = (0...spec.layers).map { Buffer(count: $0 == 0 ? 0 : need * self.H) }
+                dropped = (0...spec.layers).map { Buffer(count: $0 == 0 ? 0 : need * self.spec.layerOutputWidth) }
             }
         }
         if batch > batchCapacity {
             batchCapacity = batch
-            state0 = Buffer(count: spec.layers * C * batch * H)
-            dState0 = Buffer(count: spec.layers * C * batch * H)
+            state0 = Buffer(count: spec.units * C * batch * H)
+            dState0 = Buffer(count: spec.units * C * batch * H)
+            if D == 2 { lastTop = Buffer(count: batch * 2 * H) }
             hh = Buffer(count: spec.cell == .gru ? batch * G * H : 0)
             dc = Buffer(count: spec.cell == .lstm ? batch * H : 0)
         }
@@ -169,7 +187,8 @@ public final class Network<S: RNNScalar> {
     public var workspaceScalars: Int {
         let layers = store.reduce(0) { $0 + $1.h.count + $1.gates.count + $1.cell.count + $1.hn.count + $1.lnHat.count + $1.lnRstd.count + $1.bnHat.count }
         let dropout = dropFactor.reduce(0) { $0 + $1.count } + dropped.reduce(0) { $0 + $1.count }
-        return layers + dropout + embedded.count + dEmbedded.count + delta.count + deltaBelow.count + dxi.count + dhh.count + dense.count + head.count
+        let bidirectional = cat.reduce(0) { $0 + $1.count } + reversedInput.count + lastTop.count + dUnitInput.count + dLayerInput.count
+        return layers + dropout + bidirectional + embedded.count + dEmbedded.count + D * (delta.first?.count ?? 0) * 2 + dxi.count + dhh.count + dense.count + head.count
             + state0.count + dState0.count + hh.count + dc.count
     }
 
@@ -186,7 +205,7 @@ public final class Network<S: RNNScalar> {
     }
 
     /// Number of state tensors per layer and sample: (L, C, B, H) is the shape of a state.
-    public var stateCount: Int { spec.layers * C * H }
+    public var stateCount: Int { spec.units * C * H }
 
     // MARK: forward
 
@@ -218,12 +237,61 @@ public final class Network<S: RNNScalar> {
         batch.tokens.withUnsafeBufferPointer { tokens in
             for k in 0..<spec.layers {
                 if k > 0 && dropoutOn && spec.dropout > 0 {
-                    applyDropout(place: k, p: spec.dropout, x: store[k - 1].h.pointer, into: dropped[k].pointer, rows: TB, width: H, firstStep: 0)
+                    applyDropout(place: k, p: spec.dropout, x: layerOutput(k - 1), into: dropped[k].pointer, rows: TB,
+                                 width: spec.layerOutputWidth, firstStep: 0)
                 }
-                forwardLayer(k, tokens: tokens.baseAddress)
+                forwardLayer(k * D, tokens: tokens.baseAddress)
+                if D == 2 {
+                    reverseInput(layer: k, tokens: tokens.baseAddress)
+                    forwardLayer(k * D + 1, tokens: reversedTokens.withUnsafeBufferPointer { $0.baseAddress })
+                    concatenate(layer: k)
+                }
             }
         }
         forwardHead()
+    }
+
+    private var D: Int { spec.directions }
+
+    /// Layer k's output, (T, B, D*H): the unit's h, or the [forward | backward] concatenation.
+    private func layerOutput(_ k: Int) -> UnsafeMutablePointer<S> { D == 1 ? store[k].h.pointer : cat[k].pointer }
+
+    /// The input of layer k in forward time order: (pointer, width) of a (T, B, width) matrix,
+    /// after dropout; nil for one-hot token input.
+    private func layerInputInOrder(_ k: Int) -> (UnsafeMutablePointer<S>, Int)? {
+        if k > 0 { return (dropoutOn && spec.dropout > 0 ? dropped[k].pointer : layerOutput(k - 1), spec.layerOutputWidth) }
+        if case .dense(let f) = spec.input { return (dense.pointer, f) }
+        if let E = spec.embeddingSize { return (embedded.pointer, E) }
+        return nil
+    }
+
+    /// rows[t] of a (T, B, width) matrix to rows[T-1-t] of another (accumulate: added to it).
+    private func reverseTime(_ x: UnsafePointer<S>, into y: UnsafeMutablePointer<S>, width: Int, accumulate: Bool = false) {
+        let n = B * width
+        for t in 0..<T {
+            let from = x + t * n, to = y + (T - 1 - t) * n
+            if accumulate { for i in 0..<n { to[i] += from[i] } } else { to.update(from: from, count: n) }
+        }
+    }
+
+    /// The backward unit of layer k reads its input reversed in time (and so runs the same code).
+    private func reverseInput(layer k: Int, tokens: UnsafePointer<Int32>?) {
+        if let (x, width) = layerInputInOrder(k) {
+            reverseTime(x, into: reversedInput.pointer, width: width)
+        } else if let tokens {
+            for t in 0..<T { for b in 0..<B { reversedTokens[(T - 1 - t) * B + b] = tokens[t * B + b] } }
+        }
+    }
+
+    /// cat[k] (T, B, 2H) = [h_forward(t) | h_backward(t)], the backward unit's rows stored reversed.
+    private func concatenate(layer k: Int) {
+        let f = store[2 * k].h.pointer, r = store[2 * k + 1].h.pointer, out = cat[k].pointer
+        for t in 0..<T {
+            for b in 0..<B {
+                (out + (t * B + b) * 2 * H).update(from: f + (t * B + b) * H, count: H)
+                (out + (t * B + b) * 2 * H + H).update(from: r + ((T - 1 - t) * B + b) * H, count: H)
+            }
+        }
     }
 
     /// Where in the run a training pass is, for dropout's masks. The mask of an element is a
@@ -282,13 +350,13 @@ public final class Network<S: RNNScalar> {
     }
 
     private func setInitialState(_ given: UnsafePointer<S>?) {
-        let n = spec.layers * C * B * H
+        let n = spec.units * C * B * H
         if let given {
             state0.pointer.update(from: given, count: n)
             return
         }
         state0.pointer.update(repeating: 0, count: n)
-        for k in 0..<spec.layers {
+        for k in 0..<spec.units {
             let l = layout.layer(k)
             for c in 0..<2 {
                 guard let view = c == 0 ? l.h0 : l.c0 else { continue }
@@ -297,12 +365,11 @@ public final class Network<S: RNNScalar> {
         }
     }
 
-    /// The input of layer k: (pointer, width) of a (T, B, width) matrix; nil for token input.
-    private func layerInput(_ k: Int) -> (UnsafeMutablePointer<S>, Int)? {
-        if k > 0 { return (dropoutOn && spec.dropout > 0 ? dropped[k].pointer : store[k - 1].h.pointer, H) }
-        if case .dense(let f) = spec.input { return (dense.pointer, f) }
-        if let E = spec.embeddingSize { return (embedded.pointer, E) }
-        return nil
+    /// The input of unit v in its own time order: (pointer, width) of a (T, B, width) matrix; nil
+    /// for one-hot token input. A backward unit's is the reversed copy `reverseInput` made.
+    private func layerInput(_ v: Int) -> (UnsafeMutablePointer<S>, Int)? {
+        guard let (x, width) = layerInputInOrder(v / D) else { return nil }
+        return v % D == 1 ? (reversedInput.pointer, width) : (x, width)
     }
 
     /// Layer k, all steps. Pre-activations of all steps: X W_ih^T + b_ih (+ b_hh for Elman and
@@ -392,7 +459,7 @@ public final class Network<S: RNNScalar> {
                     runningStatistics[rv] = S((1 - m) * Double(runningStatistics[rv]) + m * unbiased)
                 }
             }
-            if k == 0 && deferredStatistics != nil { deferredStatistics![spec.layers * 2 * GH] += 1 }
+            if k == 0 && deferredStatistics != nil { deferredStatistics![spec.units * 2 * GH] += 1 }
         } else {
             for j in 0..<GH {
                 mean[j] = Double(runningStatistics[(2 * k) * GH + j])
@@ -442,21 +509,31 @@ public final class Network<S: RNNScalar> {
 
     /// head (rows, O) = h_top W^T + b over every step or the last step.
     private func forwardHead() {
-        let input = headInput()
-        S.gemm(transA: false, transB: true, m: headRows, n: O, k: H, alpha: 1, a: input, lda: H,
-               b: p(layout.headWeight), ldb: H, beta: 0, c: head.pointer, ldc: O)
+        let input = headInput(), W = spec.layerOutputWidth
+        S.gemm(transA: false, transB: true, m: headRows, n: O, k: W, alpha: 1, a: input, lda: W,
+               b: p(layout.headWeight), ldb: W, beta: 0, c: head.pointer, ldc: O)
         S.addBiasRows(head.pointer, rows: headRows, cols: O, p(layout.headBias), nil)
     }
 
     /// The head's input (headRows, H): the top layer's output at every step or the last, after
     /// head dropout in a training pass (computed here on the forward's first call).
     private func headInput(forward: Bool = true) -> UnsafeMutablePointer<S> {
-        let top = store[spec.layers - 1].h.pointer
-        let input = spec.output == .everyStep ? top : top + (T - 1) * B * H
+        let top = layerOutput(spec.layers - 1), W = spec.layerOutputWidth
+        var input = spec.output == .everyStep ? top : top + (T - 1) * B * W
+        if spec.output == .lastStep && D == 2 {
+            // PyTorch's h_n: the forward unit after step T-1, the backward unit after step 0
+            // (its own last step, stored at T-1 of its reversed rows).
+            let f = store[2 * spec.layers - 2].h.pointer, r = store[2 * spec.layers - 1].h.pointer
+            for b in 0..<B {
+                (lastTop.pointer + b * 2 * H).update(from: f + ((T - 1) * B + b) * H, count: H)
+                (lastTop.pointer + b * 2 * H + H).update(from: r + ((T - 1) * B + b) * H, count: H)
+            }
+            input = lastTop.pointer
+        }
         guard dropoutOn && spec.headDropout > 0 else { return input }
         let out = dropped[spec.layers].pointer
         if forward {
-            applyDropout(place: spec.layers, p: spec.headDropout, x: input, into: out, rows: headRows, width: H,
+            applyDropout(place: spec.layers, p: spec.headDropout, x: input, into: out, rows: headRows, width: W,
                          firstStep: spec.output == .everyStep ? 0 : T - 1)
         }
         return out
@@ -464,7 +541,7 @@ public final class Network<S: RNNScalar> {
 
     /// Copies the state after the last step of the latest forward, (L, C, B, H), into `out`.
     public func finalState(into out: UnsafeMutablePointer<S>) {
-        for k in 0..<spec.layers {
+        for k in 0..<spec.units {
             (out + (k * C) * B * H).update(from: store[k].h.pointer + (T - 1) * B * H, count: B * H)
             if spec.cell == .lstm {
                 (out + (k * C + 1) * B * H).update(from: store[k].cell.pointer + (T - 1) * B * H, count: B * H)
@@ -538,49 +615,85 @@ public final class Network<S: RNNScalar> {
 
     /// The gradient with respect to the initial state of the latest backward, (L, C, B, H).
     public var initialStateGradient: UnsafeBufferPointer<S> {
-        UnsafeBufferPointer(start: dState0.pointer, count: spec.layers * C * B * H)
+        UnsafeBufferPointer(start: dState0.pointer, count: spec.units * C * B * H)
     }
 
     private func backward(_ batch: Batch, learnState: Bool) {
-        let TB = T * B
+        let TB = T * B, W = spec.layerOutputWidth
         // Head: dW += dOut^T h, db += sum dOut, dh = dOut W (then through head dropout).
         let input = headInput(forward: false)
-        S.gemm(transA: true, transB: false, m: O, n: H, k: headRows, alpha: 1, a: head.pointer, lda: O,
-               b: input, ldb: H, beta: 1, c: g(layout.headWeight), ldc: H)
+        S.gemm(transA: true, transB: false, m: O, n: W, k: headRows, alpha: 1, a: head.pointer, lda: O,
+               b: input, ldb: W, beta: 1, c: g(layout.headWeight), ldc: W)
         S.sumRows(head.pointer, rows: headRows, cols: O, into: g(layout.headBias))
         onGradientsFinal?(layout.headFinalOffset)
-        if spec.output == .everyStep {
-            S.gemm(transA: false, transB: false, m: TB, n: H, k: O, alpha: 1, a: head.pointer, lda: O,
-                   b: p(layout.headWeight), ldb: H, beta: 0, c: delta.pointer, ldc: H)
-        } else {
-            delta.pointer.update(repeating: 0, count: (T - 1) * B * H)
-            S.gemm(transA: false, transB: false, m: B, n: H, k: O, alpha: 1, a: head.pointer, lda: O,
-                   b: p(layout.headWeight), ldb: H, beta: 0, c: delta.pointer + (T - 1) * B * H, ldc: H)
+        // dL/d(head input), (rows, D*H): straight into the top unit's dL/dh (one direction), or
+        // into the scratch that is then split between the two units.
+        let dTop = D == 1 ? delta[0].pointer + (spec.output == .everyStep ? 0 : (T - 1) * B * H) : dLayerInput.pointer
+        if spec.output == .lastStep { for d in 0..<D { delta[d].pointer.update(repeating: 0, count: (T - 1) * B * H) } }
+        S.gemm(transA: false, transB: false, m: headRows, n: W, k: O, alpha: 1, a: head.pointer, lda: O,
+               b: p(layout.headWeight), ldb: W, beta: 0, c: dTop, ldc: W)
+        if dropoutOn && spec.headDropout > 0 { dropoutBackward(place: spec.layers, dTop, rows: headRows, width: W) }
+        if D == 2 {
+            if spec.output == .everyStep {
+                split(dTop, into: delta)
+            } else {  // h_n: both units' own last step (T-1 in their time order)
+                for b in 0..<B {
+                    (delta[0].pointer + ((T - 1) * B + b) * H).update(from: dTop + b * 2 * H, count: H)
+                    (delta[1].pointer + ((T - 1) * B + b) * H).update(from: dTop + b * 2 * H + H, count: H)
+                }
+            }
         }
-        if dropoutOn && spec.headDropout > 0 {
-            dropoutBackward(place: spec.layers, delta.pointer + (spec.output == .everyStep ? 0 : (T - 1) * B * H), rows: headRows, width: H)
-        }
-        dState0.pointer.update(repeating: 0, count: spec.layers * C * B * H)
+        dState0.pointer.update(repeating: 0, count: spec.units * C * B * H)
         // Every element is written below; reallocated only when T changes.
-        if collectDiagnostics && dhNormSquares.count != spec.layers * T { dhNormSquares = [Double](repeating: 0, count: spec.layers * T) }
+        if collectDiagnostics && dhNormSquares.count != spec.units * T { dhNormSquares = [Double](repeating: 0, count: spec.units * T) }
         batch.tokens.withUnsafeBufferPointer { tokens in
             for k in stride(from: spec.layers - 1, through: 0, by: -1) {
-                backwardLayer(k, tokens: tokens.baseAddress)
-                if learnState { accumulateInitialStateGradient(k) }
-                onGradientsFinal?(k == 0 ? 0 : layout.layer(k).wih.offset)  // layer 0: the embedding too
+                // Where dL/d(layer input) goes: the layer below's dL/dh, or the embedding rows'.
+                let below: (UnsafeMutablePointer<S>, Int)? = k > 0 ? (D == 1 ? deltaBelow[0].pointer : dLayerInput.pointer, W)
+                    : spec.embeddingSize.map { (dEmbedded.pointer, $0) }
+                backwardLayer(k * D, tokens: tokens.baseAddress, inputGradient: below?.0)
+                if D == 2 {
+                    reverseInput(layer: k, tokens: tokens.baseAddress)
+                    let reversed = reversedTokens.withUnsafeBufferPointer { $0.baseAddress }
+                    backwardLayer(k * D + 1, tokens: reversed, inputGradient: below == nil ? nil : dUnitInput.pointer)
+                    if let (dx, width) = below { reverseTime(dUnitInput.pointer, into: dx, width: width, accumulate: true) }
+                }
+                if learnState { for d in 0..<D { accumulateInitialStateGradient(k * D + d) } }
+                if k > 0 {
+                    if dropoutOn && spec.dropout > 0 { dropoutBackward(place: k, below!.0, rows: TB, width: W) }
+                    if D == 2 { split(dLayerInput.pointer, into: deltaBelow) }
+                } else if let e = layout.embedding, let (dx, width) = below {  // into the token rows
+                    if dropoutOn && spec.inputDropout > 0 { dropoutBackward(place: 0, dx, rows: TB, width: width) }
+                    let dw = g(e)
+                    for r in 0..<TB { S.axpy(n: width, alpha: 1, x: dx + r * width, y: dw + Int(tokens[r]) * width) }
+                }
+                onGradientsFinal?(k == 0 ? 0 : layout.layer(k * D).wih.offset)  // layer 0: the embedding too
                 if k > 0 { swap(&delta, &deltaBelow) }
+            }
+        }
+    }
+
+    /// The twin of concatenate: d (T, B, 2H) into the forward unit's (T, B, H) and the backward
+    /// unit's, reversed in time.
+    private func split(_ d: UnsafePointer<S>, into out: [Buffer<S>]) {
+        for t in 0..<T {
+            for b in 0..<B {
+                (out[0].pointer + (t * B + b) * H).update(from: d + (t * B + b) * 2 * H, count: H)
+                (out[1].pointer + ((T - 1 - t) * B + b) * H).update(from: d + (t * B + b) * 2 * H + H, count: H)
             }
         }
     }
 
     /// The backward twin of forwardLayer. On entry `delta` holds dL/dh of layer k (T, B, H) from
     /// above; for k > 0, on exit `deltaBelow` holds dL/dh of layer k-1. Fills dState0 for layer k.
-    private func backwardLayer(_ k: Int, tokens: UnsafePointer<Int32>?) {
+    /// - inputGradient: where dL/d(this unit's input) = dz W_ih goes, (T, B, width), overwritten;
+    ///   nil: not needed (layer 0 without an embedding).
+    private func backwardLayer(_ k: Int, tokens: UnsafePointer<Int32>?, inputGradient: UnsafeMutablePointer<S>?) {
         let l = layout.layer(k)
         let st = store[k]
         let TB = T * B
         let GH = G * H
-        let d = delta.pointer  // (T, B, H)
+        let d = delta[k % D].pointer  // (T, B, H)
         // dz: gradients of the input-side pre-activations, dU: of the hidden-side ones (T, B, G*H).
         let dz: UnsafeMutablePointer<S> = spec.cell == .rnn ? d : dxi.pointer
         let dU: UnsafeMutablePointer<S> = spec.cell == .gru ? dhh.pointer : dz
@@ -630,16 +743,9 @@ public final class Network<S: RNNScalar> {
         if let (x, width) = layerInput(k) {
             S.gemm(transA: true, transB: false, m: GH, n: width, k: TB, alpha: 1, a: dz, lda: GH,
                    b: x, ldb: width, beta: 1, c: g(l.wih), ldc: width)
-            if k > 0 {  // dL/dh_{k-1} = dz W_ih, then through the dropout between the layers
-                S.gemm(transA: false, transB: false, m: TB, n: H, k: GH, alpha: 1, a: dz, lda: GH,
-                       b: p(l.wih), ldb: H, beta: 0, c: deltaBelow.pointer, ldc: H)
-                if dropoutOn && spec.dropout > 0 { dropoutBackward(place: k, deltaBelow.pointer, rows: TB, width: H) }
-            } else if let e = layout.embedding {  // dL/d(embedded) = dz W_ih, then into the token rows
+            if let dx = inputGradient {  // dL/d(input) = dz W_ih; the caller takes it through dropout and on
                 S.gemm(transA: false, transB: false, m: TB, n: width, k: GH, alpha: 1, a: dz, lda: GH,
-                       b: p(l.wih), ldb: width, beta: 0, c: dEmbedded.pointer, ldc: width)
-                if dropoutOn && spec.inputDropout > 0 { dropoutBackward(place: 0, dEmbedded.pointer, rows: TB, width: width) }
-                let dw = g(e)
-                for r in 0..<TB { S.axpy(n: width, alpha: 1, x: dEmbedded.pointer + r * width, y: dw + Int(tokens![r]) * width) }
+                       b: p(l.wih), ldb: width, beta: 0, c: dx, ldc: width)
             }
         } else {
             guard case .tokens(let V) = spec.input else { preconditionFailure() }

@@ -20,7 +20,7 @@ public struct ParameterLayout: Equatable, Sendable {
     public let views: [ParamView]
     public let count: Int
 
-    /// The views of one recurrent layer.
+    /// The views of one recurrent unit (a layer in one direction).
     public struct Layer: Equatable, Sendable {
         public let wih: ParamView, whh: ParamView, bih: ParamView, bhh: ParamView
         /// Learned initial h and (LSTM) c, when the model has them.
@@ -48,31 +48,32 @@ public struct ParameterLayout: Equatable, Sendable {
             embedding = nil
         }
         var layers: [Layer] = []
-        for k in 0..<spec.layers {
-            let inWidth = k == 0 ? spec.firstLayerInputWidth : spec.hiddenSize
-            add("rnn.weight_ih_l\(k)", [gh, inWidth])  // (G*H, I_k)
-            add("rnn.weight_hh_l\(k)", [gh, spec.hiddenSize])  // (G*H, H)
-            add("rnn.bias_ih_l\(k)", [gh])  // (G*H)
-            add("rnn.bias_hh_l\(k)", [gh])  // (G*H)
+        for v in 0..<spec.units {
+            let k = v / spec.directions, suffix = "l\(k)" + (v % spec.directions == 1 ? "_reverse" : "")
+            let inWidth = k == 0 ? spec.firstLayerInputWidth : spec.layerOutputWidth
+            add("rnn.weight_ih_\(suffix)", [gh, inWidth])  // (G*H, I_k)
+            add("rnn.weight_hh_\(suffix)", [gh, spec.hiddenSize])  // (G*H, H)
+            add("rnn.bias_ih_\(suffix)", [gh])  // (G*H)
+            add("rnn.bias_hh_\(suffix)", [gh])  // (G*H)
             let base = views.count - 4
             var h0: ParamView?, c0: ParamView?
             if spec.learnedInitialState {
-                add("rnn.h0_l\(k)", [spec.hiddenSize])  // (H)
+                add("rnn.h0_\(suffix)", [spec.hiddenSize])  // (H)
                 h0 = views.last
                 if spec.cell == .lstm {
-                    add("rnn.c0_l\(k)", [spec.hiddenSize])  // (H)
+                    add("rnn.c0_\(suffix)", [spec.hiddenSize])  // (H)
                     c0 = views.last
                 }
             }
             var ln: [ParamView] = [], bn: [ParamView] = []
             if spec.layerNorm {
-                add("rnn.ln_weight_l\(k)", [gh])  // (G*H)
-                add("rnn.ln_bias_l\(k)", [gh])
+                add("rnn.ln_weight_\(suffix)", [gh])  // (G*H)
+                add("rnn.ln_bias_\(suffix)", [gh])
                 ln = Array(views.suffix(2))
             }
             if spec.batchNorm {
-                add("rnn.bn_weight_l\(k)", [gh])  // (G*H)
-                add("rnn.bn_bias_l\(k)", [gh])
+                add("rnn.bn_weight_\(suffix)", [gh])  // (G*H)
+                add("rnn.bn_bias_\(suffix)", [gh])
                 bn = Array(views.suffix(2))
             }
             layers.append(Layer(wih: views[base], whh: views[base + 1], bih: views[base + 2], bhh: views[base + 3], h0: h0, c0: c0,
@@ -83,7 +84,7 @@ public struct ParameterLayout: Equatable, Sendable {
             headWeight = embedding!
             aliases = [ParamView(name: "head.weight", offset: embedding!.offset, shape: embedding!.shape)]
         } else {
-            add("head.weight", [spec.outputSize, spec.hiddenSize])  // (O, H)
+            add("head.weight", [spec.outputSize, spec.layerOutputWidth])  // (O, D*H)
             headWeight = views.last!
             aliases = []
         }
@@ -96,7 +97,7 @@ public struct ParameterLayout: Equatable, Sendable {
 
     public func view(_ name: String) -> ParamView? { views.first { $0.name == name } }
 
-    /// The views of recurrent layer k.
+    /// The views of recurrent unit v (layer v / D, direction v % D).
     public func layer(_ k: Int) -> Layer { layers[k] }
 
     /// head.weight (O, H): its own view, or with tied weights the embedding's.

@@ -33,7 +33,9 @@ public struct MemoryEstimate {
         let H = Double(spec.hiddenSize), G = Double(spec.cell.gates), O = Double(spec.outputSize)
         let perLayer = 3 * H + 3 * G * H
         let backward = 2 * H + 2 * G * H
-        activationBytes = 4 * Double(T) * rows * (Double(spec.layers) * perLayer + backward + 2 * O)
+        // Per unit (a layer in one direction); bidirectional layers also keep their 2H outputs.
+        let concatenated = spec.bidirectional ? Double(spec.layers) * 2 * H * 3 : 0
+        activationBytes = 4 * Double(T) * rows * (Double(spec.units) * perLayer + backward + 2 * O + concatenated)
     }
 
     /// Bytes this node can still give, shared by its `localRanks` ranks: MemAvailable, or the

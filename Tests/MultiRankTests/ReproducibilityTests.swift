@@ -98,6 +98,12 @@ final class ReproducibilityTests: XCTestCase {
                                      training: "  optimizer: {name: adam, learning_rate: 0.02}\n  bptt_length: 4", ranks: [1, 2, 3])
     }
 
+    /// Bidirectional GRU layers with dropout, through an embedding: bitwise identical on 1, 2 and 3 ranks.
+    func testBidirectionalGRUWithDropoutBitwiseOnOneToThreeRanks() throws {
+        try assertBitwiseAcrossRanks("bigru+dropout", model: "  cell: gru\n  hidden_size: 12\n  layers: 2\n  bidirectional: true\n  embedding_size: 8\n  dropout: 0.3",
+                                     training: "  optimizer: {name: adam, learning_rate: 0.02}", ranks: [1, 2, 3])
+    }
+
     /// Three steps on 2 ranks, a checkpoint, then three more on 3 ranks: the same bits as six
     /// uninterrupted steps on 1 rank, and the same logged losses for the resumed steps.
     func testResumeOnADifferentRankCountStaysOnTheTrajectory() throws {

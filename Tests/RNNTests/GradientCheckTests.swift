@@ -232,6 +232,36 @@ final class GradientCheckTests: XCTestCase {
         }
     }
 
+    /// Bidirectional layers: every cell and output mode (last_step: PyTorch's h_n), with dropout
+    /// between the layers and on the head, through an embedding, and with layer norm, batch norm
+    /// and learned initial states in both directions.
+    func testBidirectional() {
+        for cell in [CellKind.rnn, .lstm, .gru] {
+            for output in [OutputMode.everyStep, .lastStep] {
+                var spec = ModelSpec(cell: cell, input: .dense(features: 3), hiddenSize: 4, layers: 2, outputSize: 2,
+                                     output: output, loss: .mse)
+                spec.bidirectional = true
+                spec.dropout = 0.3
+                spec.headDropout = 0.2
+                var (worst, name) = Self.check(spec)
+                var tokens = ModelSpec(cell: cell, input: .tokens(vocabulary: 6), hiddenSize: 4, layers: 2, outputSize: 3,
+                                       output: output, loss: .crossEntropy)
+                tokens.bidirectional = true
+                let one = Self.check(tokens)  // one-hot columns of W_ih, reversed tokens
+                tokens.embeddingSize = 5
+                let embedded = Self.check(tokens)
+                var normed = spec
+                normed.layerNorm = true
+                normed.batchNorm = true
+                normed.learnedInitialState = true
+                let norms = Self.check(normed, perturbInitialState: true, perturbNormalization: true)
+                for r in [one, embedded, norms] where r.worst > worst { (worst, name) = r }
+                Margin.report("GradientCheck", "bidirectional \(cell) \(output)", value: worst, must: .below, bound: 1e-6)
+                XCTAssertLessThan(worst, 1e-6, "\(cell) \(output): \(name)")
+            }
+        }
+    }
+
     func testSingleStepSequence() {
         let spec = ModelSpec(input: .tokens(vocabulary: 4), hiddenSize: 3, layers: 2, outputSize: 4, loss: .crossEntropy)
         let r = Self.check(spec, T: 1, B: 2)

@@ -43,9 +43,10 @@ final class PyTorchParityTests: XCTestCase {
         super.tearDown()
     }
 
-    static let expectedGradientFixtures = 24  // {rnn tanh, rnn relu, lstm, gru} x {ce, mse} x {every, last},
+    static let expectedGradientFixtures = 30  // {rnn tanh, rnn relu, lstm, gru} x {ce, mse} x {every, last},
                                               // {rnn tanh, lstm, gru} x {every, last} through an nn.Embedding,
-                                              // and {lstm, gru} with the head tied to the embedding
+                                              // {lstm, gru} with the head tied to the embedding,
+                                              // and {rnn tanh, lstm, gru} x {every, last} bidirectional
     static let expectedOptimizerFixtures = 10
     static let expectedSchedules: Set<String> = ["constant", "step", "exponential", "cosine", "triangular", "plateau"]
 
@@ -162,6 +163,7 @@ final class PyTorchParityTests: XCTestCase {
                          averageOverTime: try f.bool("average_over_time"))
         if f.metadata["embedding"] != nil { spec.embeddingSize = try f.int("embedding") }
         if f.metadata["tie_weights"] != nil { spec.tieWeights = try f.bool("tie_weights") }
+        if f.metadata["bidirectional"] != nil { spec.bidirectional = try f.bool("bidirectional") }
         return spec
     }
 
@@ -237,7 +239,7 @@ final class PyTorchParityTests: XCTestCase {
             "fixture", "generator", "torch_version", "variant", "cell", "activation", "input", "input_width", "hidden",
             "layers", "outputs", "output", "loss", "average_over_time", "steps", "batch", "optimizer_steps", "kind",
             "lr", "weight_decay", "momentum", "dampening", "nesterov", "beta1", "beta2", "eps", "alpha", "centered",
-            "lr_decay", "initial_accumulator", "clip_norm", "clip_value", "schedule", "embedding", "tie_weights",
+            "lr_decay", "initial_accumulator", "clip_norm", "clip_value", "schedule", "embedding", "tie_weights", "bidirectional",
         ]
         let unknown = Set(f.metadata.keys).subtracting(known).filter { !$0.hasPrefix("step.") }
         XCTAssertEqual(unknown.sorted(), [], "\(f.name): metadata keys this test does not apply")

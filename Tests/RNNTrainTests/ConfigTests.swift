@@ -63,7 +63,7 @@ final class ConfigTests: XCTestCase {
         XCTAssertEqual(error(minimal, ["training.optimizer.momentum=1"]), "--set: training.optimizer.momentum: expected a number >= 0.0 and < 1.0, got '1'")
         XCTAssertEqual(error(minimal, ["training.average_over_time=maybe"]), "--set: training.average_over_time: expected true or false, got 'maybe'")
         XCTAssertEqual(error(minimal + "\nmodel:\n  layers: [1, 2]\n"), "c.yaml:5: model.layers: expected a single value, got a list")
-        XCTAssertEqual(error(minimal + "\nmodel: 3\n"), "c.yaml:4: model: is a section, expected keys under it (cell, activation, leaky_slope, hidden_size, layers, output, layer_norm, batch_norm, embedding_size, tie_weights, dropout, input_dropout, variational_dropout, head_dropout, initial_state, init, init_from)")
+        XCTAssertEqual(error(minimal + "\nmodel: 3\n"), "c.yaml:4: model: is a section, expected keys under it (cell, activation, leaky_slope, hidden_size, layers, output, layer_norm, batch_norm, bidirectional, embedding_size, tie_weights, dropout, input_dropout, variational_dropout, head_dropout, initial_state, init, init_from)")
         XCTAssertEqual(error(minimal, ["model.hidden_size=null"]), "--set: model.hidden_size: expected an integer in 1...65536, got 'null'")
     }
 
@@ -83,6 +83,9 @@ final class ConfigTests: XCTestCase {
         XCTAssertEqual(try parse("data: {kind: text, path: a}\nmodel: {input_dropout: 0.1, embedding_size: 16}\n").model.embeddingSize, 16)
         XCTAssertEqual(error("data: {kind: text, path: a}\nmodel: {tie_weights: true, embedding_size: 16, hidden_size: 24}\n"), "c.yaml: model.tie_weights: needs model.embedding_size equal to model.hidden_size (16 vs 24)")
         XCTAssertEqual(try parse("data: {kind: text, path: a}\nmodel: {tie_weights: true, embedding_size: 24, hidden_size: 24}\n").model.tieWeights, true)
+        XCTAssertEqual(error("data: {kind: text, path: a}\nmodel: {bidirectional: true}\ntraining: {stateful: true}\n"), "c.yaml: training.stateful: cannot be combined with model.bidirectional: the backward direction needs the whole sequence")
+        XCTAssertEqual(error("data: {kind: text, path: a}\nmodel: {bidirectional: true}\ntraining: {bptt_length: 4}\n"), "c.yaml: training.bptt_length: cannot be combined with model.bidirectional: the backward direction needs the whole sequence")
+        XCTAssertEqual(try parse(minimal, ["model.bidirectional=true"]).model.bidirectional, true)
         XCTAssertEqual(error(minimal, ["model.dropout=1"]), "--set: model.dropout: expected a number >= 0.0 and < 1.0, got '1'")
         let d = try? parse(minimal, ["model.layers=2", "model.dropout=0.25", "model.head_dropout=0.5"]).model
         XCTAssertEqual(d?.dropout, 0.25)

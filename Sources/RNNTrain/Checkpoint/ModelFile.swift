@@ -51,6 +51,9 @@ public struct TrainedModel {
         guard let vocab = vocabulary, case .tokens = network.spec.input else {
             throw RNNDPError("\(path): not a character model (no vocabulary); sampling needs a text model")
         }
+        guard !network.spec.bidirectional else {
+            throw RNNDPError("\(path): a bidirectional model reads each sequence backwards too; it cannot generate one character at a time")
+        }
         var primeTokens: [Int32] = []
         for c in prime.unicodeScalars {
             guard let t = vocab.token(c) else {

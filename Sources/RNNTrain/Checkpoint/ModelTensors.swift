@@ -18,11 +18,12 @@ public func runningStatisticsTensors(_ net: Network<Float>) -> [SafeTensors.Tens
     let gh = net.spec.cell.gates * net.spec.hiddenSize
     let r = net.runningStatistics.array
     var out: [SafeTensors.Tensor] = []
-    for k in 0..<net.spec.layers {
+    for k in 0..<net.spec.units {
+        let suffix = "l\(k / net.spec.directions)" + (k % net.spec.directions == 1 ? "_reverse" : "")
         let mean = Array(r[(2 * k * gh)..<((2 * k + 1) * gh)])
         let variance = Array(r[((2 * k + 1) * gh)..<((2 * k + 2) * gh)])
-        out.append(SafeTensors.Tensor(name: "rnn.bn_running_mean_l\(k)", shape: [gh], values: mean))
-        out.append(SafeTensors.Tensor(name: "rnn.bn_running_var_l\(k)", shape: [gh], values: variance))
+        out.append(SafeTensors.Tensor(name: "rnn.bn_running_mean_\(suffix)", shape: [gh], values: mean))
+        out.append(SafeTensors.Tensor(name: "rnn.bn_running_var_\(suffix)", shape: [gh], values: variance))
     }
     return out
 }

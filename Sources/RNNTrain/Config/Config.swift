@@ -87,6 +87,7 @@ let configSchema: [KeySpec] = [
     KeySpec("model.output", .choice(OutputMode.allCases.map(\.rawValue)), nil, "every_step (many-to-many) or last_step (many-to-one); default every_step for text, last_step otherwise"),
     KeySpec("model.layer_norm", .bool, .bool(false), "layer normalization of the gate pre-activations inside the cells"),
     KeySpec("model.batch_norm", .bool, .bool(false), "batch normalization of W_ih x over the global batch (statistics synchronized across ranks)"),
+    KeySpec("model.bidirectional", .bool, .bool(false), "every layer also runs over the sequence backwards (PyTorch's bidirectional=True, tensors ..._reverse); the next layer and the head read [forward | backward]; last_step reads PyTorch's h_n"),
     KeySpec("model.embedding_size", .int(min: 1, max: 65536), .null, nullable: true, "token input through an embedding of this width E (nn.Embedding: embedding.weight (V, E)) instead of one-hot columns of W_ih (null: none)"),
     KeySpec("model.tie_weights", .bool, .bool(false), "the head's weight is the embedding's (Press and Wolf 2017): needs model.embedding_size = model.hidden_size, a head over the vocabulary, and every_step output"),
     KeySpec("model.dropout", .double(min: 0, max: 1, maxExclusive: true), .double(0), "dropout probability on the output of every recurrent layer but the last (PyTorch's dropout=); training only, kept values scaled by 1/(1-p); masks depend on (seed, step, sample, layer, time step, unit), not on the rank count"),
@@ -421,6 +422,8 @@ public struct TrainConfig: Sendable {
         public var batchNorm: Bool
         public var initialization: InitSettings
         public var initFrom: String?
+        /// Layers that also run backwards in time.
+        public var bidirectional: Bool
         /// Token input through an embedding of this width; nil: none.
         public var embeddingSize: Int?
         /// head.weight is embedding.weight.
@@ -622,6 +625,9 @@ final class ConfigResolver {
         if dbl("model.input_dropout")! > 0 && str("data.kind") == "text" && int("model.embedding_size") == nil {
             throw err("model.input_dropout", "applies to dense input or an embedding's output; text without model.embedding_size is one-hot token input")
         }
+        if bool("model.bidirectional")! {
+            if bool("model.tie_weights")! { throw err("model.tie_weights", "cannot be combined with model.bidirectional: the head reads 2H values per step, the embedding has E") }
+        }
         if bool("model.tie_weights")! {
             guard let e = int("model.embedding_size"), e == int("model.hidden_size")! else {
                 throw err("model.tie_weights", "needs model.embedding_size equal to model.hidden_size (\(int("model.embedding_size").map(String.init) ?? "null") vs \(int("model.hidden_size")!))")
@@ -642,7 +648,7 @@ final class ConfigResolver {
                       hiddenSize: int("model.hidden_size")!, layers: int("model.layers")!, output: outputMode,
                       learnedInitialState: str("model.initial_state") == "learned",
                       layerNorm: bool("model.layer_norm")!, batchNorm: bool("model.batch_norm")!, initialization: initialization,
-                      initFrom: str("model.init_from"), embeddingSize: int("model.embedding_size"), tieWeights: bool("model.tie_weights")!, dropout: dbl("model.dropout")!, inputDropout: dbl("model.input_dropout")!,
+                      initFrom: str("model.init_from"), bidirectional: bool("model.bidirectional")!, embeddingSize: int("model.embedding_size"), tieWeights: bool("model.tie_weights")!, dropout: dbl("model.dropout")!, inputDropout: dbl("model.input_dropout")!,
                       headDropout: dbl("model.head_dropout")!, variationalDropout: bool("model.variational_dropout")!)
     }
 
@@ -742,6 +748,10 @@ final class ConfigResolver {
         if bool("training.stateful")! {
             guard str("data.kind") == "text" else { throw err("training.stateful", "needs text data (data.kind: text), which is read as contiguous streams") }
             if let o = str("model.output"), o != "every_step" { throw err("training.stateful", "needs a loss at every step (model.output: every_step)") }
+        }
+        if bool("model.bidirectional")! {
+            if bool("training.stateful")! { throw err("training.stateful", "cannot be combined with model.bidirectional: the backward direction needs the whole sequence") }
+            if int("training.bptt_length")! > 0 { throw err("training.bptt_length", "cannot be combined with model.bidirectional: the backward direction needs the whole sequence") }
         }
         if int("training.local_sgd_steps")! > 0 && str("training.compression") != "none" {
             throw err("training.compression", "does not apply with training.local_sgd_steps: local SGD exchanges parameters, not gradients")

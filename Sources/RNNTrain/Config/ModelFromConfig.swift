@@ -70,6 +70,7 @@ func makeModelSpec(_ config: TrainConfig, input: InputKind, outputSize: Int, out
     spec.learnedInitialState = config.model.learnedInitialState
     spec.layerNorm = config.model.layerNorm
     spec.batchNorm = config.model.batchNorm
+    spec.bidirectional = config.model.bidirectional
     spec.embeddingSize = config.model.embeddingSize
     spec.tieWeights = config.model.tieWeights
     spec.dropout = config.model.dropout

@@ -130,7 +130,7 @@ public final class Trainer {
         let outDir = config.output.directory
         try Checkpoint.write(path: "\(outDir)/model.safetensors", tensors: modelTensors(network), metadata: modelMetadata(step: steps).encoded)
         console.info("wrote \(outDir)/model.safetensors, \(outDir)/metrics.jsonl and \(final)")
-        if let text = dataset as? TextDataset, config.output.sampleLength > 0 {
+        if let text = dataset as? TextDataset, config.output.sampleLength > 0, !network.spec.bidirectional {
             let s = generate(text.vocabulary, length: config.output.sampleLength, temperature: config.output.sampleTemperature)
             console.info("sample (temperature \(config.output.sampleTemperature)):\n\(s)")
         }
@@ -215,7 +215,7 @@ public final class Trainer {
             console.warn("\(text.droppedValidationCharacters) validation characters do not occur in the training part and were dropped")
         }
         let cellName = spec.cell == .rnn ? "rnn(\(spec.activation.rawValue))" : spec.cell.rawValue
-        let embedding = spec.embeddingSize.map { " through an embedding E=\($0)" } ?? ""
+        let embedding = (spec.bidirectional ? ", bidirectional" : "") + (spec.embeddingSize.map { ", input through an embedding E=\($0)" } ?? "")
         let dropouts = [("dropout", spec.dropout), ("input dropout", spec.inputDropout), ("head dropout", spec.headDropout)]
             .filter { $0.1 > 0 }.map { "\($0.0) \($0.1)" }
         console.info("model: \(spec.layers) x \(cellName) H=\(spec.hiddenSize), input \(spec.input)\(embedding), \(spec.outputSize) outputs \(spec.output.rawValue), \(network.layout.count) parameters"
