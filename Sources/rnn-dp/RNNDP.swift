@@ -240,6 +240,7 @@ struct BenchCommand: ParsableCommand {
     func run() throws {
         try runOnEveryRank { comm, console in
             setBLASThreads(threads)
+            let products = try Trainer.recurrentProducts()
             let sgemm = Bench.sgemmRate()
             var rate = [sgemm]
             try comm.allreduceMax(&rate)
@@ -247,6 +248,7 @@ struct BenchCommand: ParsableCommand {
                 console.info("rnn-dp bench: \(comm.name), \(threads) BLAS thread\(threads == 1 ? "" : "s") per rank, \(scaling.rawValue) scaling, \(steps) steps after \(warmup) warm-up"
                              + (reproducible ? ", reproducible mode with \(microShards ?? comm.size) micro-shards" : ""))
                 console.info(String(format: "single-thread sgemm (1024^3): %.1f GFLOP/s", rate[0]))
+                console.info(RecurrentProducts.summary(products))
                 console.info("case          ranks  batch  step ms  tokens/s   GFLOP/s  of sgemm  compute ms  exposed comm ms  memory MB (model / peak growth)")
             }
             for c in Bench.standard where cases.isEmpty || cases.contains(c.name) {
