@@ -8,10 +8,14 @@
  * tiles of MR rows over it. Rows past M and columns past N go through a scratch tile, so any shape
  * works. Levels: AVX-512 (NR 32, tiles 12/8/4 rows, 24 zmm accumulators), AVX2+FMA (NR 16, tiles
  * 6/4/2 rows), scalar (NR 16, tiles 4/2/1 rows, fmaf). Each output element is one fma chain over k
- * ascending, starting from its old value (crecurrent.h), whatever the level or tile. */
+ * ascending, starting from its old value (crecurrent.h), whatever the level or tile. libxsmm, when
+ * loaded, runs its own JIT kernels on the same panels at width 64. */
 #include "crecurrent.h"
 
+#define _GNU_SOURCE
+#include <dlfcn.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,9 +27,12 @@ enum { KC = 256, MAX_MR = 12, MAX_NR = 32 };
 
 typedef void (*tile_fn)(const float *a, const float *p, float *c, int ldc, int kc);
 
+typedef void (*xs_fn)(const float *a, const float *b, float *c, ...);
 typedef struct {
     float *panels;  /* np panels of (K, nr), row k of panel j at panels + (j*K + k)*nr */
     int K, N, np;
+    int xs_rows;    /* libxsmm: the M its kernels below were dispatched for (0: none yet) */
+    xs_fn xs_full, xs_tail;
 } pack_t;
 
 struct crec_packed {
@@ -104,9 +111,62 @@ static int next_rows(int level, int left, tile_fn *fn) {
     *fn = tile1_1; return 1;
 }
 
+/* ------------------------------------------------------------------ libxsmm */
+/* libxsmm 1.17: libxsmm_smmdispatch(m, n, k, lda, ldb, ldc, alpha, beta, flags, prefetch), column
+ * major. Our step out(M, N) += a(M, K) * Weff(K, N) is, column major, out^T(N, M) += Weff^T(N, K) *
+ * a^T(K, M); panel j (K, 64) row-major is exactly Weff^T's rows j*64.. as a (64, K) column-major
+ * block with lda = 64. */
+typedef xs_fn (*xs_dispatch_fn)(int m, int n, int k, const int *lda, const int *ldb, const int *ldc,
+                                const float *alpha, const float *beta, const int *flags, const int *prefetch);
+static xs_dispatch_fn xs_dispatch;
+static char xs_info[256] = "not loaded";
+
+int crec_libxsmm_load(const char *path) {
+    if (xs_dispatch) return 1;
+    const char *names[3] = {path, path ? NULL : "libxsmm.so", path ? NULL : "libxsmm.so.1"};
+    void *h = NULL;
+    for (int i = 0; i < 3 && !h; i++) {
+        if (!names[i]) continue;
+        h = dlopen(names[i], RTLD_NOW | RTLD_LOCAL);
+        if (!h) snprintf(xs_info, sizeof xs_info, "%s", dlerror());
+    }
+    if (!h) return 0;
+    void (*init)(void) = (void (*)(void))dlsym(h, "libxsmm_init");
+    const char *(*arch)(void) = (const char *(*)(void))dlsym(h, "libxsmm_get_target_arch");
+    xs_dispatch_fn d = (xs_dispatch_fn)dlsym(h, "libxsmm_smmdispatch");
+    if (!init || !arch || !d) { snprintf(xs_info, sizeof xs_info, "libxsmm_init, libxsmm_get_target_arch or libxsmm_smmdispatch missing"); return 0; }
+    init();
+    snprintf(xs_info, sizeof xs_info, "%s", arch());
+    xs_dispatch = d;
+    return 1;
+}
+
+const char *crec_libxsmm_info(void) { return xs_info; }
+
+static xs_fn xs_kernel(int m, int rows, int K, int N) {
+    const int lda = 64, ldb = K, ldc = N, flags = 0, prefetch = 0;
+    const float alpha = 1, beta = 1;
+    xs_fn f = xs_dispatch(m, rows, K, &lda, &ldb, &ldc, &alpha, &beta, &flags, &prefetch);
+    if (!f) { fprintf(stderr, "crecurrent: libxsmm has no kernel for %d x %d x %d\n", m, rows, K); abort(); }
+    return f;
+}
+
+static void run_xsmm(pack_t *P, const float *a, int M, float *c) {
+    const int K = P->K, N = P->N, full = N / 64, tail = N % 64;
+    if (M <= 0) return;
+    if (P->xs_rows != M) {  /* dispatch is a lookup once JIT-ed; keep the last M's kernels */
+        P->xs_full = full ? xs_kernel(64, M, K, N) : NULL;
+        P->xs_tail = tail ? xs_kernel(tail, M, K, N) : NULL;
+        P->xs_rows = M;
+    }
+    for (int j = 0; j < full; j++) P->xs_full(P->panels + (size_t)j * K * 64, a, c + (size_t)j * 64);
+    if (tail) P->xs_tail(P->panels + (size_t)full * K * 64, a, c + (size_t)full * 64);
+}
+
 /* ------------------------------------------------------------------ levels */
 int crec_supports(int level) {
     if (level == CREC_SCALAR) return 1;
+    if (level == CREC_LIBXSMM) return xs_dispatch != NULL;
 #if defined(__x86_64__)
     if (level == CREC_AVX2) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     if (level == CREC_AVX512) return __builtin_cpu_supports("avx512f");
@@ -132,7 +192,7 @@ crec_packed *crec_create(int gh, int h, int level) {
     crec_packed *p = calloc(1, sizeof *p);
     if (!p) return NULL;
     p->gh = gh; p->h = h; p->level = level;
-    p->nr = level == CREC_AVX512 ? 32 : 16;
+    p->nr = level == CREC_LIBXSMM ? 64 : level == CREC_AVX512 ? 32 : 16;
     p->fwd.K = h;  p->fwd.N = gh; p->fwd.np = (gh + p->nr - 1) / p->nr;
     p->bwd.K = gh; p->bwd.N = h;  p->bwd.np = (h + p->nr - 1) / p->nr;
     p->fwd.panels = aligned((size_t)p->fwd.np * p->nr * h);
@@ -216,5 +276,9 @@ static void run(crec_packed *p, const pack_t *P, const float *a, int M, float *c
     }
 }
 
-void crec_forward(crec_packed *p, const float *hPrev, int rows, float *out) { run(p, &p->fwd, hPrev, rows, out); }
-void crec_backward(crec_packed *p, const float *dz, int rows, float *out) { run(p, &p->bwd, dz, rows, out); }
+void crec_forward(crec_packed *p, const float *hPrev, int rows, float *out) {
+    if (p->level == CREC_LIBXSMM) run_xsmm(&p->fwd, hPrev, rows, out); else run(p, &p->fwd, hPrev, rows, out);
+}
+void crec_backward(crec_packed *p, const float *dz, int rows, float *out) {
+    if (p->level == CREC_LIBXSMM) run_xsmm(&p->bwd, dz, rows, out); else run(p, &p->bwd, dz, rows, out);
+}

@@ -11,21 +11,26 @@ import Glibc
 import Darwin
 #endif
 
-/// Which kernel the Float recurrent products use: RNN_DP_PRODUCTS=auto|openblas|packed|libxsmm.
+/// Which kernel the Float recurrent products use: RNN_DP_PRODUCTS=auto|openblas|packed|libxsmm
+/// (RNN_DP_LIBXSMM: where libxsmm.so is, when not on the library path).
 public enum RecurrentProducts {
-    /// A kernel level of the packed kernel (crecurrent.h).
+    /// A kernel on the packed W_hh (crecurrent.h): our kernel's levels, or libxsmm's JIT kernels.
     public enum Level: Int32, CaseIterable, Sendable {
-        case scalar = 0, avx2 = 1, avx512 = 2
+        case scalar = 0, avx2 = 1, avx512 = 2, libxsmm = 3
         public var name: String {
             switch self {
             case .scalar: return "scalar"
             case .avx2: return "AVX2+FMA"
             case .avx512: return "AVX-512"
+            case .libxsmm: return "libxsmm"
             }
         }
-        /// True when this CPU runs the level.
-        public var isSupported: Bool { crec_supports(rawValue) != 0 }
-        /// The best level this CPU runs.
+        /// True when this CPU runs the level (libxsmm: when it loaded).
+        public var isSupported: Bool {
+            if self == .libxsmm { _ = RecurrentProducts.libxsmm }
+            return crec_supports(rawValue) != 0
+        }
+        /// The best level of our kernel this CPU runs.
         public static var best: Level { Level(rawValue: crec_best_level())! }
     }
 
@@ -34,6 +39,15 @@ public enum RecurrentProducts {
         case packed(Level)
     }
 
+    /// libxsmm loaded with dlopen, once: from RNN_DP_LIBXSMM (a path) or libxsmm.so / libxsmm.so.1
+    /// on the library path. `loaded` false: `info` says why (Debian's libxsmm-dev is a static
+    /// library only, so a stock Debian machine has none to load).
+    public static let libxsmm: (loaded: Bool, info: String) = {
+        let path = getenv("RNN_DP_LIBXSMM")
+        let ok = path.map { crec_libxsmm_load($0) } ?? crec_libxsmm_load(nil)
+        return (ok != 0, String(cString: crec_libxsmm_info()))
+    }()
+
     public struct ChoiceError: Error, CustomStringConvertible {
         public let description: String
     }
@@ -41,20 +55,24 @@ public enum RecurrentProducts {
     /// The environment variable that chooses the path.
     public static let variable = "RNN_DP_PRODUCTS"
 
-    /// The path a value of RNN_DP_PRODUCTS names (nil or empty: auto). auto: the packed kernel
-    /// where the CPU has AVX2+FMA or AVX-512, else OpenBLAS. libxsmm is not integrated yet (its
-    /// Debian package is a static library only, so it cannot be loaded at run time).
+    /// The path a value of RNN_DP_PRODUCTS names (nil or empty: auto). auto: libxsmm where it
+    /// loads and the CPU has AVX-512 (where BENCHMARKS.md measured it fastest), else our kernel
+    /// where the CPU has AVX2+FMA or AVX-512, else OpenBLAS.
     public static func path(for value: String?) throws -> Path {
         switch value ?? "" {
         case "", "auto":
             let best = Level.best
+            if best == .avx512 && libxsmm.loaded { return .packed(.libxsmm) }
             return best == .scalar ? .openblas : .packed(best)
         case "openblas":
             return .openblas
         case "packed":
             return .packed(Level.best)
         case "libxsmm":
-            throw ChoiceError(description: "\(variable)=libxsmm: libxsmm is not available in this build of rnn-dp (use auto, openblas or packed)")
+            guard libxsmm.loaded else {
+                throw ChoiceError(description: "\(variable)=libxsmm: libxsmm did not load (\(libxsmm.info)); set RNN_DP_LIBXSMM to a libxsmm.so, or use auto, openblas or packed")
+            }
+            return .packed(.libxsmm)
         default:
             throw ChoiceError(description: "\(variable)=\(value!): unknown value (use auto, openblas, packed or libxsmm)")
         }
@@ -81,6 +99,7 @@ public enum RecurrentProducts {
     public static func summary(_ p: Path) -> String {
         switch p {
         case .openblas: return "products: openblas (cblas_sgemm per step)"
+        case .packed(.libxsmm): return "products: libxsmm (JIT target \(libxsmm.info)), W_hh packed once per forward pass"
         case .packed(let level): return "products: packed (\(level.name)), W_hh packed once per forward pass"
         }
     }

@@ -9,12 +9,13 @@ final class RecurrentProductTests: XCTestCase {
     // (B, H, G)
     let shapes = [(7, 13, 4), (1, 1, 1), (16, 128, 4), (13, 17, 3), (5, 40, 1), (33, 300, 3), (64, 64, 4)]
 
+    /// Our kernel's levels this CPU runs (every one of them promises the fma chain).
     var levels: [RecurrentProducts.Level] {
-        let supported = RecurrentProducts.Level.allCases.filter(\.isSupported)
-        let missing = RecurrentProducts.Level.allCases.filter { !$0.isSupported }.map(\.name)
-        print("recurrent products: testing the packed kernel at \(supported.map(\.name).joined(separator: ", "))"
-              + (missing.isEmpty ? "" : "; this CPU does not run \(missing.joined(separator: ", ")), not tested")
-              + "; libxsmm is not available in this build, not tested")
+        let own = RecurrentProducts.Level.allCases.filter { $0 != .libxsmm }
+        let supported = own.filter(\.isSupported)
+        let missing = own.filter { !$0.isSupported }.map(\.name)
+        print("recurrent products: testing our packed kernel at \(supported.map(\.name).joined(separator: ", "))"
+              + (missing.isEmpty ? "" : "; this CPU does not run \(missing.joined(separator: ", ")), not tested"))
         return supported
     }
 
@@ -81,6 +82,41 @@ final class RecurrentProductTests: XCTestCase {
         }
     }
 
+    /// libxsmm, where it loads: the same products within rounding of sgemm, and the same bits again
+    /// for the same inputs.
+    func testLibxsmmEqualsSgemmWhereItLoads() {
+        guard RecurrentProducts.Level.libxsmm.isSupported else {
+            print("recurrent products: libxsmm is not loadable here (\(RecurrentProducts.libxsmm.info)), not tested; set RNN_DP_LIBXSMM to a libxsmm.so to test it")
+            return
+        }
+        print("recurrent products: testing libxsmm (JIT target \(RecurrentProducts.libxsmm.info))")
+        var rng = Rng(s: 29)
+        for (B, H, G) in shapes {
+            let GH = G * H
+            let w = (0..<(GH * H)).map { _ in rng.next() / Float(H).squareRoot() }
+            let hPrev = (0..<(B * H)).map { _ in rng.next() }, dz = (0..<(B * GH)).map { _ in rng.next() }
+            let z0 = (0..<(B * GH)).map { _ in rng.next() }, d0 = (0..<(B * H)).map { _ in rng.next() }
+            let fwd = reference(hPrev, z0, M: B, N: GH, K: H) { k, n in w[n * H + k] }
+            let bwd = reference(dz, d0, M: B, N: H, K: GH) { k, n in w[k * H + n] }
+            let packed = PackedRecurrentWeights(gatesTimesHidden: GH, hidden: H, level: .libxsmm)
+            packed.pack(w)
+            var outF = z0, outB = d0, againF = z0, againB = d0
+            packed.forward(hPrev, rows: B, into: &outF)
+            packed.backward(dz, rows: B, into: &outB)
+            packed.forward(hPrev, rows: B, into: &againF)
+            packed.backward(dz, rows: B, into: &againB)
+            XCTAssertEqual(outF.map(\.bitPattern), againF.map(\.bitPattern))
+            XCTAssertEqual(outB.map(\.bitPattern), againB.map(\.bitPattern))
+            let name = "libxsmm B=\(B) H=\(H) G=\(G)"
+            for i in 0..<(B * GH) where abs(Double(outF[i]) - Double(fwd.out[i])) > 2 * Double(H + 1) * Double(Float.ulpOfOne) * fwd.bound[i] {
+                XCTFail("forward, \(name), element \(i): \(outF[i]) vs \(fwd.out[i])"); break
+            }
+            for i in 0..<(B * H) where abs(Double(outB[i]) - Double(bwd.out[i])) > 2 * Double(GH + 1) * Double(Float.ulpOfOne) * bwd.bound[i] {
+                XCTFail("backward, \(name), element \(i): \(outB[i]) vs \(bwd.out[i])"); break
+            }
+        }
+    }
+
     /// A row's result does not depend on the other rows (so not on B or a rank's share of the batch),
     /// and packing again after W changes gives the new W's products.
     func testRowsAreIndependentOfTheBatchAndRepackingFollowsW() {
@@ -116,9 +152,14 @@ final class RecurrentProductTests: XCTestCase {
         XCTAssertEqual(try RecurrentProducts.path(for: "packed"), .packed(RecurrentProducts.Level.best))
         let auto = try RecurrentProducts.path(for: nil)
         XCTAssertEqual(try RecurrentProducts.path(for: "auto"), auto)
-        XCTAssertEqual(auto, RecurrentProducts.Level.best == .scalar ? .openblas : .packed(RecurrentProducts.Level.best))
+        let best = RecurrentProducts.Level.best
+        XCTAssertEqual(auto, best == .avx512 && RecurrentProducts.libxsmm.loaded ? .packed(.libxsmm) : best == .scalar ? .openblas : .packed(best))
         XCTAssertThrowsError(try RecurrentProducts.path(for: "mkl")) { XCTAssertTrue("\($0)".contains("RNN_DP_PRODUCTS=mkl: unknown value"), "\($0)") }
-        XCTAssertThrowsError(try RecurrentProducts.path(for: "libxsmm")) { XCTAssertTrue("\($0)".contains("not available"), "\($0)") }
+        if RecurrentProducts.libxsmm.loaded {
+            XCTAssertEqual(try RecurrentProducts.path(for: "libxsmm"), .packed(.libxsmm))
+        } else {
+            XCTAssertThrowsError(try RecurrentProducts.path(for: "libxsmm")) { XCTAssertTrue("\($0)".contains("libxsmm did not load"), "\($0)") }
+        }
         print("recurrent products of this test process: \(RecurrentProducts.summary(RecurrentProducts.current))")
     }
 }

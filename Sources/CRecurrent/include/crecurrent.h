@@ -15,13 +15,20 @@
 extern "C" {
 #endif
 
-/* Kernel levels. */
-enum { CREC_SCALAR = 0, CREC_AVX2 = 1, CREC_AVX512 = 2 };
+/* Kernel levels. CREC_LIBXSMM: libxsmm's JIT kernels on the same panels (64 wide), usable after
+ * crec_libxsmm_load; its summation order is libxsmm's, fixed for a shape and a JIT target. */
+enum { CREC_SCALAR = 0, CREC_AVX2 = 1, CREC_AVX512 = 2, CREC_LIBXSMM = 3 };
 
 /* The best level this CPU runs: CREC_AVX512 (avx512f), CREC_AVX2 (avx2 and fma) or CREC_SCALAR. */
 int crec_best_level(void);
-/* 1 when this CPU runs `level`. */
+/* 1 when this CPU runs `level` (CREC_LIBXSMM: when libxsmm is loaded). */
 int crec_supports(int level);
+/* Loads libxsmm (1.17's API) with dlopen from `path`, or when NULL from libxsmm.so and
+ * libxsmm.so.1; returns 1 when loaded, else 0 with the reason in crec_libxsmm_info. Call once,
+ * before any other thread uses this library. */
+int crec_libxsmm_load(const char *path);
+/* After a load: libxsmm's JIT target (e.g. "cpx"), or why it did not load. */
+const char *crec_libxsmm_info(void);
 
 typedef struct crec_packed crec_packed;
 
