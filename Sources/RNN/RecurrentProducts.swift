@@ -95,6 +95,15 @@ public enum RecurrentProducts {
         }
     }
 
+    /// A short name for records: openblas, packed-avx512, packed-avx2, packed-scalar or libxsmm.
+    public static func name(_ p: Path) -> String {
+        switch p {
+        case .openblas: return "openblas"
+        case .packed(.libxsmm): return "libxsmm"
+        case .packed(let level): return "packed-\(level == .avx2 ? "avx2" : level == .avx512 ? "avx512" : "scalar")"
+        }
+    }
+
     /// One line for the start of `rnn-dp train` and `rnn-dp bench`.
     public static func summary(_ p: Path) -> String {
         switch p {
