@@ -163,3 +163,32 @@ final class RecurrentProductTests: XCTestCase {
         print("recurrent products of this test process: \(RecurrentProducts.summary(RecurrentProducts.current))")
     }
 }
+
+/// The Float network on this process's products path (RNN_DP_PRODUCTS) against the Double network
+/// (cblas_dgemm) on the same parameters: loss and every gradient, at odd sizes, for each cell; then
+/// again after the parameters change, as after an optimizer step (W_hh must be packed anew).
+final class RecurrentProductNetworkTests: XCTestCase {
+    func testFloatNetworkMatchesDoubleBeforeAndAfterAParameterChange() {
+        print("recurrent products of this test process: \(RecurrentProducts.summary(RecurrentProducts.current))")
+        for cell in [CellKind.rnn, .lstm, .gru] {
+            var spec = ModelSpec(cell: cell, input: .dense(features: 3), hiddenSize: 13, layers: 2, outputSize: 2, loss: .mse)
+            spec.layerNorm = cell == .gru
+            let T = 5, B = 7
+            let batch = GradientCheckTests.batch(spec, T: T, B: B, seed: 3)
+            let f = Network<Float>(spec: spec), d = Network<Double>(spec: spec)
+            f.initializeParameters(seed: 9)
+            for round in 0..<2 {
+                if round == 1 { for i in 0..<f.layout.count { f.parameters[i] *= 0.8 } }
+                for i in 0..<f.layout.count { d.parameters[i] = Double(f.parameters[i]) }
+                f.gradients.zero(); d.gradients.zero()
+                let lf = f.lossAndGradient(batch), ld = d.lossAndGradient(batch)
+                XCTAssertEqual(lf.sum, ld.sum, accuracy: 1e-5 * max(1, abs(ld.sum)), "\(cell) round \(round): loss")
+                let scale = (0..<d.layout.count).map { abs(d.gradients[$0]) }.max()!
+                XCTAssertGreaterThan(scale, 0)
+                var worst = 0.0
+                for i in 0..<d.layout.count { worst = max(worst, abs(Double(f.gradients[i]) - d.gradients[i]) / scale) }
+                XCTAssertLessThan(worst, 1e-4, "\(cell) round \(round): Float gradients differ from Double by \(worst) of the largest")
+            }
+        }
+    }
+}
