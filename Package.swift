@@ -33,8 +33,12 @@ let package = Package(
                        providers: [.apt(["libopenblas-dev"])]),
         // Thin C shim: plain C functions over MPI; mpi.h never reaches Swift.
         .target(name: "CMPI", dependencies: ["COpenMPI"], path: "Sources/CMPI"),
+        // Our packed sgemm kernel for the per-step recurrent products (issue 17): plain C, AVX-512
+        // and AVX2+FMA chosen at run time, so the binary runs on any x86-64.
+        .target(name: "CRecurrent", path: "Sources/CRecurrent",
+                cSettings: [.unsafeFlags(["-O2"], .when(configuration: .release))]),
         // Numerics: buffers, BLAS, cells, head, losses, BPTT, optimizers. No MPI.
-        .target(name: "RNN", dependencies: ["COpenBLAS"], swiftSettings: optimized + vector),
+        .target(name: "RNN", dependencies: ["COpenBLAS", "CRecurrent"], swiftSettings: optimized + vector),
         // Datasets and deterministic global sampling. No MPI.
         .target(name: "RNNData", dependencies: ["RNN"]),
         // Communicator protocol, MPI and single-process implementations, gradient reduction.

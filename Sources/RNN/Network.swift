@@ -75,6 +75,10 @@ public final class Network<S: RNNScalar> {
     private var dropFactor: [Buffer<S>] = []
     private var dropped: [Buffer<S>] = []  // (T, B, H) per place 1..<L, then (rows, H) for the head
     private var dropoutOn = false  // this forward applies dropout (a training pass with some p > 0)
+    // (L * D): each unit's W_hh (G*H, H) packed by its latest forward for the per-step products of that
+    // forward and the backward after it (nil: the products are cblas gemm). The parameters change
+    // only between a forward and the next one, never between a forward and its backward.
+    private var packedWhh: [PackedRecurrentWeights?]
     private var T = 0
     private var B = 0
     /// (T, B) of the latest forward.
@@ -126,6 +130,7 @@ public final class Network<S: RNNScalar> {
         runningStatistics = Buffer(count: spec.batchNorm ? spec.units * 2 * gh : 0)
         bnStats = Buffer(count: spec.batchNorm ? spec.units * 2 * gh : 0)
         bnSums = Buffer(count: spec.batchNorm ? 2 * gh + 1 : 0)
+        packedWhh = Array(repeating: nil, count: spec.units)
         for k in 0..<(spec.batchNorm ? spec.units : 0) {
             for j in 0..<gh { runningStatistics[(2 * k + 1) * gh + j] = 1 }
         }
@@ -391,26 +396,25 @@ public final class Network<S: RNNScalar> {
         }
         if spec.batchNorm { batchNormForward(k, z) }
         S.addBiasRows(z, rows: TB, cols: GH, p(l.bih), spec.cell == .gru ? nil : p(l.bhh))
+        packedWhh[k] = S.packRecurrent(p(l.whh), gatesTimesHidden: GH, hidden: H, reuse: packedWhh[k])
+        let packed = packedWhh[k]
         for t in 0..<T {
             let hPrev = t > 0 ? st.h.pointer + (t - 1) * B * H : s0(k, 0)  // (B, H)
             let zt = z + t * B * GH  // (B, G*H)
             switch spec.cell {
             case .rnn:
-                S.gemm(transA: false, transB: true, m: B, n: H, k: H, alpha: 1, a: hPrev, lda: H,
-                       b: p(l.whh), ldb: H, beta: 1, c: zt, ldc: H)
+                S.recurrentForward(packed, w: p(l.whh), hPrev: hPrev, rows: B, gatesTimesHidden: H, hidden: H, into: zt)
                 if spec.layerNorm { layerNormStep(k, t, zt) }
                 S.activationForward(spec.activation, slope: slope, zt, B * H)
             case .lstm:
-                S.gemm(transA: false, transB: true, m: B, n: GH, k: H, alpha: 1, a: hPrev, lda: H,
-                       b: p(l.whh), ldb: H, beta: 1, c: zt, ldc: GH)
+                S.recurrentForward(packed, w: p(l.whh), hPrev: hPrev, rows: B, gatesTimesHidden: GH, hidden: H, into: zt)
                 if spec.layerNorm { layerNormStep(k, t, zt) }
                 let cPrev = t > 0 ? st.cell.pointer + (t - 1) * B * H : s0(k, 1)
                 S.lstmForward(gates: zt, cPrev: cPrev, c: st.cell.pointer + t * B * H, h: st.h.pointer + t * B * H,
                               rows: B, hidden: H)
             case .gru:
                 for b in 0..<B { (hh.pointer + b * GH).update(from: p(l.bhh), count: GH) }
-                S.gemm(transA: false, transB: true, m: B, n: GH, k: H, alpha: 1, a: hPrev, lda: H,
-                       b: p(l.whh), ldb: H, beta: 1, c: hh.pointer, ldc: GH)
+                S.recurrentForward(packed, w: p(l.whh), hPrev: hPrev, rows: B, gatesTimesHidden: GH, hidden: H, into: hh.pointer)
                 if spec.layerNorm {
                     S.gruForwardLN(gates: zt, hh: hh.pointer, hPrev: hPrev, h: st.h.pointer + t * B * H, hn: st.hn.pointer + t * B * H,
                                    rows: B, hidden: H, gamma: p(l.lnWeight!), beta: p(l.lnBias!),
@@ -698,6 +702,7 @@ public final class Network<S: RNNScalar> {
         let dz: UnsafeMutablePointer<S> = spec.cell == .rnn ? d : dxi.pointer
         let dU: UnsafeMutablePointer<S> = spec.cell == .gru ? dhh.pointer : dz
         if spec.cell == .lstm { dc.pointer.update(repeating: 0, count: B * H) }
+        let packed = packedWhh[k]  // packed by this layer's forward, with the same parameters
         for t in stride(from: T - 1, through: 0, by: -1) {
             let dht = d + t * B * H  // dL/dh_t, complete once step t+1 has added its share
             let dPrev = t > 0 ? d + (t - 1) * B * H : ds0(k, 0)  // where dL/dh_{t-1} accumulates
@@ -725,8 +730,7 @@ public final class Network<S: RNNScalar> {
                 }
             }
             // dL/dh_{t-1} += dU_t W_hh
-            S.gemm(transA: false, transB: false, m: B, n: H, k: GH, alpha: 1, a: dU + t * B * GH, lda: GH,
-                   b: p(l.whh), ldb: H, beta: 1, c: dPrev, ldc: H)
+            S.recurrentBackward(packed, w: p(l.whh), dz: dU + t * B * GH, rows: B, gatesTimesHidden: GH, hidden: H, into: dPrev)
         }
         if spec.cell == .lstm { ds0(k, 1).update(from: dc.pointer, count: B * H) }
         // dW_hh += sum_t dU_t^T h_{t-1}: one product over steps 1..T-1, one for step 0's h_{-1}.

@@ -22,6 +22,16 @@ public protocol RNNScalar: BinaryFloatingPoint, Sendable {
     static func axpy(n: Int, alpha: Self, x: UnsafePointer<Self>, y: UnsafeMutablePointer<Self>)
     /// x *= alpha over n elements.
     static func scale(n: Int, alpha: Self, x: UnsafeMutablePointer<Self>)
+    /// The per-step recurrent products' W_hh (G*H, H) packed for this forward pass (RecurrentProducts.swift),
+    /// reusing `reuse`'s memory; nil where the products stay cblas gemm (Double, or RNN_DP_PRODUCTS=openblas).
+    static func packRecurrent(_ w: UnsafePointer<Self>, gatesTimesHidden: Int, hidden: Int,
+                              reuse: PackedRecurrentWeights?) -> PackedRecurrentWeights?
+    /// out (B, G*H) += hPrev (B, H) W_hh^T, with the packed W_hh when there is one.
+    static func recurrentForward(_ packed: PackedRecurrentWeights?, w: UnsafePointer<Self>, hPrev: UnsafePointer<Self>,
+                                 rows: Int, gatesTimesHidden: Int, hidden: Int, into out: UnsafeMutablePointer<Self>)
+    /// out (B, H) += dz (B, G*H) W_hh, with the packed W_hh when there is one.
+    static func recurrentBackward(_ packed: PackedRecurrentWeights?, w: UnsafePointer<Self>, dz: UnsafePointer<Self>,
+                                  rows: Int, gatesTimesHidden: Int, hidden: Int, into out: UnsafeMutablePointer<Self>)
 
     /// In place: z <- act(z) over n elements (slope: leaky_relu's negative slope).
     static func activationForward(_ act: Activation, slope: Self, _ z: UnsafeMutablePointer<Self>, _ n: Int)
@@ -100,6 +110,26 @@ extension Float: RNNScalar {
         cblas_saxpy(Int32(n), alpha, x, 1, y, 1)
     }
     public static func scale(n: Int, alpha: Float, x: UnsafeMutablePointer<Float>) { cblas_sscal(Int32(n), alpha, x, 1) }
+    public static func packRecurrent(_ w: UnsafePointer<Float>, gatesTimesHidden: Int, hidden: Int,
+                                     reuse: PackedRecurrentWeights?) -> PackedRecurrentWeights? {
+        guard case .packed(let level) = RecurrentProducts.current else { return nil }
+        let packed = reuse.flatMap { $0.gatesTimesHidden == gatesTimesHidden && $0.hidden == hidden && $0.level == level ? $0 : nil }
+            ?? PackedRecurrentWeights(gatesTimesHidden: gatesTimesHidden, hidden: hidden, level: level)
+        packed.pack(w)
+        return packed
+    }
+    public static func recurrentForward(_ packed: PackedRecurrentWeights?, w: UnsafePointer<Float>, hPrev: UnsafePointer<Float>,
+                                        rows: Int, gatesTimesHidden: Int, hidden: Int, into out: UnsafeMutablePointer<Float>) {
+        if let packed { packed.forward(hPrev, rows: rows, into: out); return }
+        gemm(transA: false, transB: true, m: rows, n: gatesTimesHidden, k: hidden, alpha: 1, a: hPrev, lda: hidden,
+             b: w, ldb: hidden, beta: 1, c: out, ldc: gatesTimesHidden)
+    }
+    public static func recurrentBackward(_ packed: PackedRecurrentWeights?, w: UnsafePointer<Float>, dz: UnsafePointer<Float>,
+                                         rows: Int, gatesTimesHidden: Int, hidden: Int, into out: UnsafeMutablePointer<Float>) {
+        if let packed { packed.backward(dz, rows: rows, into: out); return }
+        gemm(transA: false, transB: false, m: rows, n: hidden, k: gatesTimesHidden, alpha: 1, a: dz, lda: gatesTimesHidden,
+             b: w, ldb: hidden, beta: 1, c: out, ldc: hidden)
+    }
     public static func activationForward(_ act: Activation, slope: Float, _ z: UnsafeMutablePointer<Float>, _ n: Int) { VectorKernels.activationForward(act, slope, z, n) }
     public static func activationBackward(_ act: Activation, slope: Float, y: UnsafePointer<Float>, d: UnsafeMutablePointer<Float>, _ n: Int) { Kernels.activationBackward(act, slope, y, d, n) }
     public static func lstmForward(gates: UnsafeMutablePointer<Float>, cPrev: UnsafePointer<Float>, c: UnsafeMutablePointer<Float>, h: UnsafeMutablePointer<Float>, rows: Int, hidden: Int) { VectorKernels.lstmForward(gates, cPrev, c, h, rows, hidden) }
@@ -137,6 +167,18 @@ extension Double: RNNScalar {
         cblas_daxpy(Int32(n), alpha, x, 1, y, 1)
     }
     public static func scale(n: Int, alpha: Double, x: UnsafeMutablePointer<Double>) { cblas_dscal(Int32(n), alpha, x, 1) }
+    public static func packRecurrent(_ w: UnsafePointer<Double>, gatesTimesHidden: Int, hidden: Int,
+                                     reuse: PackedRecurrentWeights?) -> PackedRecurrentWeights? { nil }
+    public static func recurrentForward(_ packed: PackedRecurrentWeights?, w: UnsafePointer<Double>, hPrev: UnsafePointer<Double>,
+                                        rows: Int, gatesTimesHidden: Int, hidden: Int, into out: UnsafeMutablePointer<Double>) {
+        gemm(transA: false, transB: true, m: rows, n: gatesTimesHidden, k: hidden, alpha: 1, a: hPrev, lda: hidden,
+             b: w, ldb: hidden, beta: 1, c: out, ldc: gatesTimesHidden)
+    }
+    public static func recurrentBackward(_ packed: PackedRecurrentWeights?, w: UnsafePointer<Double>, dz: UnsafePointer<Double>,
+                                         rows: Int, gatesTimesHidden: Int, hidden: Int, into out: UnsafeMutablePointer<Double>) {
+        gemm(transA: false, transB: false, m: rows, n: hidden, k: gatesTimesHidden, alpha: 1, a: dz, lda: gatesTimesHidden,
+             b: w, ldb: hidden, beta: 1, c: out, ldc: hidden)
+    }
     public static func activationForward(_ act: Activation, slope: Double, _ z: UnsafeMutablePointer<Double>, _ n: Int) { Kernels.activationForward(act, slope, z, n) }
     public static func activationBackward(_ act: Activation, slope: Double, y: UnsafePointer<Double>, d: UnsafeMutablePointer<Double>, _ n: Int) { Kernels.activationBackward(act, slope, y, d, n) }
     public static func lstmForward(gates: UnsafeMutablePointer<Double>, cPrev: UnsafePointer<Double>, c: UnsafeMutablePointer<Double>, h: UnsafeMutablePointer<Double>, rows: Int, hidden: Int) { Kernels.lstmForward(gates, cPrev, c, h, rows, hidden) }

@@ -6,7 +6,8 @@ import RNN
 ///
 /// Float32 throughout. P parameters; rows = ceil(B / N) per rank; T steps; L layers; G gates.
 /// - model state: parameters, gradients, optimizer state (0-3 buffers of P), and a checkpoint's
-///   encoded copy (tensors and file bytes, 2 P): (4 + slots) P floats;
+///   encoded copy (tensors and file bytes, 2 P): (4 + slots) P floats; and each layer's W_hh
+///   packed for the recurrent products (RecurrentProducts.swift), 2 G H^2 floats per layer;
 /// - activations kept for BPTT, per layer (T, rows, 3H + 3GH): h, c or GRU's n, the gates,
 ///   layer or batch norm's normalized values; and the backward pass's dL/dh of two layers and
 ///   its gate gradients, (T, rows, 2H + 2GH);
@@ -28,9 +29,9 @@ public struct MemoryEstimate {
         case .rmsprop: slots = 3  // square average, momentum, centered average
         case .adagrad, .sgd: slots = 1  // sum of squares; momentum
         }
-        modelBytes = 4 * Double(P) * Double(4 + slots)
         let rows = Double((config.training.globalBatchSize + ranks - 1) / ranks)
         let H = Double(spec.hiddenSize), G = Double(spec.cell.gates), O = Double(spec.outputSize)
+        modelBytes = 4 * Double(P) * Double(4 + slots) + 4 * 2 * Double(spec.units) * G * H * H
         let perLayer = 3 * H + 3 * G * H
         let backward = 2 * H + 2 * G * H
         // Per unit (a layer in one direction); bidirectional layers also keep their 2H outputs.

@@ -240,6 +240,7 @@ struct BenchCommand: ParsableCommand {
     func run() throws {
         try runOnEveryRank { comm, console in
             setBLASThreads(threads)
+            let products = try Trainer.recurrentProducts()
             let sgemm = Bench.sgemmRate()
             var rate = [sgemm]
             try comm.allreduceMax(&rate)
@@ -247,6 +248,7 @@ struct BenchCommand: ParsableCommand {
                 console.info("rnn-dp bench: \(comm.name), \(threads) BLAS thread\(threads == 1 ? "" : "s") per rank, \(scaling.rawValue) scaling, \(steps) steps after \(warmup) warm-up"
                              + (reproducible ? ", reproducible mode with \(microShards ?? comm.size) micro-shards" : ""))
                 console.info(String(format: "single-thread sgemm (1024^3): %.1f GFLOP/s", rate[0]))
+                console.info(RecurrentProducts.summary(products))
                 console.info("case          ranks  batch  step ms  tokens/s   GFLOP/s  of sgemm  compute ms  exposed comm ms  memory MB (model / peak growth)")
             }
             for c in Bench.standard where cases.isEmpty || cases.contains(c.name) {
@@ -255,7 +257,8 @@ struct BenchCommand: ParsableCommand {
                                       localSGD: localSGD, compression: compression)
                 if json {
                     console.info(try BenchRecord(r, bucketMB: bucketMB, reproducible: reproducible, localSGD: localSGD ?? 0,
-                                                 sgemm: rate[0], threads: threads, scaling: scaling.rawValue).json())
+                                                 sgemm: rate[0], threads: threads, scaling: scaling.rawValue,
+                                                 products: RecurrentProducts.name(products)).json())
                 } else {
                     let name = r.name.padding(toLength: 12, withPad: " ", startingAt: 0)
                     console.info(name + String(format: " %6d %6d %8.2f %9.0f %9.1f %8.0f%% %11.2f %16.3f %9.1f / %.1f", r.ranks, r.globalBatch,
@@ -315,16 +318,16 @@ struct BenchRecord: Encodable {
     var bytesPerStep: Int, allreduceGbps: Double, parameters: Int
     var bucketMb: Double, reproducible: Bool, localSgd: Int, compression: String
     var modelBytes: Int, peakGrowthBytes: Int, microShards: Int
-    var sgemmGflops: Double, threads: Int, scaling: String
+    var sgemmGflops: Double, threads: Int, scaling: String, products: String
 
-    init(_ r: Bench.Result, bucketMB: Double, reproducible: Bool, localSGD: Int, sgemm: Double, threads: Int, scaling: String) {
+    init(_ r: Bench.Result, bucketMB: Double, reproducible: Bool, localSGD: Int, sgemm: Double, threads: Int, scaling: String, products: String) {
         `case` = r.name; ranks = r.ranks; globalBatch = r.globalBatch
         stepS = r.medianStep; tokensPerS = r.tokensPerSecond; gflops = r.gflops; fractionOfSgemm = r.fractionOfSgemm
         computeS = r.medianCompute; exposedCommS = r.medianExposedComm; commS = r.medianCommunication
         bytesPerStep = r.bytesPerStep; allreduceGbps = r.allreduceGBps; parameters = r.parameters
         bucketMb = bucketMB; self.reproducible = reproducible; localSgd = localSGD; compression = r.compression.rawValue
         modelBytes = r.modelBytes; peakGrowthBytes = r.peakGrowthBytes; microShards = r.microShards ?? 0
-        sgemmGflops = sgemm; self.threads = threads; self.scaling = scaling
+        sgemmGflops = sgemm; self.threads = threads; self.scaling = scaling; self.products = products
     }
 
     func json() throws -> String {

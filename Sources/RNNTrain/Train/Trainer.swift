@@ -175,7 +175,9 @@ public final class Trainer {
         }
         let (threads, why) = chooseThreads()
         setBLASThreads(threads)
+        let products = try Self.recurrentProducts()
         printBanner(spec: spec, threads: threads, why: why)
+        console.info(RecurrentProducts.summary(products))
         try checkShapes(spec: spec)
         batches = makeBatchSource(spec: spec)
         passes = BackwardPasses(network: net, source: batches, accumulate: t.accumulateSteps, steps: dataset.steps, bpttLength: t.bpttLength, seed: config.seed)
@@ -193,6 +195,11 @@ public final class Trainer {
             throw RNNDPError("--resume: the checkpoint is at step \(startStep), past training.steps \(t.steps); raise training.steps to continue", collective: true)
         }
         return startStep
+    }
+
+    /// The kernel of the per-step recurrent products (RNN_DP_PRODUCTS), or the error naming the bad value.
+    public static func recurrentProducts() throws -> RecurrentProducts.Path {
+        do { return try RecurrentProducts.checked() } catch { throw RNNDPError("\(error)", collective: true) }
     }
 
     /// Threads per rank: the configured number, or the node's cores divided among its ranks.

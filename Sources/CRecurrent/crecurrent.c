@@ -1,0 +1,284 @@
+/* crecurrent.c: our packed sgemm kernel for the per-step recurrent products (issue 17; measured in
+ * bench/products/bench_products.c and BENCHMARKS.md, "Recurrent products: which library").
+ *
+ * A product out(M, N) += A(M, K) * Weff(K, N) runs on Weff packed once into column panels of NR
+ * floats (each panel a contiguous (K, NR) block, the last one zero-padded), in K blocks of KC:
+ * per K block the block of A is copied tile by tile, k-major (rows of A are K floats apart, which
+ * for K = 1024 or 4096 puts every row of a tile in the same L1 set), then every panel runs register
+ * tiles of MR rows over it. Rows past M and columns past N go through a scratch tile, so any shape
+ * works. Levels: AVX-512 (NR 32, tiles 12/8/4 rows, 24 zmm accumulators), AVX2+FMA (NR 16, tiles
+ * 6/4/2 rows), scalar (NR 16, tiles 4/2/1 rows, fmaf). Each output element is one fma chain over k
+ * ascending, starting from its old value (crecurrent.h), whatever the level or tile. libxsmm, when
+ * loaded, runs its own JIT kernels on the same panels at width 64. */
+#include "crecurrent.h"
+
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+enum { KC = 256, MAX_MR = 12, MAX_NR = 32 };
+
+typedef void (*tile_fn)(const float *a, const float *p, float *c, int ldc, int kc);
+
+typedef void (*xs_fn)(const float *a, const float *b, float *c, ...);
+typedef struct {
+    float *panels;  /* np panels of (K, nr), row k of panel j at panels + (j*K + k)*nr */
+    int K, N, np;
+    int xs_rows;    /* libxsmm: the M its kernels below were dispatched for (0: none yet) */
+    xs_fn xs_full, xs_tail;
+} pack_t;
+
+struct crec_packed {
+    int gh, h, level, nr;
+    pack_t fwd;     /* Weff = W^T: (h, gh) */
+    pack_t bwd;     /* Weff = W:   (gh, h) */
+    float *abuf;    /* one K block of A, tile by tile, k-major: (rows rounded up to a tile, KC) */
+    size_t abuf_floats;
+};
+
+/* ------------------------------------------------------------------ tiles */
+/* c(MR, NR) += a(MR, kc; stored k-major: a[k*MR + i]) * p(kc, NR); c rows ldc floats apart. */
+#if defined(__x86_64__)
+#define TILE512(MR) \
+__attribute__((target("avx512f"))) static void tile512_##MR(const float *a, const float *p, float *c, int ldc, int kc) { \
+    __m512 acc[MR][2]; \
+    _Pragma("GCC unroll 16") for (int i = 0; i < MR; i++) { acc[i][0] = _mm512_loadu_ps(c + (size_t)i * ldc); acc[i][1] = _mm512_loadu_ps(c + (size_t)i * ldc + 16); } \
+    for (int k = 0; k < kc; k++) { \
+        __m512 b0 = _mm512_load_ps(p + (size_t)k * 32), b1 = _mm512_load_ps(p + (size_t)k * 32 + 16); \
+        _Pragma("GCC unroll 16") for (int i = 0; i < MR; i++) { \
+            __m512 ai = _mm512_set1_ps(a[(size_t)k * MR + i]); \
+            acc[i][0] = _mm512_fmadd_ps(ai, b0, acc[i][0]); \
+            acc[i][1] = _mm512_fmadd_ps(ai, b1, acc[i][1]); \
+        } \
+    } \
+    _Pragma("GCC unroll 16") for (int i = 0; i < MR; i++) { _mm512_storeu_ps(c + (size_t)i * ldc, acc[i][0]); _mm512_storeu_ps(c + (size_t)i * ldc + 16, acc[i][1]); } \
+}
+#define TILE256(MR) \
+__attribute__((target("avx2,fma"))) static void tile256_##MR(const float *a, const float *p, float *c, int ldc, int kc) { \
+    __m256 acc[MR][2]; \
+    _Pragma("GCC unroll 16") for (int i = 0; i < MR; i++) { acc[i][0] = _mm256_loadu_ps(c + (size_t)i * ldc); acc[i][1] = _mm256_loadu_ps(c + (size_t)i * ldc + 8); } \
+    for (int k = 0; k < kc; k++) { \
+        __m256 b0 = _mm256_load_ps(p + (size_t)k * 16), b1 = _mm256_load_ps(p + (size_t)k * 16 + 8); \
+        _Pragma("GCC unroll 16") for (int i = 0; i < MR; i++) { \
+            __m256 ai = _mm256_broadcast_ss(a + (size_t)k * MR + i); \
+            acc[i][0] = _mm256_fmadd_ps(ai, b0, acc[i][0]); \
+            acc[i][1] = _mm256_fmadd_ps(ai, b1, acc[i][1]); \
+        } \
+    } \
+    _Pragma("GCC unroll 16") for (int i = 0; i < MR; i++) { _mm256_storeu_ps(c + (size_t)i * ldc, acc[i][0]); _mm256_storeu_ps(c + (size_t)i * ldc + 8, acc[i][1]); } \
+}
+TILE512(12) TILE512(8) TILE512(4)
+TILE256(6) TILE256(4) TILE256(2)
+#endif
+#define TILESCALAR(MR) \
+static void tile1_##MR(const float *a, const float *p, float *c, int ldc, int kc) { \
+    float acc[MR][16]; \
+    for (int i = 0; i < MR; i++) for (int j = 0; j < 16; j++) acc[i][j] = c[(size_t)i * ldc + j]; \
+    for (int k = 0; k < kc; k++) \
+        for (int i = 0; i < MR; i++) { \
+            const float ai = a[(size_t)k * MR + i]; \
+            for (int j = 0; j < 16; j++) acc[i][j] = fmaf(ai, p[(size_t)k * 16 + j], acc[i][j]); \
+        } \
+    for (int i = 0; i < MR; i++) for (int j = 0; j < 16; j++) c[(size_t)i * ldc + j] = acc[i][j]; \
+}
+TILESCALAR(4) TILESCALAR(2) TILESCALAR(1)
+
+/* The rows of the next tile when `left` rows remain: as many full tiles as fit, but never a tail
+ * narrower than half a tile when two middle-sized tiles can take it (16 rows = 8+8 at AVX-512,
+ * 8 = 4+4 at AVX2). The last tile may be taller than `left` (its extra rows are zeros). */
+static int next_rows(int level, int left, tile_fn *fn) {
+#if defined(__x86_64__)
+    if (level == CREC_AVX512) {
+        if (left >= 12 && left != 16) { *fn = tile512_12; return 12; }
+        if (left >= 8) { *fn = tile512_8; return 8; }
+        *fn = tile512_4; return 4;
+    }
+    if (level == CREC_AVX2) {
+        if (left >= 6 && left != 8) { *fn = tile256_6; return 6; }
+        if (left >= 4) { *fn = tile256_4; return 4; }
+        *fn = tile256_2; return 2;
+    }
+#endif
+    if (left >= 4) { *fn = tile1_4; return 4; }
+    if (left >= 2) { *fn = tile1_2; return 2; }
+    *fn = tile1_1; return 1;
+}
+
+/* ------------------------------------------------------------------ libxsmm */
+/* libxsmm 1.17: libxsmm_smmdispatch(m, n, k, lda, ldb, ldc, alpha, beta, flags, prefetch), column
+ * major. Our step out(M, N) += a(M, K) * Weff(K, N) is, column major, out^T(N, M) += Weff^T(N, K) *
+ * a^T(K, M); panel j (K, 64) row-major is exactly Weff^T's rows j*64.. as a (64, K) column-major
+ * block with lda = 64. */
+typedef xs_fn (*xs_dispatch_fn)(int m, int n, int k, const int *lda, const int *ldb, const int *ldc,
+                                const float *alpha, const float *beta, const int *flags, const int *prefetch);
+static xs_dispatch_fn xs_dispatch;
+static char xs_info[256] = "not loaded";
+
+int crec_libxsmm_load(const char *path) {
+    if (xs_dispatch) return 1;
+    const char *names[3] = {path, path ? NULL : "libxsmm.so", path ? NULL : "libxsmm.so.1"};
+    void *h = NULL;
+    for (int i = 0; i < 3 && !h; i++) {
+        if (!names[i]) continue;
+        h = dlopen(names[i], RTLD_NOW | RTLD_LOCAL);
+        if (!h) snprintf(xs_info, sizeof xs_info, "%s", dlerror());
+    }
+    if (!h) return 0;
+    void (*init)(void) = (void (*)(void))dlsym(h, "libxsmm_init");
+    const char *(*arch)(void) = (const char *(*)(void))dlsym(h, "libxsmm_get_target_arch");
+    xs_dispatch_fn d = (xs_dispatch_fn)dlsym(h, "libxsmm_smmdispatch");
+    if (!init || !arch || !d) { snprintf(xs_info, sizeof xs_info, "libxsmm_init, libxsmm_get_target_arch or libxsmm_smmdispatch missing"); return 0; }
+    init();
+    snprintf(xs_info, sizeof xs_info, "%s", arch());
+    xs_dispatch = d;
+    return 1;
+}
+
+const char *crec_libxsmm_info(void) { return xs_info; }
+
+static xs_fn xs_kernel(int m, int rows, int K, int N) {
+    const int lda = 64, ldb = K, ldc = N, flags = 0, prefetch = 0;
+    const float alpha = 1, beta = 1;
+    xs_fn f = xs_dispatch(m, rows, K, &lda, &ldb, &ldc, &alpha, &beta, &flags, &prefetch);
+    if (!f) { fprintf(stderr, "crecurrent: libxsmm has no kernel for %d x %d x %d\n", m, rows, K); abort(); }
+    return f;
+}
+
+static void run_xsmm(pack_t *P, const float *a, int M, float *c) {
+    const int K = P->K, N = P->N, full = N / 64, tail = N % 64;
+    if (M <= 0) return;
+    if (P->xs_rows != M) {  /* dispatch is a lookup once JIT-ed; keep the last M's kernels */
+        P->xs_full = full ? xs_kernel(64, M, K, N) : NULL;
+        P->xs_tail = tail ? xs_kernel(tail, M, K, N) : NULL;
+        P->xs_rows = M;
+    }
+    for (int j = 0; j < full; j++) P->xs_full(P->panels + (size_t)j * K * 64, a, c + (size_t)j * 64);
+    if (tail) P->xs_tail(P->panels + (size_t)full * K * 64, a, c + (size_t)full * 64);
+}
+
+/* ------------------------------------------------------------------ levels */
+int crec_supports(int level) {
+    if (level == CREC_SCALAR) return 1;
+    if (level == CREC_LIBXSMM) return xs_dispatch != NULL;
+#if defined(__x86_64__)
+    if (level == CREC_AVX2) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (level == CREC_AVX512) return __builtin_cpu_supports("avx512f");
+#endif
+    return 0;
+}
+
+int crec_best_level(void) {
+    if (crec_supports(CREC_AVX512)) return CREC_AVX512;
+    if (crec_supports(CREC_AVX2)) return CREC_AVX2;
+    return CREC_SCALAR;
+}
+
+/* ------------------------------------------------------------------ handle */
+static void *aligned(size_t floats) {
+    void *q = NULL;
+    if (posix_memalign(&q, 64, (floats ? floats : 16) * sizeof(float))) return NULL;
+    return q;
+}
+
+crec_packed *crec_create(int gh, int h, int level) {
+    if (gh <= 0 || h <= 0 || !crec_supports(level)) return NULL;
+    crec_packed *p = calloc(1, sizeof *p);
+    if (!p) return NULL;
+    p->gh = gh; p->h = h; p->level = level;
+    p->nr = level == CREC_LIBXSMM ? 64 : level == CREC_AVX512 ? 32 : 16;
+    p->fwd.K = h;  p->fwd.N = gh; p->fwd.np = (gh + p->nr - 1) / p->nr;
+    p->bwd.K = gh; p->bwd.N = h;  p->bwd.np = (h + p->nr - 1) / p->nr;
+    p->fwd.panels = aligned((size_t)p->fwd.np * p->nr * h);
+    p->bwd.panels = aligned((size_t)p->bwd.np * p->nr * gh);
+    if (!p->fwd.panels || !p->bwd.panels) { crec_free(p); return NULL; }
+    /* padded columns stay zero */
+    memset(p->fwd.panels, 0, (size_t)p->fwd.np * p->nr * h * sizeof(float));
+    memset(p->bwd.panels, 0, (size_t)p->bwd.np * p->nr * gh * sizeof(float));
+    return p;
+}
+
+void crec_free(crec_packed *p) {
+    if (!p) return;
+    free(p->fwd.panels); free(p->bwd.panels); free(p->abuf); free(p);
+}
+
+void crec_pack(crec_packed *p, const float *w) {
+    const int nr = p->nr, gh = p->gh, h = p->h;
+    /* forward: Weff(k, n) = W[n*h + k]; read W's rows, write panel columns */
+    for (int n = 0; n < gh; n++) {
+        float *dst = p->fwd.panels + (size_t)(n / nr) * h * nr + n % nr;
+        const float *src = w + (size_t)n * h;
+        for (int k = 0; k < h; k++) dst[(size_t)k * nr] = src[k];
+    }
+    /* backward: Weff(k, n) = W[k*h + n]; read W row by row, nr floats to each panel */
+    for (int k = 0; k < gh; k++) {
+        for (int j = 0; j < p->bwd.np; j++) {
+            const int cols = h - j * nr < nr ? h - j * nr : nr;
+            memcpy(p->bwd.panels + ((size_t)j * gh + k) * nr, w + (size_t)k * h + (size_t)j * nr, cols * sizeof(float));
+        }
+    }
+}
+
+/* out(M, N) += a(M, K) * Weff(K, N); a rows K floats apart, out rows N floats apart. */
+static void run(crec_packed *p, const pack_t *P, const float *a, int M, float *c) {
+    const int nr = p->nr, K = P->K, N = P->N;
+    if (M <= 0) return;
+    const size_t need = (size_t)(M + MAX_MR) * KC;
+    if (p->abuf_floats < need) {  /* grows to the largest M seen, then stays */
+        free(p->abuf);
+        p->abuf = aligned(need);
+        p->abuf_floats = p->abuf ? need : 0;
+        if (!p->abuf) abort();
+    }
+    _Alignas(64) float scratch[MAX_MR * MAX_NR];
+    tile_fn fn;
+    for (int k0 = 0; k0 < K; k0 += KC) {
+        const int kc = K - k0 < KC ? K - k0 : KC;
+        float *ab = p->abuf;
+        for (int i = 0, r; i < M; i += r) {
+            r = next_rows(p->level, M - i, &fn);
+            for (int ii = 0; ii < r; ii++) {
+                if (i + ii < M) {
+                    const float *src = a + (size_t)(i + ii) * K + k0;
+                    for (int k = 0; k < kc; k++) ab[(size_t)k * r + ii] = src[k];
+                } else {
+                    for (int k = 0; k < kc; k++) ab[(size_t)k * r + ii] = 0;
+                }
+            }
+            ab += (size_t)r * kc;
+        }
+        for (int j = 0; j < P->np; j++) {
+            const float *pj = P->panels + ((size_t)j * K + k0) * nr;
+            const int cols = N - j * nr < nr ? N - j * nr : nr;
+            const float *ap = p->abuf;
+            for (int i = 0, r; i < M; i += r) {
+                r = next_rows(p->level, M - i, &fn);
+                const int rows = M - i < r ? M - i : r;
+                float *ct = c + (size_t)i * N + (size_t)j * nr;
+                if (rows == r && cols == nr) {
+                    fn(ap, pj, ct, N, kc);
+                } else {  /* a partial tile: through the scratch tile, nr floats a row */
+                    memset(scratch, 0, sizeof scratch);
+                    for (int ii = 0; ii < rows; ii++) memcpy(scratch + ii * nr, ct + (size_t)ii * N, cols * sizeof(float));
+                    fn(ap, pj, scratch, nr, kc);
+                    for (int ii = 0; ii < rows; ii++) memcpy(ct + (size_t)ii * N, scratch + ii * nr, cols * sizeof(float));
+                }
+                ap += (size_t)r * kc;
+            }
+        }
+    }
+}
+
+void crec_forward(crec_packed *p, const float *hPrev, int rows, float *out) {
+    if (p->level == CREC_LIBXSMM) run_xsmm(&p->fwd, hPrev, rows, out); else run(p, &p->fwd, hPrev, rows, out);
+}
+void crec_backward(crec_packed *p, const float *dz, int rows, float *out) {
+    if (p->level == CREC_LIBXSMM) run_xsmm(&p->bwd, dz, rows, out); else run(p, &p->bwd, dz, rows, out);
+}
