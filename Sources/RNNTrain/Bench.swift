@@ -170,12 +170,6 @@ final class RandomRows: BatchSource {
         cache[rows.lowerBound] = batch
         return false
     }
-    var carriesState: Bool { false }
-    func keep(finalState: [Float], rows: Range<Int>) {}
-    func exchange() throws {}
-    func accept() {}
-    func checkpointTensors() -> [SafeTensors.Tensor] { [] }
-    func restore(from file: SafeTensors.File, prefix: String) throws -> [String] { [] }
 }
 
 /// Resident memory of this process (Linux: /proc/self/statm and getrusage).

@@ -21,6 +21,16 @@ protocol BatchSource: AnyObject {
     func restore(from file: SafeTensors.File, prefix: String) throws -> [String]
 }
 
+/// A source that carries no state between steps: nothing to keep, exchange or checkpoint.
+extension BatchSource {
+    var carriesState: Bool { false }
+    func keep(finalState: [Float], rows: Range<Int>) {}
+    func exchange() throws {}
+    func accept() {}
+    func checkpointTensors() -> [SafeTensors.Tensor] { [] }
+    func restore(from file: SafeTensors.File, prefix: String) throws -> [String] { [] }
+}
+
 /// Windows sampled afresh every step: global row b of step s is a function of (seed, s, b).
 final class SampledWindows: BatchSource {
     let dataset: Dataset
@@ -33,12 +43,6 @@ final class SampledWindows: BatchSource {
         dataset.fillTrainingBatch(&batch, step: step - 1, globalBatch: globalBatch, rows: rows)
         return false
     }
-    var carriesState: Bool { false }
-    func keep(finalState: [Float], rows: Range<Int>) {}
-    func exchange() throws {}
-    func accept() {}
-    func checkpointTensors() -> [SafeTensors.Tensor] { [] }
-    func restore(from file: SafeTensors.File, prefix: String) throws -> [String] { [] }
 }
 
 /// training.stateful: the text read as `globalBatch` streams of consecutive chunks, the hidden
