@@ -76,13 +76,15 @@ fi
 log "building with: ${have[*]}"
 BIN="$OUT_DIR/bench_products"
 # MKL is loaded with dlopen (its cblas_* would clash with OpenBLAS's), so it is not linked.
-cc "${CFLAGS[@]}" bench/products/bench_products.c -o "$BIN" "${LIBS[@]}" -lopenblas -lpthread -lrt -ldl -lm
+# Option (e) is rnn-dp's own kernel, compiled from the package's source.
+OWN=(-ISources/CRecurrent/include Sources/CRecurrent/crecurrent.c)
+cc "${CFLAGS[@]}" bench/products/bench_products.c "${OWN[@]}" -o "$BIN" "${LIBS[@]}" -lopenblas -lpthread -lrt -ldl -lm
 BIN3=""
 if [ -f "$ONEDNN3_PREFIX/include/oneapi/dnnl/dnnl.h" ] && ls "$ONEDNN3_PREFIX"/lib/libdnnl.so >/dev/null 2>&1; then
     BIN3="$OUT_DIR/bench_products_onednn3"
     log "building the oneDNN 3.x binary from $ONEDNN3_PREFIX"
     cc -O2 -std=c11 -Wall -Wextra -DHAVE_DNNL '-DDNNL_OPTION_NAME="dnnl-3"' -I"$ONEDNN3_PREFIX/include" \
-        bench/products/bench_products.c -o "$BIN3" -L"$ONEDNN3_PREFIX/lib" \
+        bench/products/bench_products.c "${OWN[@]}" -o "$BIN3" -L"$ONEDNN3_PREFIX/lib" \
         -Wl,--disable-new-dtags,-rpath,"$ONEDNN3_PREFIX/lib" -ldnnl -lopenblas -lpthread -lrt -ldl -lm
 fi
 

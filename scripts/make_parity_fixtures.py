@@ -140,6 +140,15 @@ def save(name, tensors, metadata):
     return path
 
 
+def weights_and_gradients(model):
+    """Every parameter under its name and its gradient under grad.<name>."""
+    out = {}
+    for n, p in model.named_parameters():
+        out[n] = p.detach().clone()
+        out["grad." + n] = p.grad.detach().clone()
+    return out
+
+
 def max_rel_dev(a, b):
     """max |a - b| / max|b| over a tensor: the fixture's own float32 error, as a fraction of scale."""
     scale = b.abs().max().item()
@@ -178,9 +187,7 @@ def gradient_fixtures(seed):
 
                 tensors = dict(data)
                 tensors["loss"] = value.detach().reshape(())
-                for n, p in model.named_parameters():
-                    tensors[n] = p.detach().clone()
-                    tensors["grad." + n] = p.grad.detach().clone()
+                tensors.update(weights_and_gradients(model))
                 cell_name = cell if cell != "rnn" else "rnn_" + act
                 meta = common_metadata("gradient")
                 meta.update({
@@ -216,9 +223,7 @@ def embedding_fixtures(seed):
             value.backward()
             tensors = {"input.tokens": tokens.to(torch.int32), "target.classes": target.to(torch.int32),
                        "loss": value.detach().reshape(())}
-            for n, p in model.named_parameters():
-                tensors[n] = p.detach().clone()
-                tensors["grad." + n] = p.grad.detach().clone()
+            tensors.update(weights_and_gradients(model))
             meta = common_metadata("gradient")
             meta.update({
                 "cell": cell, "activation": act, "input": "tokens", "input_width": VOCAB, "embedding": EMBEDDING,
@@ -243,9 +248,7 @@ def embedding_fixtures(seed):
         value.backward()
         tensors = {"input.tokens": tokens.to(torch.int32), "target.classes": target.to(torch.int32),
                    "loss": value.detach().reshape(())}
-        for n, p in model.named_parameters():
-            tensors[n] = p.detach().clone()
-            tensors["grad." + n] = p.grad.detach().clone()
+        tensors.update(weights_and_gradients(model))
         assert "head.weight" not in tensors and "embedding.weight" in tensors
         meta = common_metadata("gradient")
         meta.update({
@@ -277,9 +280,7 @@ def embedding_fixtures(seed):
             value = F.mse_loss(model["head"](y), target)
             value.backward()
             tensors = {"input.features": x.clone(), "target.values": target.clone(), "loss": value.detach().reshape(())}
-            for n, p in model.named_parameters():
-                tensors[n] = p.detach().clone()
-                tensors["grad." + n] = p.grad.detach().clone()
+            tensors.update(weights_and_gradients(model))
             meta = common_metadata("gradient")
             meta.update({
                 "cell": cell, "activation": act, "input": "dense", "input_width": FEATURES, "bidirectional": "true",

@@ -62,18 +62,18 @@ public final class Network<S: RNNScalar> {
     private var dhh = Buffer<S>(count: 0)  // (T, B, G*H): dL/d(hidden-side pre-activations), GRU
     private var dense = Buffer<S>(count: 0)  // (T, B, I): dense input converted to S
     private var head = Buffer<S>(count: 0)  // (T*B or B, O): outputs, then dL/d outputs
-    private var state0 = Buffer<S>(count: 0)  // (L, C, B, H): initial state of this forward (h, then c for LSTM)
-    private var dState0 = Buffer<S>(count: 0)  // (L, C, B, H): its gradient after backward
+    private var state0 = Buffer<S>(count: 0)  // (L*D, C, B, H): initial state of this forward (h, then c for LSTM)
+    private var dState0 = Buffer<S>(count: 0)  // (L*D, C, B, H): its gradient after backward
     private var hh = Buffer<S>(count: 0)  // (B, G*H): GRU per-step W_hh h + b_hh
     private var dc = Buffer<S>(count: 0)  // (B, H): LSTM dL/dc carried backward
     // Dropout (training passes): per place, the factor of every element, 0 or 1/(1-p); and the
     // dropped copies the next layer and the head read. Place 0: the dense input (T, B, I),
-    // place k in 1..<L: layer k's input, the output of layer k-1 (T, B, H); place L: the head's
-    // input (rows, H).
+    // place k in 1..<L: layer k's input, the output of layer k-1 (T, B, D*H); place L: the
+    // head's input (rows, D*H).
     private var embedded = Buffer<S>(count: 0)  // (T, B, E): the embedding rows of the tokens
     private var dEmbedded = Buffer<S>(count: 0)  // (T, B, E): their gradient
     private var dropFactor: [Buffer<S>] = []
-    private var dropped: [Buffer<S>] = []  // (T, B, H) per place 1..<L, then (rows, H) for the head
+    private var dropped: [Buffer<S>] = []  // (T, B, D*H) per place 1..<L, then (rows, D*H) for the head
     private var dropoutOn = false  // this forward applies dropout (a training pass with some p > 0)
     // (L * D): each unit's W_hh (G*H, H) packed by its latest forward for the per-step products of that
     // forward and the backward after it (nil: the products are cblas gemm). The parameters change
@@ -519,16 +519,16 @@ public final class Network<S: RNNScalar> {
         S.addBiasRows(head.pointer, rows: headRows, cols: O, p(layout.headBias), nil)
     }
 
-    /// The head's input (headRows, H): the top layer's output at every step or the last, after
-    /// head dropout in a training pass (computed here on the forward's first call).
+    /// The head's input (headRows, D*H): the top layer's output at every step or the last, after
+    /// head dropout in a training pass (computed by the forward's call, read back by the backward's).
     private func headInput(forward: Bool = true) -> UnsafeMutablePointer<S> {
         let top = layerOutput(spec.layers - 1), W = spec.layerOutputWidth
         var input = spec.output == .everyStep ? top : top + (T - 1) * B * W
         if spec.output == .lastStep && D == 2 {
             // PyTorch's h_n: the forward unit after step T-1, the backward unit after step 0
-            // (its own last step, stored at T-1 of its reversed rows).
+            // (its own last step, stored at T-1 of its reversed rows); gathered by the forward.
             let f = store[2 * spec.layers - 2].h.pointer, r = store[2 * spec.layers - 1].h.pointer
-            for b in 0..<B {
+            for b in 0..<B where forward {
                 (lastTop.pointer + b * 2 * H).update(from: f + ((T - 1) * B + b) * H, count: H)
                 (lastTop.pointer + b * 2 * H + H).update(from: r + ((T - 1) * B + b) * H, count: H)
             }

@@ -73,11 +73,7 @@ public final class BlockingReducer: GradientReducer {
 
     @discardableResult public func finish() throws -> ReductionTiming {
         let t0 = monotonicClock()
-        if compression == .none {
-            try comm.allreduceSum(buffer)
-        } else {
-            try scratch.withUnsafeMutableBufferPointer { try compression.allreduce(buffer, scratch: $0, comm: comm) }
-        }
+        try scratch.withUnsafeMutableBufferPointer { try compression.allreduce(buffer, scratch: $0, comm: comm) }  // .none: allreduceSum
         let t = monotonicClock() - t0
         return ReductionTiming(communication: t, exposed: t)
     }

@@ -75,13 +75,7 @@ final class DataParallelTests: XCTestCase {
     func testDropoutSameModelOnOneTwoAndThreeRanks() throws {
         let sets = ["--set", "model.embedding_size=8", "--set", "model.input_dropout=0.1", "--set", "model.dropout=0.4",
                     "--set", "model.head_dropout=0.2", "--set", "training.accumulate_steps=2"]
-        var models: [Int: SafeTensors.File] = [:]
-        for np in [1, 2, 3] {
-            let dir = MPIRunner.tempDir()
-            let r = try MPIRunner.run(np: np, ["train", "--config", config(dir)] + sets)
-            XCTAssertEqual(r.status, 0, "np=\(np): \(r.stderr)")
-            models[np] = try SafeTensors.read(path: "\(dir)/out/model.safetensors")
-        }
+        let models = try modelsOnOneTwoAndThreeRanks(sets)
         let reference = try XCTUnwrap(models[1])
         for np in [2, 3] { assertClose(try XCTUnwrap(models[np]), reference, 1e-5, "dropout np=\(np) vs np=1") }
         let plainDir = MPIRunner.tempDir()
@@ -131,6 +125,19 @@ final class DataParallelTests: XCTestCase {
         XCTAssertTrue(c.stdout.contains("exchange: \(count) buckets of up to 0.004 MiB as bf16, started during the backward pass"), c.stdout)
         assertClose(try SafeTensors.read(path: "\(bf16Buckets)/out/model.safetensors"), try SafeTensors.read(path: "\(bf16Blocking)/out/model.safetensors"),
                     5e-2, "np=3 bf16 in \(count) buckets vs blocking bf16")
+    }
+
+    /// The model files of the default config with `sets`, trained at np = 1, 2 and 3 (each run
+    /// must succeed).
+    func modelsOnOneTwoAndThreeRanks(_ sets: [String], file: StaticString = #filePath, line: UInt = #line) throws -> [Int: SafeTensors.File] {
+        var models: [Int: SafeTensors.File] = [:]
+        for np in [1, 2, 3] {
+            let dir = MPIRunner.tempDir()
+            let r = try MPIRunner.run(np: np, ["train", "--config", config(dir)] + sets)
+            XCTAssertEqual(r.status, 0, "np=\(np): \(r.stderr)", file: file, line: line)
+            models[np] = try SafeTensors.read(path: "\(dir)/out/model.safetensors")
+        }
+        return models
     }
 
     /// Every tensor of `m` within `tolerance` (relative, with a floor of 1e-2) of `reference`.
@@ -239,13 +246,7 @@ final class DataParallelTests: XCTestCase {
     /// checkpoint) gives the same bits as an uninterrupted one.
     func testStatefulStreamsAcrossRanksAndResume() throws {
         let stateful = ["--set", "training.stateful=true", "--set", "model.cell=gru"]
-        var models: [Int: SafeTensors.File] = [:]
-        for np in [1, 2, 3] {
-            let dir = MPIRunner.tempDir()
-            let r = try MPIRunner.run(np: np, ["train", "--config", config(dir)] + stateful)
-            XCTAssertEqual(r.status, 0, "np=\(np): \(r.stderr)")
-            models[np] = try SafeTensors.read(path: "\(dir)/out/model.safetensors")
-        }
+        let models = try modelsOnOneTwoAndThreeRanks(stateful)
         for np in [2, 3] { assertClose(try XCTUnwrap(models[np]), try XCTUnwrap(models[1]), 1e-5, "stateful np=\(np)") }
         let split = MPIRunner.tempDir()
         XCTAssertEqual(try MPIRunner.run(np: 2, ["train", "--config", config(split, steps: 6)] + stateful).status, 0)

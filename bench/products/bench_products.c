@@ -328,124 +328,27 @@ static void xs_step(void *v, prob_t *p, int t) {
 static void xs_teardown(void *v) { xs_t *s = v; free(s->panels); free(s); }
 #endif
 
-/* (e) our own packed kernel: Weff (K, N) packed once into column panels of NR floats, each panel
- * (K x NR) contiguous; the step runs register tiles of MR rows x NR columns over K blocks of KC,
- * with A (the activations) read in place. AVX-512: 12 x 32 tiles (24 zmm accumulators), AVX2+FMA:
- * 6 x 16 tiles (12 ymm accumulators), smaller tiles for the last rows. The summation order over k is fixed (k ascending within each
- * KC block, blocks in order), whatever B is. BENCH_OWN_ISA=avx2 forces the AVX2 kernel. */
-#include <immintrin.h>
-static int own_kc = 256;
-static int own_mr512 = 12, own_mr256 = 6;
-typedef void (*own_tile_fn)(const float *, const float *, float *, int, int);
-typedef struct { float *panels, *abuf; int nr, mr, avx512, ntile, rows[64]; own_tile_fn fn[64]; } own_t;
-
-#define OWN_TILE512(MR) \
-__attribute__((target("avx512f"))) static void own_tile512_##MR(const float *a, const float *p, float *c, int ldc, int kc) { \
-    __m512 acc[MR][2]; \
-    _Pragma("GCC unroll 16") for (int i = 0; i < MR; i++) { acc[i][0] = _mm512_loadu_ps(c + (size_t)i * ldc); acc[i][1] = _mm512_loadu_ps(c + (size_t)i * ldc + 16); } \
-    for (int k = 0; k < kc; k++) { \
-        __m512 b0 = _mm512_load_ps(p + (size_t)k * 32), b1 = _mm512_load_ps(p + (size_t)k * 32 + 16); \
-        _Pragma("GCC unroll 16") for (int i = 0; i < MR; i++) { \
-            __m512 ai = _mm512_set1_ps(a[(size_t)k * MR + i]); \
-            acc[i][0] = _mm512_fmadd_ps(ai, b0, acc[i][0]); \
-            acc[i][1] = _mm512_fmadd_ps(ai, b1, acc[i][1]); \
-        } \
-    } \
-    _Pragma("GCC unroll 16") for (int i = 0; i < MR; i++) { _mm512_storeu_ps(c + (size_t)i * ldc, acc[i][0]); _mm512_storeu_ps(c + (size_t)i * ldc + 16, acc[i][1]); } \
-}
-#define OWN_TILE256(MR) \
-__attribute__((target("avx2,fma"))) static void own_tile256_##MR(const float *a, const float *p, float *c, int ldc, int kc) { \
-    __m256 acc[MR][2]; \
-    _Pragma("GCC unroll 16") for (int i = 0; i < MR; i++) { acc[i][0] = _mm256_loadu_ps(c + (size_t)i * ldc); acc[i][1] = _mm256_loadu_ps(c + (size_t)i * ldc + 8); } \
-    for (int k = 0; k < kc; k++) { \
-        __m256 b0 = _mm256_load_ps(p + (size_t)k * 16), b1 = _mm256_load_ps(p + (size_t)k * 16 + 8); \
-        _Pragma("GCC unroll 16") for (int i = 0; i < MR; i++) { \
-            __m256 ai = _mm256_broadcast_ss(a + (size_t)k * MR + i); \
-            acc[i][0] = _mm256_fmadd_ps(ai, b0, acc[i][0]); \
-            acc[i][1] = _mm256_fmadd_ps(ai, b1, acc[i][1]); \
-        } \
-    } \
-    _Pragma("GCC unroll 16") for (int i = 0; i < MR; i++) { _mm256_storeu_ps(c + (size_t)i * ldc, acc[i][0]); _mm256_storeu_ps(c + (size_t)i * ldc + 8, acc[i][1]); } \
-}
-OWN_TILE512(12) OWN_TILE512(8) OWN_TILE512(4)
-OWN_TILE256(6) OWN_TILE256(4) OWN_TILE256(2)
-static void *own_setup(prob_t *p) {
-    own_t *s = calloc(1, sizeof *s);
+/* (e) our own packed kernel: rnn-dp's, Sources/CRecurrent/crecurrent.c, compiled into this binary,
+ * so the benchmark measures exactly the code training runs. W is packed once into column panels;
+ * register tiles of 12 x 32 (AVX-512) or 6 x 16 (AVX2+FMA). BENCH_OWN_ISA=avx2 forces the AVX2
+ * level. */
+#include "crecurrent.h"
+static int own_level(void) {
     const char *f = getenv("BENCH_OWN_ISA");
-    s->avx512 = __builtin_cpu_supports("avx512f") && !(f && !strcmp(f, "avx2"));
-    s->nr = s->avx512 ? 32 : 16;
-    s->mr = s->avx512 ? own_mr512 : own_mr256;
-    if (p->N % s->nr || p->M % (s->avx512 ? 4 : 2)) { fprintf(stderr, "own kernel: shape not a multiple of the tile\n"); exit(1); }
-    s->panels = xalloc((size_t)p->N * p->K * sizeof(float));
-    s->abuf = xalloc((size_t)p->M * own_kc * sizeof(float));
-    /* row tiles: as many full tiles as fit, but never a tail narrower than half a tile when two
-     * middle-sized tiles can take it (16 rows = 8+8 at AVX-512, 32 = 4x6+4+4 at AVX2) */
-    for (int left = p->M; left > 0;) {
-        int r;
-        own_tile_fn f;
-        if (s->avx512) {
-            if (s->mr == 12 && left >= 12 && left != 16) { r = 12; f = own_tile512_12; }
-            else if (left >= 8) { r = 8; f = own_tile512_8; }
-            else { r = 4; f = own_tile512_4; }
-        } else {
-            if (s->mr == 6 && left >= 6 && left != 8) { r = 6; f = own_tile256_6; }
-            else if (left >= 4) { r = 4; f = own_tile256_4; }
-            else { r = 2; f = own_tile256_2; }
-        }
-        s->rows[s->ntile] = r; s->fn[s->ntile] = f; s->ntile++;
-        left -= r;
-    }
+    return crec_supports(CREC_AVX512) && !(f && !strcmp(f, "avx2")) ? CREC_AVX512 : CREC_AVX2;
+}
+static void *own_setup(prob_t *p) {
+    crec_packed *s = crec_create(p->G * p->H, p->H, own_level());
+    if (!s) { fprintf(stderr, "own kernel: out of memory\n"); exit(1); }
     return s;
 }
-static void own_pack(void *v, prob_t *p) {
-    own_t *s = v;
-    const int nr = s->nr, K = p->K, H = p->H, np = p->N / nr;
-    if (p->bwd) { /* Weff(k, n) = W[k*H + n]: read W row by row, nr floats to each panel */
-        for (int k = 0; k < K; k++)
-            for (int j = 0; j < np; j++) memcpy(s->panels + (size_t)j * K * nr + (size_t)k * nr, p->W + (size_t)k * H + j * nr, nr * sizeof(float));
-        return;
-    }
-    for (int j = 0; j < np; j++) {
-        float *dst = s->panels + (size_t)j * K * nr;
-        if (!p->bwd) { /* Weff(k, n) = W[n*H + k]: read W's rows, write panel columns */
-            for (int c = 0; c < nr; c++) {
-                const float *src = p->W + (size_t)(j * nr + c) * H;
-                for (int k = 0; k < K; k++) dst[(size_t)k * nr + c] = src[k];
-            }
-        } else {       /* Weff(k, n) = W[k*H + n] */
-            for (int k = 0; k < K; k++) memcpy(dst + (size_t)k * nr, p->W + (size_t)k * H + j * nr, nr * sizeof(float));
-        }
-    }
-}
+static void own_pack(void *v, prob_t *p) { crec_pack(v, p->W); }
 static void own_step(void *v, prob_t *p, int t) {
-    own_t *s = v;
     const float *a = p->A + (size_t)t * p->M * p->K;
     float *c = p->C + (size_t)t * p->M * p->N;
-    const int nr = s->nr, K = p->K, np = p->N / nr;
-    for (int k0 = 0; k0 < K; k0 += own_kc) {
-        const int kc = K - k0 < own_kc ? K - k0 : own_kc;
-        /* copy this K block of A tile by tile, k-major (rows of A are K floats apart, which for
-         * K = 1024 or 4096 puts every row of a tile in the same L1 set) */
-        float *ab = s->abuf;
-        for (int ti = 0, i = 0; ti < s->ntile; i += s->rows[ti], ti++) {
-            const int r = s->rows[ti];
-            for (int ii = 0; ii < r; ii++) {
-                const float *src = a + (size_t)(i + ii) * K + k0;
-                for (int k = 0; k < kc; k++) ab[(size_t)k * r + ii] = src[k];
-            }
-            ab += (size_t)r * kc;
-        }
-        for (int j = 0; j < np; j++) {
-            const float *pj = s->panels + (size_t)j * K * nr + (size_t)k0 * nr;
-            const float *ap = s->abuf;
-            for (int ti = 0, i = 0; ti < s->ntile; i += s->rows[ti], ti++) {
-                s->fn[ti](ap, pj, c + (size_t)i * p->N + j * nr, p->N, kc);
-                ap += (size_t)s->rows[ti] * kc;
-            }
-        }
-    }
+    if (p->bwd) crec_backward(v, a, p->M, c); else crec_forward(v, a, p->M, c);
 }
-static void own_teardown(void *v) { own_t *s = v; free(s->panels); free(s->abuf); free(s); }
+static void own_teardown(void *v) { crec_free(v); }
 
 static option_t options[8];
 static int nopt;
@@ -511,13 +414,7 @@ int main(int argc, char **argv) {
     printf("I\tlibxsmm\tlibxsmm %s, target %s, panel width %d\n", LIBXSMM_CONFIG_VERSION, libxsmm_get_target_arch(), xsmm_bm);
     options[nopt++] = (option_t){"libxsmm", 1, xs_setup, xs_pack, xs_step, xs_teardown};
 #endif
-    if (getenv("BENCH_OWN_KC")) own_kc = atoi(getenv("BENCH_OWN_KC"));
-    if (getenv("BENCH_OWN_MR512")) own_mr512 = atoi(getenv("BENCH_OWN_MR512"));
-    if (getenv("BENCH_OWN_MR256")) own_mr256 = atoi(getenv("BENCH_OWN_MR256"));
-    if (__builtin_cpu_supports("avx512f") && !(getenv("BENCH_OWN_ISA") && !strcmp(getenv("BENCH_OWN_ISA"), "avx2")))
-        printf("I\town\town packed kernel: AVX-512, %dx32 tiles (and 8x32, 4x32), A copied per K block, KC=%d\n", own_mr512, own_kc);
-    else
-        printf("I\town\town packed kernel: AVX2+FMA, %dx16 tiles (and 4x16, 2x16), A copied per K block, KC=%d\n", own_mr256, own_kc);
+    printf("I\town\trnn-dp's packed kernel (Sources/CRecurrent): %s\n", own_level() == CREC_AVX512 ? "AVX-512, 12x32 tiles" : "AVX2+FMA, 6x16 tiles");
     options[nopt++] = (option_t){"own-packed", 1, own_setup, own_pack, own_step, own_teardown};
 
     /* BENCH_OPTIONS=a,b keeps only those options (openblas, the reference, always stays) */
