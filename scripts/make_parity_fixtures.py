@@ -9,7 +9,7 @@ It (re)writes Tests/RNNTests/Fixtures/parity/*.safetensors. Those files are comm
 test suite (Tests/RNNTests/PyTorchParityTests.swift) only reads them, so running the tests needs
 neither Python nor torch. Regenerate only when a fixture's definition below changes; the output is
 deterministic (fixed seeds, CPU, one thread, float32): with the same torch version a rerun writes
-byte-identical files. Total size about 120 KB.
+byte-identical files. Total size about 420 KB (items 1-6 about 200 KB, 7. about 215 KB).
 
 What is stored (every tensor little-endian; config strings in the safetensors "__metadata__"):
 
@@ -39,6 +39,21 @@ What is stored (every tensor little-endian; config strings in the safetensors "_
 6. grad_<cell>_bidirectional_mse_<output>.safetensors -- as 1. with bidirectional=True (tensors
    ..._reverse); last_step feeds the head torch.cat((h_n[-2], h_n[-1]), dim=1).
    `--only embedding` writes just 5. and 6.
+7. packed_<cell>_l<layers>_<uni|bi>_<output>.safetensors -- variable-length sequences through
+   pack_padded_sequence(..., enforce_sorted=False): `nn.RNN`(tanh)/`nn.LSTM`/`nn.GRU` named `rnn`
+   with 1 or 2 layers, uni- or bidirectional, dense input, plus `nn.Linear(D*H, O)` named `head`;
+   T_MAX = 6 steps, B_PACKED = 4 samples, lengths unsorted and always including T_MAX and 1:
+     input.features        F32  (T_MAX, B, I) padded; the padding (t >= lengths[b]) is random too
+     input.lengths         I32  (B,) (also metadata "lengths", e.g. "4,6,1,5")
+     target.values         F32  (T_MAX, B, O) (padding random too) or (B, O)
+     output                F32  the head's outputs, (T_MAX, B, O) with zeros at padding, or (B, O)
+     loss                  F32  () every_step: MSE over the valid positions only (mean over them and
+                                the O outputs); last_step: MSE of the head on each sample's state at
+                                its own length (h_n[-1], or torch.cat((h_n[-2], h_n[-1]), dim=1))
+     <param>, grad.<param> F32  the weights (uniform in [-0.5, 0.5]) and d loss / d param
+     init.<param>, final.<param>, losses (F32 (3,): loss before each step) -- 3 steps of
+                                torch.optim.Adam(lr=0.01, foreach=False) on the same batch.
+   `--only packed` writes just 7.
 """
 
 import json
@@ -51,6 +66,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "Tests", "RNNTests", "Fixtures", "parity")
@@ -294,6 +310,137 @@ def embedding_fixtures(seed):
     return names
 
 
+# --------------------------------------------------------------------------- variable lengths
+
+T_MAX, B_PACKED = 6, 4  # padded steps and batch of the packed fixtures
+PACKED_LR, PACKED_STEPS = 0.01, 3
+
+
+def packed_lengths(gen):
+    """(B_PACKED,) lengths: T_MAX, 1 and two in 2...T_MAX-1, in an order that is neither ascending
+    nor descending (so enforce_sorted=False really has to sort)."""
+    while True:
+        middle = torch.randint(2, T_MAX, (2,), generator=gen).tolist()
+        lengths = [T_MAX, 1] + middle
+        order = torch.randperm(B_PACKED, generator=gen).tolist()
+        lengths = [lengths[i] for i in order]
+        if lengths != sorted(lengths) and lengths != sorted(lengths, reverse=True):
+            return torch.tensor(lengths, dtype=torch.int64)
+
+
+def packed_model(cell, layers, bidirectional, dtype=torch.float32):
+    rnn = {"rnn": lambda: nn.RNN(FEATURES, H, layers, nonlinearity="tanh", bidirectional=bidirectional),
+           "lstm": lambda: nn.LSTM(FEATURES, H, layers, bidirectional=bidirectional),
+           "gru": lambda: nn.GRU(FEATURES, H, layers, bidirectional=bidirectional)}[cell]()
+    d = 2 if bidirectional else 1
+    return nn.ModuleDict({"rnn": rnn, "head": nn.Linear(d * H, MSE_OUT)}).to(dtype)
+
+
+def packed_objective(model, x, lengths, target, output, bidirectional):
+    """(loss, head outputs with zeros at padding for every_step) for padded time-major x."""
+    packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
+    y, h_n = model["rnn"](packed)
+    if output == "every_step":
+        y, _ = pad_packed_sequence(y, total_length=T_MAX)  # (T_MAX, B, D*H), original sample order
+        mask = torch.arange(T_MAX).unsqueeze(1) < lengths.unsqueeze(0)  # (T_MAX, B)
+        out = model["head"](y)
+        value = F.mse_loss(out[mask], target[mask])
+        return value, out * mask.unsqueeze(2).to(out.dtype)
+    h = h_n[0] if isinstance(h_n, tuple) else h_n  # LSTM: (h_n, c_n)
+    y = torch.cat((h[-2], h[-1]), dim=1) if bidirectional else h[-1]  # (B, D*H)
+    out = model["head"](y)
+    return F.mse_loss(out, target), out
+
+
+def packed_fixtures(seed):
+    names = []
+    worst = 0.0
+    for ci, (cell, cell_name) in enumerate([("rnn", "rnn_tanh"), ("lstm", "lstm"), ("gru", "gru")]):
+        for li, layers in enumerate([1, 2]):
+            for bi, bidirectional in enumerate([False, True]):
+                for oi, output in enumerate(["every_step", "last_step"]):
+                    gen = torch.Generator().manual_seed(seed + 100 * ci + 10 * li + 2 * bi + oi)
+                    model = packed_model(cell, layers, bidirectional)
+                    randomize(model, gen)
+                    lengths = packed_lengths(gen)
+                    x = torch.rand((T_MAX, B_PACKED, FEATURES), generator=gen, dtype=torch.float32) * 2 - 1
+                    rows = (T_MAX, B_PACKED, MSE_OUT) if output == "every_step" else (B_PACKED, MSE_OUT)
+                    target = torch.rand(rows, generator=gen, dtype=torch.float32) * 2 - 1
+                    model.zero_grad()
+                    value, out = packed_objective(model, x, lengths, target, output, bidirectional)
+                    value.backward()
+
+                    # Padding is never read: other values there give the same loss and gradients.
+                    valid = torch.arange(T_MAX).unsqueeze(1) < lengths.unsqueeze(0)
+                    noise = torch.rand(x.shape, generator=torch.Generator().manual_seed(seed), dtype=x.dtype)
+                    probe = packed_model(cell, layers, bidirectional)
+                    probe.load_state_dict(model.state_dict())
+                    t_probe = target
+                    if output == "every_step":
+                        t_probe = torch.where(valid.unsqueeze(2), target, torch.zeros_like(target))
+                    v_probe, o_probe = packed_objective(probe, torch.where(valid.unsqueeze(2), x, noise),
+                                                        lengths, t_probe, output, bidirectional)
+                    v_probe.backward()
+                    assert torch.equal(v_probe, value) and torch.equal(o_probe, out), cell_name
+                    for (_, p), (_, q) in zip(model.named_parameters(), probe.named_parameters()):
+                        assert torch.equal(p.grad, q.grad), cell_name
+
+                    # float64 from the same float32 numbers (reported; must be far below 1e-5).
+                    m64 = packed_model(cell, layers, bidirectional, torch.float64)
+                    m64.load_state_dict({k: v.double() for k, v in model.state_dict().items()})
+                    v64, o64 = packed_objective(m64, x.double(), lengths, target.double(), output, bidirectional)
+                    v64.backward()
+                    dev = max(abs(value.item() - v64.item()) / abs(v64.item()), max_rel_dev(out, o64))
+                    for (_, p), (_, p64) in zip(model.named_parameters(), m64.named_parameters()):
+                        dev = max(dev, max_rel_dev(p.grad, p64.grad))
+                    worst = max(worst, dev)
+
+                    tensors = {"input.features": x.clone(), "input.lengths": lengths.to(torch.int32),
+                               "target.values": target.clone(), "loss": value.detach().reshape(()),
+                               "output": out.detach().clone()}
+                    tensors.update(weights_and_gradients(model))
+
+                    # Adam from the same initial weights on a fresh copy.
+                    trained = packed_model(cell, layers, bidirectional)
+                    trained.load_state_dict(model.state_dict())
+                    opt = torch.optim.Adam(trained.parameters(), lr=PACKED_LR, foreach=False)
+                    group = opt.param_groups[0]
+                    assert not group["amsgrad"]
+                    losses = []
+                    for _ in range(PACKED_STEPS):
+                        opt.zero_grad()
+                        step_value, _ = packed_objective(trained, x, lengths, target, output, bidirectional)
+                        losses.append(step_value.item())
+                        step_value.backward()
+                        opt.step()
+                    assert losses[0] == value.item()
+                    tensors["losses"] = torch.tensor(losses, dtype=torch.float32)
+                    for n, p in model.named_parameters():
+                        tensors["init." + n] = p.detach().clone()
+                    for n, p in trained.named_parameters():
+                        tensors["final." + n] = p.detach().clone()
+
+                    meta = common_metadata("packed")
+                    meta.update({
+                        "cell": cell, "activation": "tanh", "input": "dense", "input_width": FEATURES,
+                        "hidden": H, "layers": layers, "outputs": MSE_OUT, "output": output, "loss": "mse",
+                        "average_over_time": "true" if output == "every_step" else "false",
+                        "steps": T_MAX, "batch": B_PACKED, "bidirectional": "true" if bidirectional else "false",
+                        "lengths": ",".join(str(n) for n in lengths.tolist()),
+                        "kind": "adam", "lr": repr(float(group["lr"])),
+                        "beta1": repr(float(group["betas"][0])), "beta2": repr(float(group["betas"][1])),
+                        "eps": repr(float(group["eps"])), "weight_decay": repr(float(group["weight_decay"])),
+                        "optimizer_steps": PACKED_STEPS,
+                    })
+                    name = f"packed_{cell_name}_l{layers}_{'bi' if bidirectional else 'uni'}_{output}.safetensors"
+                    save(name, tensors, meta)
+                    names.append(name)
+    print(f"packed fixtures: {len(names)}; worst float32-vs-float64 deviation "
+          f"(fraction of each tensor's max-abs) {worst:.2e}")
+    assert worst < 1e-5, worst
+    return names
+
+
 # --------------------------------------------------------------------------- optimizers
 
 OPT_CELL, OPT_LOSS, OPT_OUTPUT, OPT_STEPS = "lstm", "mse", "every_step", 3
@@ -533,10 +680,14 @@ def main():
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
     os.makedirs(OUT, exist_ok=True)
-    if sys.argv[1:] == ["--only", "embedding"]:
-        names = embedding_fixtures(seed=31)
+    only = {"embedding": lambda: embedding_fixtures(seed=31), "packed": lambda: packed_fixtures(seed=41)}
+    if len(sys.argv) == 3 and sys.argv[1] == "--only" and sys.argv[2] in only:
+        names = only[sys.argv[2]]()
         print(f"wrote {len(names)} files to {os.path.relpath(OUT, os.getcwd())}")
         return 0
+    if sys.argv[1:]:
+        print(f"usage: {sys.argv[0]} [--only {'|'.join(only)}]", file=sys.stderr)
+        return 2
     for f in os.listdir(OUT):
         if f.endswith(".safetensors"):
             os.remove(os.path.join(OUT, f))
@@ -545,6 +696,7 @@ def main():
     names += schedule_fixture()
     names += scheduled_sgd_fixture(seed=7)
     names += embedding_fixtures(seed=31)
+    names += packed_fixtures(seed=41)
     total = sum(os.path.getsize(os.path.join(OUT, n)) for n in names)
     print(f"wrote {len(names)} files, {total} bytes, to {os.path.relpath(OUT, os.getcwd())}")
 
