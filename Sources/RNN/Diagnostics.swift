@@ -31,8 +31,11 @@ extension Network {
     /// The additive sums behind `Diagnostics`, from the latest `lossAndGradient` (which must have
     /// run with `collectDiagnostics` set). Shape (L, 3 + H + T): per layer the saturated count, the
     /// number of outputs counted, the near-dead count, H fired counts (relu), T squared dh norms.
-    public func diagnosticSums() -> [Double] {
-        let L = spec.units, H = spec.hiddenSize, T = lastSteps, B = lastBatch
+    /// T: `steps`, at least the forward's (zeros after it: a batch of shorter sequences), so that
+    /// batches of any lengths add up; default the forward's.
+    public func diagnosticSums(steps: Int? = nil) -> [Double] {
+        let L = spec.units, H = spec.hiddenSize, T = steps ?? lastSteps, rows = lastRows
+        precondition(T >= lastSteps, "diagnostics over fewer steps than the forward's")
         let width = 3 + H + T
         var out = [Double](repeating: 0, count: L * width)
         let sigmoidLow = 0.0998, sigmoidHigh = 0.9002, tanhHigh = 0.8005, dead = 0.01
@@ -48,13 +51,13 @@ extension Network {
                 case .tanh: for v in h { tanhOut(Double(v)) }
                 case .sigmoid: for v in h { sig(Double(v)) }
                 case .relu, .leakyRelu:
-                    for i in 0..<(T * B) { for j in 0..<H where h[i * H + j] > 0 { out[base + 3 + j] += 1 } }
+                    for i in 0..<rows { for j in 0..<H where h[i * H + j] > 0 { out[base + 3 + j] += 1 } }
                 }
             case .lstm, .gru:
                 let a = gateActivations(layer: k)
                 let G = spec.cell.gates
                 // Gates whose nonlinearity is tanh: LSTM g (index 2), GRU n (index 2).
-                for i in 0..<(T * B) {
+                for i in 0..<rows {
                     for gate in 0..<G {
                         let row = a.baseAddress! + (i * G + gate) * H
                         if gate == 2 { for j in 0..<H { tanhOut(Double(row[j])) } } else { for j in 0..<H { sig(Double(row[j])) } }
@@ -64,7 +67,7 @@ extension Network {
             out[base] = saturated
             out[base + 1] = counted
             out[base + 2] = nearDead
-            for t in 0..<T { out[base + 3 + H + t] = dhNormSquares[k * T + t] }
+            for t in 0..<lastSteps { out[base + 3 + H + t] = dhNormSquares[k * lastSteps + t] }
         }
         return out
     }

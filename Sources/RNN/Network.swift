@@ -10,10 +10,16 @@
 /// Objective. With per-term losses l (see LossStats) the gradient accumulated by `lossAndGradient`
 /// is that of S = sum over this batch's terms of l. `normalizeGradients` then turns the sum over the
 /// global batch (after the allreduce) into the gradient the optimizer uses:
-///   every_step: (1/B_global) * S, and with average_over_time also 1/T: the per-token mean loss
-///               (PyTorch's CrossEntropyLoss/MSELoss default reduction);
+///   every_step: (1/B_global) * S, and with average_over_time (1/n_global) * S, n_global the
+///               number of valid terms (B_global * T for equal lengths): the per-token mean loss
+///               (PyTorch's CrossEntropyLoss/MSELoss default reduction over the packed terms);
 ///   last_step:  (1/B_global) * S; with average_over_time the recurrent layers' gradients (which BPTT
-///               accumulated over the T steps) are further divided by T; the head's are not.
+///               accumulated over the time steps) are divided by n_global, the samples' lengths
+///               summed, instead (1/(B_global*T) for equal lengths); the head's are not.
+///
+/// Sequences of different lengths arrive in the packed layout (see Batch): every per-step buffer
+/// below has N = sum(lengths) rows, step t's B_t rows at offset[t], and the recurrent sweep of
+/// step t computes B_t rows, so padding costs nothing.
 public final class Network<S: RNNScalar> {
     public let spec: ModelSpec
     public let layout: ParameterLayout
@@ -81,9 +87,23 @@ public final class Network<S: RNNScalar> {
     private var packedWhh: [PackedRecurrentWeights?]
     private var T = 0
     private var B = 0
+    // The packed layout of the latest forward (see Batch): step t's rows are samples 0..<rowsAt[t]
+    // from row offset[t] on; N rows in all (T*B for equal lengths). `ragged`: the lengths differ.
+    private var lengths: [Int] = []  // (B): each sample's steps, nonincreasing
+    private var rowsAt: [Int] = []  // (T): B_t, the samples longer than t
+    private var offset: [Int] = []  // (T + 1): the row of step t's sample 0; offset[T] = N
+    private var N = 0
+    private var ragged = false
+    private var hPrevRows = Buffer<S>(count: 0)  // (N, H): h_{t-1} beside each row of step t (ragged batches' dW_hh)
+    private var dHead = Buffer<S>(count: 0)  // (B, D*H): dL/d(head input) for last_step, scattered to each sample's last step
     /// (T, B) of the latest forward.
     public var lastSteps: Int { T }
     public var lastBatch: Int { B }
+    /// Rows of the latest forward's per-step arrays: sum of the lengths (T*B for equal lengths).
+    public var lastRows: Int { N }
+    /// Sample-steps computed by the recurrent sweeps of every unit so far (forward, then
+    /// backward): padding costs nothing, so a batch of lengths {3, 20} adds 23 per unit and sweep.
+    public private(set) var stepsComputed = 0
 
     /// When set, the backward pass records sum over the batch of ||dL/dh_t||^2 per layer and step
     /// in `dhNormSquares` (L, T), for Diagnostics. Off by default: it costs a pass over dL/dh.
@@ -140,12 +160,36 @@ public final class Network<S: RNNScalar> {
     private var G: Int { spec.cell.gates }
     private var O: Int { spec.outputSize }
     private var C: Int { spec.cell.stateTensors }
-    private var headRows: Int { spec.output == .everyStep ? T * B : B }
+    private var headRows: Int { spec.output == .everyStep ? N : B }
     private var slope: S { S(spec.leakySlope) }
 
-    private func reserve(steps: Int, batch: Int) {
+    private func reserve(steps: Int, batch: Int, lengths given: [Int32]) {
         T = steps
         B = batch
+        // Rebuilt in place (keeping their capacity): a step allocates nothing.
+        lengths.removeAll(keepingCapacity: true)
+        if given.isEmpty {
+            for _ in 0..<batch { lengths.append(steps) }
+        } else {
+            precondition(given.count == batch && Int(given[0]) == steps && given.last! >= 1,
+                         "lengths must be (B), nonincreasing, the first equal to T")
+            for b in 0..<batch {
+                precondition(b == 0 || given[b] <= given[b - 1], "lengths must be nonincreasing (longest first)")
+                lengths.append(Int(given[b]))
+            }
+        }
+        rowsAt.removeAll(keepingCapacity: true)
+        offset.removeAll(keepingCapacity: true)
+        offset.append(0)
+        var active = batch
+        for t in 0..<steps {
+            while active > 0 && lengths[active - 1] <= t { active -= 1 }
+            rowsAt.append(active)
+            offset.append(offset[t] + active)
+        }
+        N = offset[steps]
+        ragged = N != steps * batch
+        if ragged && hPrevRows.count < N * H { hPrevRows = Buffer(count: steps * batch * H) }
         let need = steps * batch
         if need > capacity {
             capacity = need
@@ -181,7 +225,10 @@ public final class Network<S: RNNScalar> {
             batchCapacity = batch
             state0 = Buffer(count: spec.units * C * batch * H)
             dState0 = Buffer(count: spec.units * C * batch * H)
-            if D == 2 { lastTop = Buffer(count: batch * 2 * H) }
+            if spec.output == .lastStep {
+                lastTop = Buffer(count: batch * D * H)
+                dHead = Buffer(count: batch * D * H)
+            }
             hh = Buffer(count: spec.cell == .gru ? batch * G * H : 0)
             dc = Buffer(count: spec.cell == .lstm ? batch * H : 0)
         }
@@ -190,10 +237,11 @@ public final class Network<S: RNNScalar> {
     /// Scalars held by the activations kept for the backward pass and the other workspaces, at
     /// the largest (T, B) seen so far (for memory accounting: `rnn-dp bench`'s peak memory).
     public var workspaceScalars: Int {
+        let packed = hPrevRows.count + dHead.count
         let layers = store.reduce(0) { $0 + $1.h.count + $1.gates.count + $1.cell.count + $1.hn.count + $1.lnHat.count + $1.lnRstd.count + $1.bnHat.count }
         let dropout = dropFactor.reduce(0) { $0 + $1.count } + dropped.reduce(0) { $0 + $1.count }
         let bidirectional = cat.reduce(0) { $0 + $1.count } + reversedInput.count + lastTop.count + dUnitInput.count + dLayerInput.count
-        return layers + dropout + bidirectional + embedded.count + dEmbedded.count + D * (delta.first?.count ?? 0) * 2 + dxi.count + dhh.count + dense.count + head.count
+        return packed + layers + dropout + bidirectional + embedded.count + dEmbedded.count + D * (delta.first?.count ?? 0) * 2 + dxi.count + dhh.count + dense.count + head.count
             + state0.count + dState0.count + hh.count + dc.count
     }
 
@@ -221,14 +269,14 @@ public final class Network<S: RNNScalar> {
     ///   statistics; otherwise its running statistics.
     public func forward(_ batch: Batch, initialState: UnsafePointer<S>? = nil, training: Bool = false) {
         self.training = training
-        reserve(steps: batch.steps, batch: batch.batchSize)
-        let TB = T * B
+        reserve(steps: batch.steps, batch: batch.batchSize, lengths: batch.lengths)
+        let TB = N
         setInitialState(initialState)
         if case .dense(let f) = spec.input {
-            precondition(batch.features.count == TB * f, "features must be (T, B, I)")
+            precondition(batch.features.count == TB * f, "features must be (T, B, I), packed")
             batch.features.withUnsafeBufferPointer { S.fromFloat($0.baseAddress!, into: dense.pointer, TB * f) }
         } else {
-            precondition(batch.tokens.count == TB, "tokens must be (T, B)")
+            precondition(batch.tokens.count == TB, "tokens must be (T, B), packed")
         }
         if let E = spec.embeddingSize {
             // embedded[r] = embedding.weight[token r], (T*B, E)
@@ -236,14 +284,15 @@ public final class Network<S: RNNScalar> {
             for r in 0..<TB { (embedded.pointer + r * E).update(from: w + Int(batch.tokens[r]) * E, count: E) }
         }
         dropoutOn = training && (spec.dropout > 0 || spec.inputDropout > 0 || spec.headDropout > 0)
+        rowKeys = batch.rowKeys
         if dropoutOn && spec.inputDropout > 0, let (x, width) = layerInput(0) {
-            applyDropout(place: 0, p: spec.inputDropout, x: x, into: x, rows: TB, width: width, firstStep: 0)
+            applyDropout(place: 0, p: spec.inputDropout, x: x, into: x, width: width, lastSteps: false)
         }
         batch.tokens.withUnsafeBufferPointer { tokens in
             for k in 0..<spec.layers {
                 if k > 0 && dropoutOn && spec.dropout > 0 {
-                    applyDropout(place: k, p: spec.dropout, x: layerOutput(k - 1), into: dropped[k].pointer, rows: TB,
-                                 width: spec.layerOutputWidth, firstStep: 0)
+                    applyDropout(place: k, p: spec.dropout, x: layerOutput(k - 1), into: dropped[k].pointer,
+                                 width: spec.layerOutputWidth, lastSteps: false)
                 }
                 forwardLayer(k * D, tokens: tokens.baseAddress)
                 if D == 2 {
@@ -270,12 +319,18 @@ public final class Network<S: RNNScalar> {
         return nil
     }
 
-    /// rows[t] of a (T, B, width) matrix to rows[T-1-t] of another (accumulate: added to it).
+    /// The row of sample b's step t in its own reversed time: step lengths[b]-1-t. Each sample is
+    /// reversed within its own length, so the backward unit starts at each sample's own end.
+    @inline(__always) private func reversedRow(_ t: Int, _ b: Int) -> Int { offset[lengths[b] - 1 - t] + b }
+
+    /// Each sample's rows of a packed (N, width) matrix in reversed time order into another
+    /// (accumulate: added to it).
     private func reverseTime(_ x: UnsafePointer<S>, into y: UnsafeMutablePointer<S>, width: Int, accumulate: Bool = false) {
-        let n = B * width
         for t in 0..<T {
-            let from = x + t * n, to = y + (T - 1 - t) * n
-            if accumulate { for i in 0..<n { to[i] += from[i] } } else { to.update(from: from, count: n) }
+            for b in 0..<rowsAt[t] {
+                let from = x + (offset[t] + b) * width, to = y + reversedRow(t, b) * width
+                if accumulate { for i in 0..<width { to[i] += from[i] } } else { to.update(from: from, count: width) }
+            }
         }
     }
 
@@ -284,17 +339,18 @@ public final class Network<S: RNNScalar> {
         if let (x, width) = layerInputInOrder(k) {
             reverseTime(x, into: reversedInput.pointer, width: width)
         } else if let tokens {
-            for t in 0..<T { for b in 0..<B { reversedTokens[(T - 1 - t) * B + b] = tokens[t * B + b] } }
+            for t in 0..<T { for b in 0..<rowsAt[t] { reversedTokens[reversedRow(t, b)] = tokens[offset[t] + b] } }
         }
     }
 
-    /// cat[k] (T, B, 2H) = [h_forward(t) | h_backward(t)], the backward unit's rows stored reversed.
+    /// cat[k] (N, 2H) = [h_forward(t) | h_backward(t)], the backward unit's rows stored reversed.
     private func concatenate(layer k: Int) {
         let f = store[2 * k].h.pointer, r = store[2 * k + 1].h.pointer, out = cat[k].pointer
         for t in 0..<T {
-            for b in 0..<B {
-                (out + (t * B + b) * 2 * H).update(from: f + (t * B + b) * H, count: H)
-                (out + (t * B + b) * 2 * H + H).update(from: r + ((T - 1 - t) * B + b) * H, count: H)
+            for b in 0..<rowsAt[t] {
+                let row = offset[t] + b
+                (out + row * 2 * H).update(from: f + row * H, count: H)
+                (out + row * 2 * H + H).update(from: r + reversedRow(t, b) * H, count: H)
             }
         }
     }
@@ -305,13 +361,15 @@ public final class Network<S: RNNScalar> {
     /// trains the same model. Set before each training pass (the trainer does).
     public struct DropoutKey: Sendable {
         public var seed: UInt64, step: Int
-        /// The global row of this batch's row 0, and the time step of its step 0.
+        /// The global row of this batch's row 0 (unless the batch names its rows: Batch.rowKeys),
+        /// and the time step of its step 0.
         public var rowOffset: Int, timeOffset: Int
         public init(seed: UInt64 = 0, step: Int = 0, rowOffset: Int = 0, timeOffset: Int = 0) {
             self.seed = seed; self.step = step; self.rowOffset = rowOffset; self.timeOffset = timeOffset
         }
     }
     public var dropoutKey = DropoutKey()
+    private var rowKeys: [Int] = []  // the latest forward's Batch.rowKeys
 
     /// SplitMix64's finalizer (Steele et al. 2014): a bijective mix of 64 bits.
     @inline(__always) static func mix(_ z0: UInt64) -> UInt64 {
@@ -328,20 +386,26 @@ public final class Network<S: RNNScalar> {
         return Double(mix(mix(prefix) ^ UInt64(unit)) >> 11) * 0x1p-53 >= p
     }
 
-    /// into = x * mask / (1 - p) over `rows` rows (time-major: row r is step firstStep + r / B,
-    /// sample r % B) of `width` units; keeps the factors for the backward pass. In place allowed.
+    /// into = x * mask / (1 - p) over the rows of `width` units of every step (N rows, packed), or
+    /// (`lastSteps`) over B rows, sample b's at its last step; keeps the factors for the backward
+    /// pass. In place allowed.
     private func applyDropout(place: Int, p: Double, x: UnsafeMutablePointer<S>, into out: UnsafeMutablePointer<S>,
-                              rows: Int, width: Int, firstStep: Int) {
+                              width: Int, lastSteps: Bool) {
         let factor = dropFactor[place].pointer
         let scale = S(1 / (1 - p)), key = dropoutKey
         let variational = spec.variationalDropout
-        for r in 0..<rows {
-            let t = variational ? 0 : key.timeOffset + firstStep + r / B, row = key.rowOffset + r % B
+        func row(_ r: Int, step: Int, sample b: Int) {
+            let t = variational ? 0 : key.timeOffset + step, id = rowKeys.isEmpty ? key.rowOffset + b : rowKeys[b]
             for j in 0..<width {
-                let f: S = Self.keeps(key, place: place, step: t, row: row, unit: j, p: p) ? scale : 0
+                let f: S = Self.keeps(key, place: place, step: t, row: id, unit: j, p: p) ? scale : 0
                 factor[r * width + j] = f
                 out[r * width + j] = x[r * width + j] * f
             }
+        }
+        if lastSteps {
+            for b in 0..<B { row(b, step: lengths[b] - 1, sample: b) }
+        } else {
+            for t in 0..<T { for b in 0..<rowsAt[t] { row(offset[t] + b, step: t, sample: b) } }
         }
     }
 
@@ -382,7 +446,7 @@ public final class Network<S: RNNScalar> {
     private func forwardLayer(_ k: Int, tokens: UnsafePointer<Int32>?) {
         let l = layout.layer(k)
         let st = store[k]
-        let TB = T * B
+        let TB = N
         let GH = G * H
         // Elman keeps its pre-activations in h (activated in place); gated cells in `gates`.
         let z = spec.cell == .rnn ? st.h.pointer : st.gates.pointer  // (T, B, G*H)
@@ -398,48 +462,53 @@ public final class Network<S: RNNScalar> {
         S.addBiasRows(z, rows: TB, cols: GH, p(l.bih), spec.cell == .gru ? nil : p(l.bhh))
         packedWhh[k] = S.packRecurrent(p(l.whh), gatesTimesHidden: GH, hidden: H, reuse: packedWhh[k])
         let packed = packedWhh[k]
+        // Step t computes its Bt rows only; their previous state is the first Bt rows of step t-1
+        // (the samples are sorted longest first).
         for t in 0..<T {
-            let hPrev = t > 0 ? st.h.pointer + (t - 1) * B * H : s0(k, 0)  // (B, H)
-            let zt = z + t * B * GH  // (B, G*H)
+            let Bt = rowsAt[t], r = offset[t]  // step t: rows r..<r+Bt
+            let hPrev = t > 0 ? st.h.pointer + offset[t - 1] * H : s0(k, 0)  // (Bt, H)
+            let zt = z + r * GH  // (Bt, G*H)
+            stepsComputed += Bt
             switch spec.cell {
             case .rnn:
-                S.recurrentForward(packed, w: p(l.whh), hPrev: hPrev, rows: B, gatesTimesHidden: H, hidden: H, into: zt)
+                S.recurrentForward(packed, w: p(l.whh), hPrev: hPrev, rows: Bt, gatesTimesHidden: H, hidden: H, into: zt)
                 if spec.layerNorm { layerNormStep(k, t, zt) }
-                S.activationForward(spec.activation, slope: slope, zt, B * H)
+                S.activationForward(spec.activation, slope: slope, zt, Bt * H)
             case .lstm:
-                S.recurrentForward(packed, w: p(l.whh), hPrev: hPrev, rows: B, gatesTimesHidden: GH, hidden: H, into: zt)
+                S.recurrentForward(packed, w: p(l.whh), hPrev: hPrev, rows: Bt, gatesTimesHidden: GH, hidden: H, into: zt)
                 if spec.layerNorm { layerNormStep(k, t, zt) }
-                let cPrev = t > 0 ? st.cell.pointer + (t - 1) * B * H : s0(k, 1)
-                S.lstmForward(gates: zt, cPrev: cPrev, c: st.cell.pointer + t * B * H, h: st.h.pointer + t * B * H,
-                              rows: B, hidden: H)
+                let cPrev = t > 0 ? st.cell.pointer + offset[t - 1] * H : s0(k, 1)
+                S.lstmForward(gates: zt, cPrev: cPrev, c: st.cell.pointer + r * H, h: st.h.pointer + r * H,
+                              rows: Bt, hidden: H)
             case .gru:
-                for b in 0..<B { (hh.pointer + b * GH).update(from: p(l.bhh), count: GH) }
-                S.recurrentForward(packed, w: p(l.whh), hPrev: hPrev, rows: B, gatesTimesHidden: GH, hidden: H, into: hh.pointer)
+                for b in 0..<Bt { (hh.pointer + b * GH).update(from: p(l.bhh), count: GH) }
+                S.recurrentForward(packed, w: p(l.whh), hPrev: hPrev, rows: Bt, gatesTimesHidden: GH, hidden: H, into: hh.pointer)
                 if spec.layerNorm {
-                    S.gruForwardLN(gates: zt, hh: hh.pointer, hPrev: hPrev, h: st.h.pointer + t * B * H, hn: st.hn.pointer + t * B * H,
-                                   rows: B, hidden: H, gamma: p(l.lnWeight!), beta: p(l.lnBias!),
-                                   xhat: st.lnHat.pointer + t * B * GH, rstd: st.lnRstd.pointer + t * B * G)
+                    S.gruForwardLN(gates: zt, hh: hh.pointer, hPrev: hPrev, h: st.h.pointer + r * H, hn: st.hn.pointer + r * H,
+                                   rows: Bt, hidden: H, gamma: p(l.lnWeight!), beta: p(l.lnBias!),
+                                   xhat: st.lnHat.pointer + r * GH, rstd: st.lnRstd.pointer + r * G)
                 } else {
-                    S.gruForward(gates: zt, hh: hh.pointer, hPrev: hPrev, h: st.h.pointer + t * B * H,
-                                 hn: st.hn.pointer + t * B * H, rows: B, hidden: H)
+                    S.gruForward(gates: zt, hh: hh.pointer, hPrev: hPrev, h: st.h.pointer + r * H,
+                                 hn: st.hn.pointer + r * H, rows: Bt, hidden: H)
                 }
             }
         }
     }
 
-    /// Layer norm of step t's gate pre-activations (B, G*H), one block per gate and sample.
+    /// Layer norm of step t's gate pre-activations (Bt, G*H), one block per gate and sample.
     private func layerNormStep(_ k: Int, _ t: Int, _ zt: UnsafeMutablePointer<S>) {
-        let l = layout.layer(k), st = store[k]
-        S.layerNormForward(zt, rows: B, blocks: G, hidden: H, gamma: p(l.lnWeight!), beta: p(l.lnBias!),
-                           xhat: st.lnHat.pointer + t * B * G * H, rstd: st.lnRstd.pointer + t * B * G)
+        let l = layout.layer(k), st = store[k], r = offset[t]
+        S.layerNormForward(zt, rows: rowsAt[t], blocks: G, hidden: H, gamma: p(l.lnWeight!), beta: p(l.lnBias!),
+                           xhat: st.lnHat.pointer + r * G * H, rstd: st.lnRstd.pointer + r * G)
     }
 
-    /// Batch norm of layer k's input projection z (T*B, G*H), in place, before the biases.
+    /// Batch norm of layer k's input projection z (N, G*H), in place, before the biases: the
+    /// statistics of valid rows only (the packed layout has no others).
     /// Training: statistics of the global batch (one reduction of the column sums across ranks);
     /// evaluation: the running statistics.
     private func batchNormForward(_ k: Int, _ z: UnsafeMutablePointer<S>) {
         let l = layout.layer(k)
-        let GH = G * H, rows = T * B
+        let GH = G * H, rows = N
         let mean = bnStats.pointer + 2 * k * GH, rstd = mean + GH  // (G*H) each
         if training {
             let sums = bnSums.pointer  // sum (G*H), sum of squares (G*H), rows
@@ -488,11 +557,11 @@ public final class Network<S: RNNScalar> {
         }
     }
 
-    /// The backward twin of batchNormForward (training statistics): dz (T*B, G*H), the gradient
+    /// The backward twin of batchNormForward (training statistics): dz (N, G*H), the gradient
     /// w.r.t. the normalized output, becomes the gradient w.r.t. the projection, in place.
     private func batchNormBackward(_ k: Int, _ dz: UnsafeMutablePointer<S>) {
         let l = layout.layer(k)
-        let GH = G * H, rows = T * B
+        let GH = G * H, rows = N
         let hat = store[k].bnHat.pointer
         // Local parameter gradients (summed across ranks with the rest of the gradient).
         let sums = bnSums.pointer  // sum dy (G*H), sum dy * xhat (G*H), rows
@@ -523,44 +592,51 @@ public final class Network<S: RNNScalar> {
     /// head dropout in a training pass (computed by the forward's call, read back by the backward's).
     private func headInput(forward: Bool = true) -> UnsafeMutablePointer<S> {
         let top = layerOutput(spec.layers - 1), W = spec.layerOutputWidth
-        var input = spec.output == .everyStep ? top : top + (T - 1) * B * W
-        if spec.output == .lastStep && D == 2 {
-            // PyTorch's h_n: the forward unit after step T-1, the backward unit after step 0
-            // (its own last step, stored at T-1 of its reversed rows); gathered by the forward.
-            let f = store[2 * spec.layers - 2].h.pointer, r = store[2 * spec.layers - 1].h.pointer
-            for b in 0..<B where forward {
-                (lastTop.pointer + b * 2 * H).update(from: f + ((T - 1) * B + b) * H, count: H)
-                (lastTop.pointer + b * 2 * H + H).update(from: r + ((T - 1) * B + b) * H, count: H)
+        var input = top
+        if spec.output == .lastStep {
+            if ragged || D == 2 {
+                // Each sample's state after its own last step (PyTorch's h_n): for a backward unit
+                // that is after input step 0, its own last step, at the same row of its reversed
+                // time. Gathered by the forward; (B, D*H).
+                let units = (0..<D).map { store[(spec.layers - 1) * D + $0].h.pointer }
+                for b in 0..<B where forward {
+                    let row = offset[lengths[b] - 1] + b
+                    for (d, h) in units.enumerated() { (lastTop.pointer + b * W + d * H).update(from: h + row * H, count: H) }
+                }
+                input = lastTop.pointer
+            } else {
+                input = top + offset[T - 1] * W  // step T-1's rows are samples 0..<B
             }
-            input = lastTop.pointer
         }
         guard dropoutOn && spec.headDropout > 0 else { return input }
         let out = dropped[spec.layers].pointer
         if forward {
-            applyDropout(place: spec.layers, p: spec.headDropout, x: input, into: out, rows: headRows, width: W,
-                         firstStep: spec.output == .everyStep ? 0 : T - 1)
+            applyDropout(place: spec.layers, p: spec.headDropout, x: input, into: out, width: W, lastSteps: spec.output == .lastStep)
         }
         return out
     }
 
-    /// Copies the state after the last step of the latest forward, (L, C, B, H), into `out`.
+    /// Copies each sample's state after its last step in the latest forward, (L, C, B, H), into `out`.
     public func finalState(into out: UnsafeMutablePointer<S>) {
         for k in 0..<spec.units {
-            (out + (k * C) * B * H).update(from: store[k].h.pointer + (T - 1) * B * H, count: B * H)
-            if spec.cell == .lstm {
-                (out + (k * C + 1) * B * H).update(from: store[k].cell.pointer + (T - 1) * B * H, count: B * H)
+            for b in 0..<B {
+                let row = offset[lengths[b] - 1] + b
+                (out + (k * C * B + b) * H).update(from: store[k].h.pointer + row * H, count: H)
+                if spec.cell == .lstm {
+                    (out + ((k * C + 1) * B + b) * H).update(from: store[k].cell.pointer + row * H, count: H)
+                }
             }
         }
     }
 
-    /// Layer k's outputs h_t after `forward`, (T, B, H).
+    /// Layer k's outputs h_t after `forward`, (N, H): (T, B, H) packed.
     public func hiddenStates(layer k: Int) -> UnsafeBufferPointer<S> {
-        UnsafeBufferPointer(start: store[k].h.pointer, count: T * B * H)
+        UnsafeBufferPointer(start: store[k].h.pointer, count: N * H)
     }
 
-    /// Layer k's gate activations after `forward`, (T, B, G*H); empty for Elman.
+    /// Layer k's gate activations after `forward`, (N, G*H); empty for Elman.
     public func gateActivations(layer k: Int) -> UnsafeBufferPointer<S> {
-        UnsafeBufferPointer(start: store[k].gates.pointer, count: spec.cell == .rnn ? 0 : T * B * G * H)
+        UnsafeBufferPointer(start: store[k].gates.pointer, count: spec.cell == .rnn ? 0 : N * G * H)
     }
 
     // MARK: loss
@@ -595,13 +671,13 @@ public final class Network<S: RNNScalar> {
             let r = batch.targetClasses.withUnsafeBufferPointer {
                 S.softmaxCrossEntropy(head.pointer, rows: rows, classes: O, targets: $0.baseAddress!, scale: scale)
             }
-            return LossStats(sum: r.loss, count: rows, correct: r.correct)
+            return LossStats(sum: r.loss, count: rows, correct: r.correct, steps: N)
         case .mse:
             precondition(batch.targetValues.count == rows * O, "value targets must be (T, B, O) or (B, O)")
             let s = batch.targetValues.withUnsafeBufferPointer {
                 S.meanSquaredError(head.pointer, targets: $0.baseAddress!, rows: rows, width: O, scale: scale)
             }
-            return LossStats(sum: s, count: rows)
+            return LossStats(sum: s, count: rows, steps: N)
         }
     }
 
@@ -623,29 +699,27 @@ public final class Network<S: RNNScalar> {
     }
 
     private func backward(_ batch: Batch, learnState: Bool) {
-        let TB = T * B, W = spec.layerOutputWidth
+        let TB = N, W = spec.layerOutputWidth
         // Head: dW += dOut^T h, db += sum dOut, dh = dOut W (then through head dropout).
         let input = headInput(forward: false)
         S.gemm(transA: true, transB: false, m: O, n: W, k: headRows, alpha: 1, a: head.pointer, lda: O,
                b: input, ldb: W, beta: 1, c: g(layout.headWeight), ldc: W)
         S.sumRows(head.pointer, rows: headRows, cols: O, into: g(layout.headBias))
         onGradientsFinal?(layout.headFinalOffset)
-        // dL/d(head input), (rows, D*H): straight into the top unit's dL/dh (one direction), or
-        // into the scratch that is then split between the two units.
-        let dTop = D == 1 ? delta[0].pointer + (spec.output == .everyStep ? 0 : (T - 1) * B * H) : dLayerInput.pointer
-        if spec.output == .lastStep { for d in 0..<D { delta[d].pointer.update(repeating: 0, count: (T - 1) * B * H) } }
+        // dL/d(head input), (rows, D*H): for every_step straight into the top unit's dL/dh (one
+        // direction) or into the scratch that is then split between the two units; for last_step
+        // into (B, D*H), then to each unit's row of each sample's last step (zero elsewhere).
+        let dTop = spec.output == .lastStep ? dHead.pointer : D == 1 ? delta[0].pointer : dLayerInput.pointer
         S.gemm(transA: false, transB: false, m: headRows, n: W, k: O, alpha: 1, a: head.pointer, lda: O,
                b: p(layout.headWeight), ldb: W, beta: 0, c: dTop, ldc: W)
         if dropoutOn && spec.headDropout > 0 { dropoutBackward(place: spec.layers, dTop, rows: headRows, width: W) }
-        if D == 2 {
-            if spec.output == .everyStep {
-                split(dTop, into: delta)
-            } else {  // h_n: both units' own last step (T-1 in their time order)
-                for b in 0..<B {
-                    (delta[0].pointer + ((T - 1) * B + b) * H).update(from: dTop + b * 2 * H, count: H)
-                    (delta[1].pointer + ((T - 1) * B + b) * H).update(from: dTop + b * 2 * H + H, count: H)
-                }
+        if spec.output == .lastStep {
+            for d in 0..<D {
+                delta[d].pointer.update(repeating: 0, count: N * H)
+                for b in 0..<B { (delta[d].pointer + (offset[lengths[b] - 1] + b) * H).update(from: dTop + b * W + d * H, count: H) }
             }
+        } else if D == 2 {
+            split(dTop, into: delta)
         }
         dState0.pointer.update(repeating: 0, count: spec.units * C * B * H)
         // Every element is written below; reallocated only when T changes.
@@ -677,13 +751,14 @@ public final class Network<S: RNNScalar> {
         }
     }
 
-    /// The twin of concatenate: d (T, B, 2H) into the forward unit's (T, B, H) and the backward
+    /// The twin of concatenate: d (N, 2H) into the forward unit's (N, H) and the backward
     /// unit's, reversed in time.
     private func split(_ d: UnsafePointer<S>, into out: [Buffer<S>]) {
         for t in 0..<T {
-            for b in 0..<B {
-                (out[0].pointer + (t * B + b) * H).update(from: d + (t * B + b) * 2 * H, count: H)
-                (out[1].pointer + ((T - 1 - t) * B + b) * H).update(from: d + (t * B + b) * 2 * H + H, count: H)
+            for b in 0..<rowsAt[t] {
+                let row = offset[t] + b
+                (out[0].pointer + row * H).update(from: d + row * 2 * H, count: H)
+                (out[1].pointer + reversedRow(t, b) * H).update(from: d + row * 2 * H + H, count: H)
             }
         }
     }
@@ -695,51 +770,66 @@ public final class Network<S: RNNScalar> {
     private func backwardLayer(_ k: Int, tokens: UnsafePointer<Int32>?, inputGradient: UnsafeMutablePointer<S>?) {
         let l = layout.layer(k)
         let st = store[k]
-        let TB = T * B
+        let TB = N
         let GH = G * H
-        let d = delta[k % D].pointer  // (T, B, H)
+        let d = delta[k % D].pointer  // (N, H)
         // dz: gradients of the input-side pre-activations, dU: of the hidden-side ones (T, B, G*H).
         let dz: UnsafeMutablePointer<S> = spec.cell == .rnn ? d : dxi.pointer
         let dU: UnsafeMutablePointer<S> = spec.cell == .gru ? dhh.pointer : dz
         if spec.cell == .lstm { dc.pointer.update(repeating: 0, count: B * H) }
         let packed = packedWhh[k]  // packed by this layer's forward, with the same parameters
+        // Step t's Bt rows; the rows of samples that end at step t start their sweep there, with
+        // the LSTM's dc still zero (no later step touched them).
         for t in stride(from: T - 1, through: 0, by: -1) {
-            let dht = d + t * B * H  // dL/dh_t, complete once step t+1 has added its share
-            let dPrev = t > 0 ? d + (t - 1) * B * H : ds0(k, 0)  // where dL/dh_{t-1} accumulates
-            let hPrev = t > 0 ? st.h.pointer + (t - 1) * B * H : s0(k, 0)
-            if collectDiagnostics { dhNormSquares[k * T + t] = S.sumOfSquares(dht, B * H) }
+            let Bt = rowsAt[t], r = offset[t]
+            let dht = d + r * H  // dL/dh_t, complete once step t+1 has added its share
+            let dPrev = t > 0 ? d + offset[t - 1] * H : ds0(k, 0)  // where dL/dh_{t-1} accumulates (its first Bt rows)
+            let hPrev = t > 0 ? st.h.pointer + offset[t - 1] * H : s0(k, 0)
+            stepsComputed += Bt
+            if collectDiagnostics { dhNormSquares[k * T + t] = S.sumOfSquares(dht, Bt * H) }
             if t % 8 == 0 { onProgress?() }
             switch spec.cell {
             case .rnn:
-                S.activationBackward(spec.activation, slope: slope, y: st.h.pointer + t * B * H, d: dht, B * H)
+                S.activationBackward(spec.activation, slope: slope, y: st.h.pointer + r * H, d: dht, Bt * H)
                 if spec.layerNorm { layerNormStepBackward(k, t, dht) }
             case .lstm:
-                let cPrev = t > 0 ? st.cell.pointer + (t - 1) * B * H : s0(k, 1)
-                S.lstmBackward(dh: dht, dc: dc.pointer, gates: st.gates.pointer + t * B * GH, c: st.cell.pointer + t * B * H,
-                               cPrev: cPrev, dz: dz + t * B * GH, rows: B, hidden: H)
-                if spec.layerNorm { layerNormStepBackward(k, t, dz + t * B * GH) }
+                let cPrev = t > 0 ? st.cell.pointer + offset[t - 1] * H : s0(k, 1)
+                S.lstmBackward(dh: dht, dc: dc.pointer, gates: st.gates.pointer + r * GH, c: st.cell.pointer + r * H,
+                               cPrev: cPrev, dz: dz + r * GH, rows: Bt, hidden: H)
+                if spec.layerNorm { layerNormStepBackward(k, t, dz + r * GH) }
             case .gru:
                 if spec.layerNorm {
-                    S.gruBackwardLN(dh: dht, gates: st.gates.pointer + t * B * GH, hn: st.hn.pointer + t * B * H, hPrev: hPrev,
-                                    dxi: dz + t * B * GH, dhh: dU + t * B * GH, dhPrev: dPrev, rows: B, hidden: H,
-                                    gamma: p(l.lnWeight!), xhat: st.lnHat.pointer + t * B * GH, rstd: st.lnRstd.pointer + t * B * G,
+                    S.gruBackwardLN(dh: dht, gates: st.gates.pointer + r * GH, hn: st.hn.pointer + r * H, hPrev: hPrev,
+                                    dxi: dz + r * GH, dhh: dU + r * GH, dhPrev: dPrev, rows: Bt, hidden: H,
+                                    gamma: p(l.lnWeight!), xhat: st.lnHat.pointer + r * GH, rstd: st.lnRstd.pointer + r * G,
                                     dgamma: g(l.lnWeight!), dbeta: g(l.lnBias!))
                 } else {
-                    S.gruBackward(dh: dht, gates: st.gates.pointer + t * B * GH, hn: st.hn.pointer + t * B * H, hPrev: hPrev,
-                                  dxi: dz + t * B * GH, dhh: dU + t * B * GH, dhPrev: dPrev, rows: B, hidden: H)
+                    S.gruBackward(dh: dht, gates: st.gates.pointer + r * GH, hn: st.hn.pointer + r * H, hPrev: hPrev,
+                                  dxi: dz + r * GH, dhh: dU + r * GH, dhPrev: dPrev, rows: Bt, hidden: H)
                 }
             }
             // dL/dh_{t-1} += dU_t W_hh
-            S.recurrentBackward(packed, w: p(l.whh), dz: dU + t * B * GH, rows: B, gatesTimesHidden: GH, hidden: H, into: dPrev)
+            S.recurrentBackward(packed, w: p(l.whh), dz: dU + r * GH, rows: Bt, gatesTimesHidden: GH, hidden: H, into: dPrev)
         }
         if spec.cell == .lstm { ds0(k, 1).update(from: dc.pointer, count: B * H) }
-        // dW_hh += sum_t dU_t^T h_{t-1}: one product over steps 1..T-1, one for step 0's h_{-1}.
-        if T > 1 {
-            S.gemm(transA: true, transB: false, m: GH, n: H, k: (T - 1) * B, alpha: 1, a: dU + B * GH, lda: GH,
-                   b: st.h.pointer, ldb: H, beta: 1, c: g(l.whh), ldc: H)
+        // dW_hh += sum_t dU_t^T h_{t-1}. Equal lengths: one product over steps 1..T-1, one for
+        // step 0's h_{-1}. Ragged: h_{t-1} copied beside every row of step t, then one product.
+        if ragged {
+            let hp = hPrevRows.pointer  // (N, H)
+            for t in 0..<T {
+                let from = t > 0 ? st.h.pointer + offset[t - 1] * H : s0(k, 0)
+                (hp + offset[t] * H).update(from: from, count: rowsAt[t] * H)
+            }
+            S.gemm(transA: true, transB: false, m: GH, n: H, k: N, alpha: 1, a: dU, lda: GH,
+                   b: hp, ldb: H, beta: 1, c: g(l.whh), ldc: H)
+        } else {
+            if T > 1 {
+                S.gemm(transA: true, transB: false, m: GH, n: H, k: (T - 1) * B, alpha: 1, a: dU + B * GH, lda: GH,
+                       b: st.h.pointer, ldb: H, beta: 1, c: g(l.whh), ldc: H)
+            }
+            S.gemm(transA: true, transB: false, m: GH, n: H, k: B, alpha: 1, a: dU, lda: GH,
+                   b: s0(k, 0), ldb: H, beta: 1, c: g(l.whh), ldc: H)
         }
-        S.gemm(transA: true, transB: false, m: GH, n: H, k: B, alpha: 1, a: dU, lda: GH,
-               b: s0(k, 0), ldb: H, beta: 1, c: g(l.whh), ldc: H)
         S.sumRows(dz, rows: TB, cols: GH, into: g(l.bih))
         S.sumRows(dU, rows: TB, cols: GH, into: g(l.bhh))
         // From here on only the input side is needed (for Elman and LSTM dz and dU are one buffer).
@@ -757,12 +847,12 @@ public final class Network<S: RNNScalar> {
         }
     }
 
-    /// The backward twin of layerNormStep: d (B, G*H) w.r.t. the normalized pre-activations
+    /// The backward twin of layerNormStep: d (Bt, G*H) w.r.t. the normalized pre-activations
     /// becomes the gradient w.r.t. the raw ones, in place.
     private func layerNormStepBackward(_ k: Int, _ t: Int, _ d: UnsafeMutablePointer<S>) {
-        let l = layout.layer(k), st = store[k]
-        S.layerNormBackward(d, rows: B, blocks: G, hidden: H, xhat: st.lnHat.pointer + t * B * G * H,
-                            rstd: st.lnRstd.pointer + t * B * G, gamma: p(l.lnWeight!), dgamma: g(l.lnWeight!), dbeta: g(l.lnBias!))
+        let l = layout.layer(k), st = store[k], r = offset[t]
+        S.layerNormBackward(d, rows: rowsAt[t], blocks: G, hidden: H, xhat: st.lnHat.pointer + r * G * H,
+                            rstd: st.lnRstd.pointer + r * G, gamma: p(l.lnWeight!), dgamma: g(l.lnWeight!), dbeta: g(l.lnBias!))
     }
 
     /// A learned initial state is shared by every sample: its gradient is the sum over the batch.
@@ -777,17 +867,24 @@ public final class Network<S: RNNScalar> {
     // MARK: gradient normalization
 
     /// Turns the summed gradient of the global batch into the gradient of the objective (see the
-    /// type's documentation): divide by the global number of samples, and by T where asked.
-    public func normalizeGradients(globalSamples: Int, steps: Int) {
+    /// type's documentation): divide by the global number of samples, or where averaging over
+    /// time by their time steps summed, `globalSteps` (B*T for equal lengths; for every_step the
+    /// number of loss terms, so the result is the mean over valid terms whatever the lengths).
+    public func normalizeGradients(globalSamples: Int, globalSteps: Int) {
         let perSample = 1 / S(globalSamples)
-        let t = spec.averageOverTime ? S(steps) : 1
+        let overTime = spec.averageOverTime ? 1 / S(globalSteps) : perSample
         switch spec.output {
         case .everyStep:
-            S.scale(n: layout.count, alpha: perSample / t, x: gradients.pointer)
+            S.scale(n: layout.count, alpha: overTime, x: gradients.pointer)
         case .lastStep:
-            S.scale(n: layout.recurrentCount, alpha: perSample / t, x: gradients.pointer)
+            S.scale(n: layout.recurrentCount, alpha: overTime, x: gradients.pointer)
             S.scale(n: layout.count - layout.recurrentCount, alpha: perSample,
                     x: gradients.pointer + layout.recurrentCount)
         }
+    }
+
+    /// The same for samples of `steps` steps each.
+    public func normalizeGradients(globalSamples: Int, steps: Int) {
+        normalizeGradients(globalSamples: globalSamples, globalSteps: globalSamples * steps)
     }
 }

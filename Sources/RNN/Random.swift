@@ -64,4 +64,6 @@ public enum RandomStream: UInt64 {
     case trainingData = 2
     case validationData = 3
     case sampling = 4
+    /// The order of length-bucketed batches within an epoch.
+    case batchOrder = 5
 }

@@ -10,6 +10,17 @@ import RNN
 /// `shuffle: false`, position p is sample p mod N, in file order. With `shuffle: true`, epoch
 /// e = p / N visits the samples in a random permutation seeded by (seed, e). Either way the order
 /// depends on (seed, step, row) only, never on the number of ranks.
+///
+/// Sequences of different lengths (`lengths`: a .ts file with unequal lengths, or npy inputs
+/// padded to a common T with a lengths file) make packed batches (see Batch). With shuffling and
+/// `bucketing`, epoch e cuts its permutation into pools of `poolBatches` batches, sorts each pool
+/// by length and cuts it into batches of similar lengths, whose order within the epoch is
+/// shuffled too (little padding, still a random visit). Each global batch, sorted longest first,
+/// is then dealt to `parts` shards (the ranks, or reproducible mode's micro-shards) so that
+/// every shard gets about the same number of time steps: longest-processing-time first, every
+/// sample to the shard with the fewest steps so far that has room. Global row r of the batch is
+/// the r-th of the dealt order; its dropout identity (Batch.rowKeys) is its place in the sorted
+/// batch, which does not depend on `parts`.
 public final class ArrayDataset: Dataset {
     public enum Inputs { case tokens([Int32], vocabulary: Int), features([Float], width: Int) }
     public enum Targets { case classes([Int32], classes: Int), values([Float], width: Int) }
@@ -18,6 +29,8 @@ public final class ArrayDataset: Dataset {
         public let inputs: Inputs
         public let targets: Targets
         public let count: Int
+        /// (count): each sample's length, the arrays padded to T; nil: every sample has T steps.
+        public var lengths: [Int32]? = nil
     }
 
     public let train: Split
@@ -31,9 +44,19 @@ public final class ArrayDataset: Dataset {
     let maxValidation: Int
     private var permutationCache: (epoch: Int, order: [Int])?
     private let lock = NSLock()
+    /// Length-bucketed batches (with shuffling and unequal lengths), and batches per pool.
+    public let bucketing: Bool
+    public static let poolBatches = 32
+    /// How many shards each global batch is dealt to, balancing their time steps (unequal lengths
+    /// only): the number of ranks, or of micro-shards in reproducible mode. Set by the trainer
+    /// before the first batch; 1 (no dealing) by default.
+    public var parts = 1
+    private var bucketCache: (epoch: Int, globalBatch: Int, batches: [[Int]])?
+    private var dealtCache: (step: Int, globalBatch: Int, parts: Int, samples: [Int], keys: [Int])?
 
     public init(train: Split, validation: Split?, steps: Int, output: OutputMode, shuffle: Bool, seed: UInt64,
-                maxValidation: Int, summary: String, classNames: [String]? = nil) {
+                maxValidation: Int, summary: String, classNames: [String]? = nil, bucketing: Bool = true) {
+        self.bucketing = bucketing
         self.train = train
         self.validation = validation
         self.steps = steps
@@ -79,15 +102,88 @@ public final class ArrayDataset: Dataset {
         return permutationCache!.order[p % n]
     }
 
+    /// Whether the training samples' lengths differ.
+    public var variableLength: Bool { train.lengths != nil }
+
+    func length(_ split: Split, _ i: Int) -> Int { split.lengths.map { Int($0[i]) } ?? steps }
+
     public func trainingBatch(step: Int, globalBatch: Int, rows: Range<Int>) -> Batch {
-        make(train, rows.map { sampleIndex(step * globalBatch + $0) })
+        guard variableLength else { return make(train, rows.map { sampleIndex(step * globalBatch + $0) }) }
+        let (samples, keys) = dealt(step: step, globalBatch: globalBatch)
+        return make(train, Array(samples[rows]), rowKeys: Array(keys[rows]))
     }
 
     public func validationBatch(_ samples: Range<Int>) -> Batch {
         make(validation!, Array(samples))
     }
 
-    private func make(_ split: Split, _ idx: [Int]) -> Batch {
+    /// The samples of step `step`'s global batch in no particular order: B consecutive positions
+    /// of the epoch order, or (bucketing) batch `step mod batchesPerEpoch` of its epoch.
+    func members(step: Int, globalBatch B: Int) -> [Int] {
+        guard shuffle && bucketing && variableLength else { return (0..<B).map { sampleIndex(step * B + $0) } }
+        let n = train.count, perEpoch = (n + B - 1) / B
+        let epoch = step / perEpoch
+        lock.lock()
+        defer { lock.unlock() }
+        if bucketCache?.epoch != epoch || bucketCache?.globalBatch != B {
+            // The epoch's permutation (the one sampleIndex visits), wrapped round to fill its last batch.
+            var rng = Xoshiro256(seed: seed, stream: RandomStream.trainingData.rawValue, index: UInt64(epoch))
+            var order = Array(0..<n)
+            order.shuffle(using: &rng)
+            order += order.prefix(perEpoch * B - n)
+            var batches: [[Int]] = []
+            let pool = Self.poolBatches * B
+            for start in stride(from: 0, to: order.count, by: pool) {
+                // Longest first; ties keep the permutation's order, so the pool stays random within a length.
+                let sorted = order[start..<min(start + pool, order.count)].enumerated()
+                    .sorted { length(train, $0.element) != length(train, $1.element) ? length(train, $0.element) > length(train, $1.element) : $0.offset < $1.offset }
+                    .map(\.element)
+                for b in stride(from: 0, to: sorted.count, by: B) { batches.append(Array(sorted[b..<(b + B)])) }
+            }
+            var orderRng = Xoshiro256(seed: seed, stream: RandomStream.batchOrder.rawValue, index: UInt64(epoch))
+            batches.shuffle(using: &orderRng)
+            bucketCache = (epoch, B, batches)
+        }
+        return bucketCache!.batches[step % perEpoch]
+    }
+
+    /// Step `step`'s global batch dealt to `parts` shards (see the type's documentation): the
+    /// samples in dealt order, and each one's place in the batch sorted longest first.
+    func dealt(step: Int, globalBatch B: Int) -> (samples: [Int], keys: [Int]) {
+        if let c = dealtCache, c.step == step, c.globalBatch == B, c.parts == parts { return (c.samples, c.keys) }
+        let sorted = members(step: step, globalBatch: B).enumerated()
+            .sorted { length(train, $0.element) != length(train, $1.element) ? length(train, $0.element) > length(train, $1.element) : $0.offset < $1.offset }
+            .map(\.element)
+        let P = max(1, min(parts, B))
+        var shards = [[Int]](repeating: [], count: P), load = [Int](repeating: 0, count: P)
+        let room = (0..<P).map { p in (p + 1) * B / P - p * B / P }  // Shard.rows's sizes
+        for (key, sample) in sorted.enumerated() {
+            var best = -1
+            for p in 0..<P where shards[p].count < room[p] && (best < 0 || load[p] < load[best]) { best = p }
+            shards[best].append(key)
+            load[best] += length(train, sample)
+        }
+        let keys = shards.flatMap { $0 }
+        let result = (keys.map { sorted[$0] }, keys)
+        dealtCache = (step, B, parts, result.0, result.1)
+        return result
+    }
+
+    /// For the metrics of step `step` (unequal lengths only): the padding a padded global batch
+    /// would carry, 1 - sum(lengths) / (B * longest), and the imbalance of the dealt shards'
+    /// time steps, max / mean - 1 (0 when every shard has the same).
+    public func balance(step: Int, globalBatch B: Int) -> (padding: Double, imbalance: Double)? {
+        guard variableLength else { return nil }
+        let samples = dealt(step: step, globalBatch: B).samples
+        let lengths = samples.map { length(train, $0) }
+        let total = lengths.reduce(0, +), longest = lengths.max() ?? 1
+        let P = max(1, min(parts, B))
+        let perShard = (0..<P).map { p in lengths[(p * B / P)..<((p + 1) * B / P)].reduce(0, +) }
+        let mean = Double(total) / Double(P)
+        return (1 - Double(total) / Double(B * longest), Double(perShard.max() ?? 0) / mean - 1)
+    }
+
+    private func make(_ split: Split, _ idx: [Int], rowKeys: [Int] = []) -> Batch {
         let T = steps
         var bb = BatchBuilder(steps: T, batchSize: idx.count)
         switch split.inputs {
@@ -99,16 +195,25 @@ public final class ArrayDataset: Dataset {
         case .classes(let a, _): bb.setClassTargets(rows: rows) { b, t in a[idx[b] * rows + t] }
         case .values(let a, let w): bb.setValueTargets(rows: rows, width: w) { b, t, o in a[(idx[b] * rows + t) * w + o] }
         }
-        return bb.batch
+        guard split.lengths != nil else { return bb.batch }
+        let p = bb.batch
+        var (packed, order) = Batch.packing(lengths: idx.map { length(split, $0) }, steps: T, tokens: p.tokens, features: p.features,
+                                            featureWidth: input.width, targetClasses: p.targetClasses, targetValues: p.targetValues,
+                                            targetWidth: outputSize, everyStep: output == .everyStep)
+        if !rowKeys.isEmpty { packed.rowKeys = order.map { rowKeys[$0] } }
+        return packed
     }
 }
 
 extension ArrayDataset {
     /// Loads inputs.npy and targets.npy (and optional validation files), checking every shape.
     /// - Parameters: vocabulary / classes: nil to use max + 1 of the ids found.
+    /// - lengths, validationLengths: (N,) integer .npy files of each sample's length in 1...T,
+    ///   the arrays padded to T (what lies beyond a sample's length is never read).
     public static func fromNumpy(inputs: String, targets: String, validationInputs: String?, validationTargets: String?,
                                  validationFraction: Double, shuffle: Bool, seed: UInt64, maxValidation: Int,
-                                 vocabulary: Int?, classes: Int?) throws -> ArrayDataset {
+                                 vocabulary: Int?, classes: Int?, lengths: String? = nil, validationLengths: String? = nil,
+                                 bucketing: Bool = true) throws -> ArrayDataset {
         let x = try NumpyArray.read(path: inputs)
         let y = try NumpyArray.read(path: targets)
         guard x.shape.count == 2 || x.shape.count == 3 else {
@@ -155,9 +260,23 @@ extension ArrayDataset {
                 return .values(f, width: width)
             }
         }
+        func lengthsOf(_ path: String?, samples: Int, _ name: String) throws -> [Int32]? {
+            guard let path else { return nil }
+            let a = try NumpyArray.read(path: path)
+            guard a.shape == [samples], a.isInteger, case .int(let l) = a.values else {
+                throw DataError("\(path): lengths must be an (N,) integer array with N = \(samples) (the samples of \(name)), got shape \(a.shape)")
+            }
+            if let (i, bad) = l.enumerated().first(where: { $0.element < 1 || Int($0.element) > T }) {
+                throw DataError("\(path): length \(bad) of sample \(i) is outside 1...\(T) (the inputs' T)")
+            }
+            return l
+        }
+        if (lengths == nil) != (validationLengths == nil) && validationInputs != nil {
+            throw DataError("\(lengths ?? validationLengths!): give lengths for both the training and the validation inputs, or for neither")
+        }
         var xi = try makeInputs(x, inputs)
         var yt = try targetsOf(y, targets)
-        var trainSplit = Split(inputs: xi, targets: yt, count: n)
+        var trainSplit = Split(inputs: xi, targets: yt, count: n, lengths: try lengthsOf(lengths, samples: n, inputs))
         var validation: Split?
         if let vi = validationInputs, let vt = validationTargets {
             let vx = try NumpyArray.read(path: vi), vy = try NumpyArray.read(path: vt)
@@ -167,7 +286,8 @@ extension ArrayDataset {
             guard vy.shape.first == vx.shape[0], Array(vy.shape.dropFirst()) == Array(y.shape.dropFirst()), vy.isInteger == y.isInteger else {
                 throw DataError("\(vt): shape \(vy.shape) does not match the training targets \(y.shape)")
             }
-            validation = Split(inputs: try makeInputs(vx, vi), targets: try targetsOf(vy, vt), count: vx.shape[0])
+            validation = Split(inputs: try makeInputs(vx, vi), targets: try targetsOf(vy, vt), count: vx.shape[0],
+                               lengths: try lengthsOf(validationLengths, samples: vx.shape[0], vi))
         } else if validationFraction > 0 {
             let nv = Int((Double(n) * validationFraction).rounded(.down))
             let nt = n - nv
@@ -180,9 +300,11 @@ extension ArrayDataset {
         yt = trainSplit.targets
         let kind = x.isInteger ? "token ids, vocabulary \(vocab!)" : "\(x.shape[2]) features"
         let target = y.isInteger ? "\(nClasses!) classes" : "values"
+        let shape = trainSplit.lengths.map { "lengths \($0.min()!)..\(T)" } ?? "T=\(T)"
         return ArrayDataset(train: trainSplit, validation: validation, steps: T, output: output, shuffle: shuffle, seed: seed,
                             maxValidation: maxValidation,
-                            summary: "npy \(inputs): \(trainSplit.count) training and \(validation?.count ?? 0) validation sequences of T=\(T), \(kind), \(target) \(output == .everyStep ? "per step" : "per sequence")")
+                            summary: "npy \(inputs): \(trainSplit.count) training and \(validation?.count ?? 0) validation sequences of \(shape), \(kind), \(target) \(output == .everyStep ? "per step" : "per sequence")",
+                            bucketing: bucketing)
     }
 
     /// The first `at` samples and the rest.
@@ -199,22 +321,24 @@ extension ArrayDataset {
         case .classes(let a, let c): let (p, q) = cut(a, rows); (ta, tb) = (.classes(p, classes: c), .classes(q, classes: c))
         case .values(let a, let w): let (p, q) = cut(a, rows * w); (ta, tb) = (.values(p, width: w), .values(q, width: w))
         }
-        return (Split(inputs: ia, targets: ta, count: at), Split(inputs: ib, targets: tb, count: s.count - at))
+        let la = s.lengths.map { Array($0[0..<at]) }, lb = s.lengths.map { Array($0[at...]) }
+        return (Split(inputs: ia, targets: ta, count: at, lengths: la), Split(inputs: ib, targets: tb, count: s.count - at, lengths: lb))
     }
 
-    /// Reads a sktime/UEA .ts file (equal-length, no timestamps): "@" header lines, then one line
-    /// per sequence, "d1v1,d1v2,...:d2v1,...:...:label". Returns features (N, T, D) and class ids
-    /// in the order of @classLabel.
-    public static func readTS(path: String) throws -> (features: [Float], n: Int, T: Int, D: Int, labels: [Int32], classNames: [String]) {
+    /// Reads a sktime/UEA .ts file (no timestamps): "@" header lines, then one line per sequence,
+    /// "d1v1,d1v2,...:d2v1,...:...:label", every dimension of a sequence of the same length.
+    /// Returns features (N, T, D), padded with zeros to the longest length T, each sequence's
+    /// length (nil when all are T), and class ids in the order of @classLabel.
+    public static func readTS(path: String) throws -> (features: [Float], n: Int, T: Int, D: Int, labels: [Int32], classNames: [String], lengths: [Int32]?) {
         guard let data = FileManager.default.contents(atPath: path) else {
             throw DataError(FileManager.default.fileExists(atPath: path) ? "\(path): cannot read the file" : "\(path): no such file")
         }
         guard let text = String(data: data, encoding: .utf8) else { throw DataError("\(path): not valid UTF-8 text") }
         var classNames: [String] = []
         var inData = false
-        var features: [Float] = []
+        var sequences: [[[Float]]] = []  // per sequence, per dimension, its values
         var labels: [Int32] = []
-        var T = -1, D = -1
+        var D = -1
         for (no, rawLine) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
             let line = rawLine.trimmingCharacters(in: .whitespacesAndNewlines)
             if line.isEmpty || line.hasPrefix("#") { continue }
@@ -241,40 +365,64 @@ extension ArrayDataset {
                     return f
                 }
             }
-            if D < 0 { D = series.count; T = series[0].count }
-            guard series.count == D, series.allSatisfy({ $0.count == T }), T > 0 else {
-                throw DataError("\(path):\(no + 1): every sequence needs \(D) dimensions of \(T) values (unequal lengths are not supported)")
+            if D < 0 { D = series.count }
+            guard series.count == D else { throw DataError("\(path):\(no + 1): has \(series.count) dimensions, the first sequence \(D)") }
+            guard series[0].count > 0, series.allSatisfy({ $0.count == series[0].count }) else {
+                throw DataError("\(path):\(no + 1): the dimensions of a sequence need the same number of values, got \(series.map(\.count))")
             }
-            for t in 0..<T { for d in 0..<D { features.append(series[d][t]) } }
+            sequences.append(series)
             labels.append(Int32(label))
         }
         guard !labels.isEmpty else { throw DataError("\(path): no sequences after @data") }
-        return (features, labels.count, T, D, labels, classNames)
+        let lengths = sequences.map { Int32($0[0].count) }
+        let T = Int(lengths.max()!)
+        var features = [Float](repeating: 0, count: sequences.count * T * D)
+        for (i, series) in sequences.enumerated() {
+            for t in 0..<series[0].count { for d in 0..<D { features[(i * T + t) * D + d] = series[d][t] } }
+        }
+        return (features, labels.count, T, D, labels, classNames, lengths.allSatisfy { Int($0) == T } ? nil : lengths)
     }
 
     /// A sequence-classification dataset from .ts files: many-to-one, features z-scored per
-    /// channel with the training file's statistics.
-    public static func fromTS(path: String, validationPath: String?, shuffle: Bool, seed: UInt64, maxValidation: Int) throws -> ArrayDataset {
+    /// channel with the statistics of the training file's valid steps. Unequal lengths (in either
+    /// file) make a variable-length dataset padded to the longest sequence of both.
+    public static func fromTS(path: String, validationPath: String?, shuffle: Bool, seed: UInt64, maxValidation: Int,
+                              bucketing: Bool = true) throws -> ArrayDataset {
         let tr = try readTS(path: path)
-        var mean = [Double](repeating: 0, count: tr.D), sq = [Double](repeating: 0, count: tr.D)
-        for i in 0..<(tr.n * tr.T) { for d in 0..<tr.D { let v = Double(tr.features[i * tr.D + d]); mean[d] += v; sq[d] += v * v } }
-        let m = Double(tr.n * tr.T)
-        let std = (0..<tr.D).map { d -> Double in let v = sq[d] / m - (mean[d] / m) * (mean[d] / m); return v > 0 ? v.squareRoot() : 1 }
-        mean = mean.map { $0 / m }
-        func normalize(_ f: [Float]) -> [Float] { f.enumerated().map { Float((Double($1) - mean[$0 % tr.D]) / std[$0 % tr.D]) } }
-        let train = Split(inputs: .features(normalize(tr.features), width: tr.D), targets: .classes(tr.labels, classes: tr.classNames.count), count: tr.n)
-        var validation: Split?
-        if let vp = validationPath {
-            let va = try readTS(path: vp)
-            guard va.T == tr.T, va.D == tr.D, va.classNames == tr.classNames else {
-                throw DataError("\(vp): has \(va.D) dimensions of length \(va.T) and classes \(va.classNames); \(path) has \(tr.D) of \(tr.T) and \(tr.classNames)")
-            }
-            validation = Split(inputs: .features(normalize(va.features), width: va.D), targets: .classes(va.labels, classes: va.classNames.count), count: va.n)
+        let va = try validationPath.map { try readTS(path: $0) }
+        if let va, let vp = validationPath, va.D != tr.D || va.classNames != tr.classNames {
+            throw DataError("\(vp): has \(va.D) dimensions and classes \(va.classNames); \(path) has \(tr.D) and \(tr.classNames)")
         }
-        return ArrayDataset(train: train, validation: validation, steps: tr.T, output: .lastStep, shuffle: shuffle, seed: seed,
+        let D = tr.D, T = max(tr.T, va?.T ?? 0)
+        let varying = tr.lengths != nil || va?.lengths != nil || (va != nil && va!.T != tr.T)
+        var mean = [Double](repeating: 0, count: D), sq = [Double](repeating: 0, count: D)
+        var m = 0.0
+        for i in 0..<tr.n {
+            for t in 0..<(tr.lengths.map { Int($0[i]) } ?? tr.T) {
+                for d in 0..<D { let v = Double(tr.features[(i * tr.T + t) * D + d]); mean[d] += v; sq[d] += v * v }
+                m += 1
+            }
+        }
+        let std = (0..<D).map { d -> Double in let v = sq[d] / m - (mean[d] / m) * (mean[d] / m); return v > 0 ? v.squareRoot() : 1 }
+        mean = mean.map { $0 / m }
+        /// (n, T, D) normalized, padded with zeros from (n, Tf, D) and the lengths.
+        func split(_ f: (features: [Float], n: Int, T: Int, D: Int, labels: [Int32], classNames: [String], lengths: [Int32]?)) -> Split {
+            var out = [Float](repeating: 0, count: f.n * T * D)
+            for i in 0..<f.n {
+                for t in 0..<(f.lengths.map { Int($0[i]) } ?? f.T) {
+                    for d in 0..<D { out[(i * T + t) * D + d] = Float((Double(f.features[(i * f.T + t) * D + d]) - mean[d]) / std[d]) }
+                }
+            }
+            let lengths = varying ? (f.lengths ?? [Int32](repeating: Int32(f.T), count: f.n)) : nil
+            return Split(inputs: .features(out, width: D), targets: .classes(f.labels, classes: f.classNames.count), count: f.n, lengths: lengths)
+        }
+        let train = split(tr)
+        let validation = va.map { split($0) }
+        let shape = varying ? "lengths \((train.lengths! + (validation?.lengths ?? [])).min()!)..\(T)" : "T=\(T)"
+        return ArrayDataset(train: train, validation: validation, steps: T, output: .lastStep, shuffle: shuffle, seed: seed,
                             maxValidation: maxValidation,
-                            summary: "ts \(path): \(tr.n) training and \(validation?.count ?? 0) validation sequences of T=\(tr.T), \(tr.D) channels, classes \(tr.classNames.joined(separator: ", "))",
-                            classNames: tr.classNames)
+                            summary: "ts \(path): \(tr.n) training and \(validation?.count ?? 0) validation sequences of \(shape), \(D) channels, classes \(tr.classNames.joined(separator: ", "))",
+                            classNames: tr.classNames, bucketing: bucketing)
     }
 }
 

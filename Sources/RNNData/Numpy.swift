@@ -13,6 +13,10 @@ public struct NumpyArray: Equatable {
     public var values: Values
     public var count: Int { shape.reduce(1, *) }
     public var isInteger: Bool { if case .int = values { return true }; return false }
+    public init(shape: [Int], values: Values) {
+        self.shape = shape
+        self.values = values
+    }
 
     public static func read(path: String) throws -> NumpyArray {
         guard let data = FileManager.default.contents(atPath: path) else {

@@ -166,9 +166,104 @@ final class ArrayDatasetTests: XCTestCase {
     }
 
     func testTSErrors() {
-        let path = temporaryFile("@classLabel true a b\n@data\n1,2,3:4,5,6:a\n1,2:3,4:b\n", name: "x.ts")
-        XCTAssertThrowsError(try ArrayDataset.readTS(path: path)) { XCTAssertTrue("\($0)".contains("x.ts:4: every sequence needs 2 dimensions of 3 values"), "\($0)") }
+        let path = temporaryFile("@classLabel true a b\n@data\n1,2,3:4,5,6:a\n1,2:3,4,5:b\n", name: "x.ts")
+        XCTAssertThrowsError(try ArrayDataset.readTS(path: path)) { XCTAssertTrue("\($0)".contains("x.ts:4: the dimensions of a sequence need the same number of values, got [2, 3]"), "\($0)") }
+        let dims = temporaryFile("@classLabel true a b\n@data\n1,2,3:4,5,6:a\n1,2:b\n", name: "d.ts")
+        XCTAssertThrowsError(try ArrayDataset.readTS(path: dims)) { XCTAssertTrue("\($0)".contains("d.ts:4: has 1 dimensions, the first sequence 2"), "\($0)") }
         let bad = temporaryFile("@classLabel true a b\n@data\n1,2,3:4,5,6:c\n", name: "y.ts")
         XCTAssertThrowsError(try ArrayDataset.readTS(path: bad)) { XCTAssertTrue("\($0)".contains("y.ts:3: expected dimensions separated by ':' and a class label"), "\($0)") }
+    }
+
+    /// Unequal lengths in a .ts file: padded with zeros, the lengths kept, z-scored over valid
+    /// steps only; batches come packed.
+    func testUnequalLengthTSFile() throws {
+        let path = temporaryFile("@equalLength false\n@classLabel true a b\n@data\n1,2,3:4,5,6:a\n7,8:9,10:b\n", name: "u.ts")
+        let r = try ArrayDataset.readTS(path: path)
+        XCTAssertEqual(r.T, 3)
+        XCTAssertEqual(r.lengths, [3, 2])
+        XCTAssertEqual(r.features, [1, 4, 2, 5, 3, 6, 7, 9, 8, 10, 0, 0])
+        let ds = try ArrayDataset.fromTS(path: path, validationPath: nil, shuffle: false, seed: 1, maxValidation: 0)
+        XCTAssertTrue(ds.variableLength)
+        guard case .features(let f, _) = ds.train.inputs else { return XCTFail() }
+        let valid = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]  // (sample, step, channel) of the 5 valid steps x 2 channels
+        let channel0 = valid.filter { $0 % 2 == 0 }.map { Double(f[$0]) }
+        XCTAssertEqual(channel0.reduce(0, +), 0, accuracy: 1e-5, "z-scored over valid steps")
+        XCTAssertEqual(Array(f[10...]), [0, 0], "padding stays zero")
+        let b = ds.trainingBatch(step: 0, globalBatch: 2, rows: 0..<2)
+        XCTAssertEqual(b.lengths, [3, 2])
+        XCTAssertEqual(b.features.count, 5 * 2)
+    }
+
+    /// JapaneseVowels: lengths 7 to 29; bucketed global batches carry far less padding than
+    /// file-order ones, every epoch visits every sample, and dealing gives every shard about the
+    /// same time steps while the batch and each sample's dropout identity stay independent of it.
+    func testJapaneseVowelsBucketingAndDealing() throws {
+        func load(bucketing: Bool) throws -> ArrayDataset {
+            try ArrayDataset.fromTS(path: sharedData("JapaneseVowels_TRAIN.ts"), validationPath: sharedData("JapaneseVowels_TEST.ts"),
+                                    shuffle: true, seed: 3, maxValidation: 1000, bucketing: bucketing)
+        }
+        let ds = try load(bucketing: true), plain = try load(bucketing: false)
+        XCTAssertEqual(ds.train.count, 270)
+        XCTAssertEqual(ds.validationCount, 370)
+        XCTAssertEqual(ds.steps, 29)
+        XCTAssertEqual(ds.train.lengths!.min(), 7)
+        let B = 30
+        var bucketed = 0.0, unbucketed = 0.0
+        var seen = Set<Int>()
+        for step in 0..<9 {  // one epoch: 270 / 30 batches
+            seen.formUnion(ds.members(step: step, globalBatch: B))
+            bucketed += ds.balance(step: step, globalBatch: B)!.padding
+            unbucketed += plain.balance(step: step, globalBatch: B)!.padding
+        }
+        XCTAssertEqual(seen.count, 270, "an epoch visits every sample")
+        XCTAssertLessThan(bucketed / 9, 0.1)
+        XCTAssertGreaterThan(unbucketed / 9, 0.2)
+        for step in [0, 5, 11] {
+            var sets: [Set<[Int]>] = []
+            for parts in [1, 2, 3, 5] {
+                ds.parts = parts
+                let (samples, keys) = ds.dealt(step: step, globalBatch: B)
+                sets.append(Set(zip(samples, keys).map { [$0, $1] }))
+                XCTAssertLessThan(ds.balance(step: step, globalBatch: B)!.imbalance, 0.05, "parts \(parts)")
+                for p in 0..<parts {  // each shard's batch is packed longest first, keyed by the sorted batch
+                    let rows = (p * B / parts)..<((p + 1) * B / parts)
+                    let b = ds.trainingBatch(step: step, globalBatch: B, rows: rows)
+                    XCTAssertEqual(b.lengths.map { Int($0) }, rows.map { ds.length(ds.train, samples[$0]) }.sorted(by: >))
+                    XCTAssertEqual(Set(b.rowKeys), Set(keys[rows]))
+                }
+            }
+            XCTAssertEqual(Set(sets).count, 1, "the same samples with the same keys for any number of shards")
+        }
+        ds.parts = 1
+        let v = ds.validationBatch(0..<128)
+        XCTAssertEqual(v.features.count, v.validSteps * 12)
+    }
+
+    /// npy inputs padded to T with a lengths file; the lengths file's errors name it.
+    func testNumpyLengths() throws {
+        let d = dir()
+        let N = 4, T = 5
+        let x = write(NumpyArray(shape: [N, T, 2], values: .float((0..<(N * T * 2)).map { Float($0) })), "x.npy", in: d)
+        let y = write(NumpyArray(shape: [N, T], values: .int((0..<(N * T)).map { Int32($0 % 3) })), "y.npy", in: d)
+        let l = write(NumpyArray(shape: [N], values: .int([2, 5, 1, 3])), "l.npy", in: d)
+        let ds = try ArrayDataset.fromNumpy(inputs: x, targets: y, validationInputs: nil, validationTargets: nil, validationFraction: 0.25,
+                                            shuffle: false, seed: 1, maxValidation: 10, vocabulary: nil, classes: nil, lengths: l)
+        XCTAssertEqual(ds.train.lengths, [2, 5, 1])
+        XCTAssertEqual(ds.validation?.lengths, [3])
+        let b = ds.trainingBatch(step: 0, globalBatch: 3, rows: 0..<3)
+        XCTAssertEqual(b.lengths, [5, 2, 1])
+        XCTAssertEqual(b.targetClasses.count, 8, "every_step targets at valid steps only")
+        // Sample 1 (length 5) is packed row 0 of each step: its step t features are x[1, t, :].
+        XCTAssertEqual(Array(b.features[0..<2]), [10, 11])
+        XCTAssertEqual(Array(b.features[6..<8]), [12, 13])  // step 1: rows 3, 4 (samples 1, 0)
+        for (values, shape, message) in [([Int32(2), 6, 1, 3], [4], "length 6 of sample 1 is outside 1...5"),
+                                         ([2, 0, 1, 3], [4], "length 0 of sample 1 is outside 1...5"),
+                                         ([2, 5, 1], [3], "lengths must be an (N,) integer array with N = 4")] {
+            let bad = write(NumpyArray(shape: shape, values: .int(values)), "bad.npy", in: d)
+            XCTAssertThrowsError(try ArrayDataset.fromNumpy(inputs: x, targets: y, validationInputs: nil, validationTargets: nil, validationFraction: 0,
+                                                            shuffle: false, seed: 1, maxValidation: 10, vocabulary: nil, classes: nil, lengths: bad)) {
+                XCTAssertTrue("\($0)".contains("bad.npy: " + message), "\($0)")
+            }
+        }
     }
 }

@@ -26,16 +26,15 @@ final class GradientCheckTests: XCTestCase {
     static func objective(_ net: Network<Double>, _ batch: Batch, h0: [Double]?) -> Double {
         let s: LossStats = h0.map { h in h.withUnsafeBufferPointer { net.loss(batch, initialState: $0.baseAddress, batchStatistics: true) } }
             ?? net.loss(batch, batchStatistics: true)
-        var j = s.sum / Double(batch.batchSize)
-        if net.spec.averageOverTime && net.spec.output == .everyStep { j /= Double(batch.steps) }
-        return j
+        if net.spec.averageOverTime && net.spec.output == .everyStep { return s.sum / Double(batch.validSteps) }
+        return s.sum / Double(batch.batchSize)
     }
 
     /// Returns the worst relative error over all parameters.
     /// - corrupt: alters the analytic gradient before the comparison (to prove the check can fail).
     static func check(_ spec: ModelSpec, T: Int = 4, B: Int = 3, seed: UInt64 = 1, initialState: Bool = false,
                       scaleInit: Double = 1, settings: InitSettings = InitSettings(), perturbInitialState: Bool = false,
-                      perturbNormalization: Bool = false,
+                      perturbNormalization: Bool = false, lengths: [Int]? = nil,
                       corrupt: ((inout [Double], ParameterLayout) -> Void)? = nil) -> (worst: Double, name: String) {
         let net = Network<Double>(spec: spec)
         net.initializeParameters(seed: seed, settings: settings)
@@ -52,12 +51,18 @@ final class GradientCheckTests: XCTestCase {
             var r = Xoshiro256(seed: seed + 3)
             for l in net.layout.layers { for v in [l.h0, l.c0].compactMap({ $0 }) { for i in v.range { net.parameters[i] = r.nextDouble() - 0.5 } } }
         }
-        let batch = batch(spec, T: T, B: B, seed: seed + 100)
+        var batch = batch(spec, T: T, B: B, seed: seed + 100)
+        if let lengths {  // sequences of these lengths, packed (the padded values are never read)
+            precondition(lengths.count == B && lengths.max() == T)
+            batch = Batch.packing(lengths: lengths, steps: T, tokens: batch.tokens, features: batch.features, featureWidth: spec.input.width,
+                                  targetClasses: batch.targetClasses, targetValues: batch.targetValues, targetWidth: spec.outputSize,
+                                  everyStep: spec.output == .everyStep).batch
+        }
         var rng = Xoshiro256(seed: seed + 7)
         let h0: [Double]? = initialState ? (0..<(spec.layers * spec.cell.stateTensors * B * spec.hiddenSize)).map { _ in rng.nextDouble() - 0.5 } : nil
         net.gradients.zero()
         if let h0 { h0.withUnsafeBufferPointer { _ = net.lossAndGradient(batch, initialState: $0.baseAddress) } } else { net.lossAndGradient(batch) }
-        net.normalizeGradients(globalSamples: B, steps: T)
+        net.normalizeGradients(globalSamples: B, globalSteps: batch.validSteps)
         var analytic = net.gradients.array
         corrupt?(&analytic, net.layout)
         let eps = 1e-5
@@ -72,7 +77,7 @@ final class GradientCheckTests: XCTestCase {
                 let minus = objective(net, batch, h0: h0)
                 net.parameters[i] = old
                 var numeric = (plus - minus) / (2 * eps)
-                if spec.output == .lastStep && spec.averageOverTime && i < net.layout.recurrentCount { numeric /= Double(T) }
+                if spec.output == .lastStep && spec.averageOverTime && i < net.layout.recurrentCount { numeric /= Double(batch.validSteps) / Double(B) }
                 // Relative error, with a floor so that gradients near zero are judged by an
                 // absolute error of 1e-9 (central differences in Double carry about 1e-10 of noise).
                 let err = abs(analytic[i] - numeric) / max(abs(analytic[i]) + abs(numeric), 1e-3)
@@ -259,6 +264,63 @@ final class GradientCheckTests: XCTestCase {
                 Margin.report("GradientCheck", "bidirectional \(cell) \(output)", value: worst, must: .below, bound: 1e-6)
                 XCTAssertLessThan(worst, 1e-6, "\(cell) \(output): \(name)")
             }
+        }
+    }
+
+    /// Sequences of different lengths in one packed batch (lengths 5, 2, 4, 1 out of order):
+    /// every cell and output mode, uni- and bidirectional, with averaging over valid terms, dropout
+    /// (a fixed mask), tokens through an embedding, layer norm, batch norm over valid rows, and
+    /// learned initial states.
+    func testVariableLengths() {
+        let lengths = [5, 2, 4, 1]
+        for cell in [CellKind.rnn, .lstm, .gru] {
+            for output in [OutputMode.everyStep, .lastStep] {
+                var worst = 0.0, name = ""
+                for bidirectional in [false, true] {
+                    var spec = ModelSpec(cell: cell, input: .dense(features: 3), hiddenSize: 4, layers: 2, outputSize: 2,
+                                         output: output, loss: .mse, averageOverTime: true)
+                    spec.bidirectional = bidirectional
+                    spec.dropout = 0.3
+                    spec.headDropout = 0.2
+                    var tokens = ModelSpec(cell: cell, input: .tokens(vocabulary: 6), hiddenSize: 4, layers: 2, outputSize: 3,
+                                           output: output, loss: .crossEntropy)
+                    tokens.bidirectional = bidirectional
+                    tokens.embeddingSize = 5
+                    tokens.inputDropout = 0.2
+                    var normed = spec
+                    normed.layerNorm = true
+                    normed.batchNorm = true
+                    normed.learnedInitialState = true
+                    let results = [Self.check(spec, T: 5, B: 4, lengths: lengths), Self.check(tokens, T: 5, B: 4, lengths: lengths),
+                                   Self.check(normed, T: 5, B: 4, perturbInitialState: true, perturbNormalization: true, lengths: lengths)]
+                    for r in results where r.worst > worst { (worst, name) = (r.worst, "bidirectional \(bidirectional): \(r.name)") }
+                }
+                Margin.report("GradientCheck", "variable lengths \(cell) \(output)", value: worst, must: .below, bound: 1e-6)
+                XCTAssertLessThan(worst, 1e-6, "\(cell) \(output): \(name)")
+            }
+        }
+    }
+
+    /// Padding is not computed: a batch of lengths {3, 20} costs the sum of its lengths in
+    /// sample-steps of each recurrent sweep, not twice the longest.
+    func testPaddingIsNotComputed() {
+        for bidirectional in [false, true] {
+            var spec = ModelSpec(cell: .lstm, input: .dense(features: 3), hiddenSize: 4, layers: 2, outputSize: 2, output: .lastStep, loss: .mse)
+            spec.bidirectional = bidirectional
+            let net = Network<Float>(spec: spec)
+            net.initializeParameters(seed: 3)
+            var padded = Self.batch(spec, T: 20, B: 2, seed: 9)
+            let packed = Batch.packing(lengths: [3, 20], steps: 20, features: padded.features, featureWidth: 3,
+                                       targetValues: padded.targetValues, targetWidth: 2, everyStep: false).batch
+            XCTAssertEqual(packed.features.count, 23 * 3, "only valid steps are stored")
+            let before = net.stepsComputed
+            net.lossAndGradient(packed)
+            // Forward and backward sweep of each of the L*D units.
+            XCTAssertEqual(net.stepsComputed - before, 2 * spec.units * 23, "bidirectional \(bidirectional)")
+            padded.batchSize = 2
+            let full = net.stepsComputed
+            net.lossAndGradient(padded)  // the same two samples padded to 20 steps each
+            XCTAssertEqual(net.stepsComputed - full, 2 * spec.units * 40)
         }
     }
 

@@ -48,6 +48,7 @@ final class PyTorchParityTests: XCTestCase {
                                               // {lstm, gru} with the head tied to the embedding,
                                               // and {rnn tanh, lstm, gru} x {every, last} bidirectional
     static let expectedOptimizerFixtures = 10
+    static let expectedPackedFixtures = 24  // {rnn tanh, lstm, gru} x {1, 2 layers} x {uni, bi} x {every, last}
     static let expectedSchedules: Set<String> = ["constant", "step", "exponential", "cosine", "triangular", "plateau"]
 
     // MARK: - Fixture files
@@ -240,6 +241,7 @@ final class PyTorchParityTests: XCTestCase {
             "layers", "outputs", "output", "loss", "average_over_time", "steps", "batch", "optimizer_steps", "kind",
             "lr", "weight_decay", "momentum", "dampening", "nesterov", "beta1", "beta2", "eps", "alpha", "centered",
             "lr_decay", "initial_accumulator", "clip_norm", "clip_value", "schedule", "embedding", "tie_weights", "bidirectional",
+            "lengths",
         ]
         let unknown = Set(f.metadata.keys).subtracting(known).filter { !$0.hasPrefix("step.") }
         XCTAssertEqual(unknown.sorted(), [], "\(f.name): metadata keys this test does not apply")
@@ -336,6 +338,65 @@ final class PyTorchParityTests: XCTestCase {
             let gradTensors = f.tensors.keys.filter { $0.hasPrefix("grad.") }
             XCTAssertEqual(gradTensors.count, net.layout.views.count, "\(f.name): gradient tensors vs layout")
         } }
+    }
+
+    /// Sequences of different lengths against pack_padded_sequence: the fixture's padded batch
+    /// (padding filled with random values, which must not matter) packed with Batch.packing, then
+    /// the loss over valid terms, the outputs, every gradient and three SGD-with-momentum steps.
+    func testPackedSequencesMatchPyTorch() throws {
+        let fixtures = try Self.fixtures("packed_")
+        XCTAssertEqual(fixtures.count, Self.expectedPackedFixtures, "packed fixtures in \(Self.fixtureDirectory.path)")
+        var ragged = 0
+        for f in fixtures { Self.each(f) {
+            XCTAssertEqual(f.metadata["fixture"], "packed", f.name)
+            let spec = try Self.spec(f)
+            let T = try f.int("steps"), B = try f.int("batch"), I = spec.input.width, O = spec.outputSize
+            let lengths = try f.tensor("input.lengths").values.map { Int($0) }
+            XCTAssertEqual(lengths.map(String.init).joined(separator: ","), f.metadata["lengths"], f.name)
+            let everyStep = spec.output == .everyStep
+            let (batch, order) = Batch.packing(lengths: lengths, steps: T, features: try f.tensor("input.features").values.map { Float($0) },
+                                               featureWidth: I, targetValues: try f.tensor("target.values").values.map { Float($0) },
+                                               targetWidth: O, everyStep: everyStep)
+            XCTAssertTrue(batch.isRagged, f.name)
+            if batch.isRagged { ragged += 1 }
+            let net = Network<Float>(spec: spec)
+            try Self.loadWeights(net, from: f, prefix: "")
+            net.gradients.zero()
+            let stats = net.lossAndGradient(batch)
+            XCTAssertEqual(stats.steps, lengths.reduce(0, +), "\(f.name) steps computed")
+            XCTAssertEqual(stats.count, everyStep ? lengths.reduce(0, +) : B, "\(f.name) loss terms")
+            net.normalizeGradients(globalSamples: B, globalSteps: stats.steps)
+            assertClose([stats.mean], try f.tensor("loss").values, f.name, "loss")
+            try assertBufferMatches(net.gradients, net.layout, f, prefix: "grad.")
+            // The outputs, packed, against torch's padded ones (zeros at padding).
+            net.forward(batch)
+            let padded = try f.tensor("output").values
+            var expected: [Double] = [], actual: [Double] = []
+            if everyStep {
+                var row = 0
+                for t in 0..<T { for i in 0..<B where lengths[order[i]] > t {
+                    for o in 0..<O { expected.append(padded[(t * B + order[i]) * O + o]); actual.append(Double(net.outputs[row * O + o])) }
+                    row += 1
+                } }
+                XCTAssertEqual(row, net.lastRows, f.name)
+            } else {
+                for i in 0..<B { for o in 0..<O { expected.append(padded[order[i] * O + o]); actual.append(Double(net.outputs[i * O + o])) } }
+            }
+            assertClose(actual, expected, f.name, "output")
+            // Three optimizer steps from init.*.
+            try Self.loadWeights(net, from: f, prefix: "init.")
+            let optimizer = makeOptimizer(try Self.optimizerSettings(f), count: net.layout.count, as: Float.self)
+            let losses = try f.tensor("losses").values
+            for step in 0..<(try f.int("optimizer_steps")) {
+                net.gradients.zero()
+                let s = net.lossAndGradient(batch)
+                net.normalizeGradients(globalSamples: B, globalSteps: s.steps)
+                assertClose([s.mean], [losses[step]], f.name, "losses[\(step)]")
+                optimizer.step(parameters: net.parameters, gradients: net.gradients, learningRate: try f.double("lr"))
+            }
+            try assertBufferMatches(net.parameters, net.layout, f, prefix: "final.")
+        } }
+        XCTAssertEqual(ragged, fixtures.count, "every packed fixture has lengths that differ")
     }
 
     /// Three steps of every optimizer (torch.optim, single-tensor rules), some with clipping.

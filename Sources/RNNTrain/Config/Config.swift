@@ -71,6 +71,9 @@ let configSchema: [KeySpec] = [
     KeySpec("data.targets", .string, nil, "npy: targets.npy, (N, T) or (N,) class ids, or (N, T, O) / (N, O) / (N, T) floats"),
     KeySpec("data.validation_inputs", .string, nil, "npy: validation inputs (else validation_fraction of the samples)"),
     KeySpec("data.validation_targets", .string, nil, "npy: validation targets"),
+    KeySpec("data.lengths", .string, nil, "npy: lengths.npy, (N,) integers in 1..T: each sample's length, the inputs and per-step targets padded to T (padding is never read or computed)"),
+    KeySpec("data.validation_lengths", .string, nil, "npy: the validation inputs' lengths (needed with data.lengths and validation_inputs)"),
+    KeySpec("data.bucketing", .bool, nil, "npy, ts with unequal lengths: draw global batches of similar lengths (default true; needs data.shuffle)"),
     KeySpec("data.shuffle", .bool, nil, "npy, ts: visit samples in a seeded random order per epoch (default true); false: step k uses samples k*B .. k*B+B-1 (mod N) in file order"),
     KeySpec("data.vocabulary", .int(min: 1, max: 10_000_000), nil, "npy: number of token ids (default: largest id + 1)"),
     KeySpec("data.classes", .int(min: 1, max: 10_000_000), nil, "npy: number of classes (default: largest class id + 1)"),
@@ -408,6 +411,9 @@ public struct TrainConfig: Sendable {
         public var shuffle: Bool
         public var vocabulary: Int?
         public var classes: Int?
+        public var lengths: String?
+        public var validationLengths: String?
+        public var bucketing: Bool
     }
     public struct Model: Sendable {
         public var cell: CellKind
@@ -558,9 +564,15 @@ final class ConfigResolver {
         try only(["data.path"], when: "data.kind", in: ["text", "csv", "ts"])
         try only(["data.validation_fraction"], when: "data.kind", in: ["text", "csv", "npy"])
         try only(["data.validation_path"], when: "data.kind", in: ["ts"])
-        try only(["data.inputs", "data.targets", "data.validation_inputs", "data.validation_targets", "data.vocabulary", "data.classes"],
-                 when: "data.kind", in: ["npy"])
-        try only(["data.shuffle"], when: "data.kind", in: ["npy", "ts"])
+        try only(["data.inputs", "data.targets", "data.validation_inputs", "data.validation_targets", "data.vocabulary", "data.classes",
+                  "data.lengths", "data.validation_lengths"], when: "data.kind", in: ["npy"])
+        try only(["data.shuffle", "data.bucketing"], when: "data.kind", in: ["npy", "ts"])
+        if str("data.validation_lengths") != nil && str("data.lengths") == nil { throw err("data.validation_lengths", "needs data.lengths for the training inputs") }
+        if str("data.validation_lengths") != nil && str("data.validation_inputs") == nil { throw err("data.validation_lengths", "needs data.validation_inputs") }
+        if str("data.lengths") != nil && str("data.validation_inputs") != nil && str("data.validation_lengths") == nil {
+            throw err("data.validation_lengths", "required with data.lengths and data.validation_inputs")
+        }
+        if bool("data.bucketing") == true && bool("data.shuffle") == false { throw err("data.bucketing", "needs data.shuffle: true (without shuffling, batches stay in file order)") }
         let fromFiles = kind == "npy" || kind == "ts"  // sequence length, loss and output come from the data
         if fromFiles {
             for key in ["training.sequence_length"] where given.contains(key) {
@@ -610,7 +622,9 @@ final class ConfigResolver {
                     task: str("data.task") ?? "", validationPath: str("data.validation_path"),
                     inputs: str("data.inputs"), targets: str("data.targets"),
                     validationInputs: str("data.validation_inputs"), validationTargets: str("data.validation_targets"),
-                    shuffle: bool("data.shuffle") ?? true, vocabulary: int("data.vocabulary"), classes: int("data.classes"))
+                    shuffle: bool("data.shuffle") ?? true, vocabulary: int("data.vocabulary"), classes: int("data.classes"),
+                    lengths: str("data.lengths"), validationLengths: str("data.validation_lengths"),
+                    bucketing: bool("data.bucketing") ?? (bool("data.shuffle") ?? true))
     }
 
     /// model.*: the cell, its settings and the initialization.

@@ -24,10 +24,11 @@ public func makeDataset(_ config: TrainConfig, vocabulary: Vocabulary? = nil,
             return try ArrayDataset.fromNumpy(inputs: d.inputs!, targets: d.targets!, validationInputs: d.validationInputs,
                                               validationTargets: d.validationTargets, validationFraction: d.validationFraction,
                                               shuffle: d.shuffle, seed: config.seed, maxValidation: t.evalSamples,
-                                              vocabulary: d.vocabulary, classes: d.classes)
+                                              vocabulary: d.vocabulary, classes: d.classes, lengths: d.lengths,
+                                              validationLengths: d.validationLengths, bucketing: d.bucketing)
         case .ts:
             return try ArrayDataset.fromTS(path: d.path!, validationPath: d.validationPath, shuffle: d.shuffle,
-                                           seed: config.seed, maxValidation: t.evalSamples)
+                                           seed: config.seed, maxValidation: t.evalSamples, bucketing: d.bucketing)
         case .synthetic:  // data.task: adding, the only task
             return try AddingProblem(length: t.sequenceLength, seed: config.seed, validationSamples: t.evalSamples)
         }

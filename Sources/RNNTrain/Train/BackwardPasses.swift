@@ -79,7 +79,7 @@ final class BackwardPasses {
                 state.withUnsafeMutableBufferPointer { net.finalState(into: $0.baseAddress!) }
                 carried = true
             }
-            if diagnostics && last { sums = net.diagnosticSums() }
+            if diagnostics && last { sums = net.diagnosticSums(steps: lastChunkLength) }
             t0 = t1
         }
         if source.carriesState { source.keep(finalState: state, rows: rows) }

@@ -5,8 +5,9 @@ import RNNDistributed
 /// What a step's gradient computation leaves behind, the same on every rank: the gradient of the
 /// update in the network's gradient buffer (already the mean the optimizer uses), and this.
 struct StepGradients {
-    /// Loss summed over the global batch, its number of terms, and the terms predicted right.
-    var lossSum = 0.0, lossTerms = 0.0, correct = 0.0
+    /// Loss summed over the global batch, its number of terms, the terms predicted right, and the
+    /// time steps computed (the samples' lengths summed).
+    var lossSum = 0.0, lossTerms = 0.0, correct = 0.0, steps = 0.0
     /// Diagnostic sums over the global batch (log steps only).
     var diagnostics: [Double]?
     /// Whether every rank's gradient is finite (decided from reduced values, so alike everywhere).
@@ -35,7 +36,7 @@ protocol GradientStep: AnyObject {
 }
 
 /// What the data-parallel and local SGD steps share: this rank's rows of the global batch, their
-/// passes, and one allreduce of the loss sums (loss, terms, correct, and whether any rank's
+/// passes, and one allreduce of the loss sums (loss, terms, correct, steps, and whether any rank's
 /// gradient is non-finite) and one of the diagnostics.
 class ShardStep {
     let network: Network<Float>
@@ -43,7 +44,7 @@ class ShardStep {
     let passes: BackwardPasses
     let rows: Range<Int>, globalBatch: Int
     let fault: FaultInjection?
-    private var sums = [Double](repeating: 0, count: 4)
+    private var sums = [Double](repeating: 0, count: 5)
 
     init(network: Network<Float>, comm: Communicator, passes: BackwardPasses, globalBatch: Int, fault: FaultInjection?) {
         self.network = network
@@ -57,15 +58,16 @@ class ShardStep {
     /// The global sums of `local` and the diagnostics into `g`; returns whether any rank's flag
     /// `bad` was set (the same answer on every rank).
     func reduceLoss(_ local: LossStats, bad: Bool, diagnostics: [Double]?, into g: inout StepGradients) throws -> Bool {
-        sums[0] = local.sum; sums[1] = Double(local.count); sums[2] = Double(local.correct); sums[3] = bad ? 1 : 0
+        sums[0] = local.sum; sums[1] = Double(local.count); sums[2] = Double(local.correct); sums[3] = Double(local.steps)
+        sums[4] = bad ? 1 : 0
         try comm.allreduceSum(&sums)
-        (g.lossSum, g.lossTerms, g.correct) = (sums[0], sums[1], sums[2])
+        (g.lossSum, g.lossTerms, g.correct, g.steps) = (sums[0], sums[1], sums[2], sums[3])
         // Diagnostics on log steps, from values summed across ranks (N-independent).
         if var d = diagnostics {
             try comm.allreduceSum(&d)
             g.diagnostics = d
         }
-        return sums[3] != 0
+        return sums[4] != 0
     }
 }
 
@@ -100,11 +102,11 @@ extension GradientStep {
 
 extension BackwardPasses {
     /// After the reduction, on every rank alike: the batch source's exchange (stateful streams),
-    /// the gradient divided by `globalSamples` (and by T when averaging over time); returns
-    /// whether it is finite.
-    func finishStep(globalSamples: Int) throws -> Bool {
+    /// the gradient divided by `globalSamples` (or, averaging over time, by the samples' time
+    /// steps summed, `globalSteps`); returns whether it is finite.
+    func finishStep(globalSamples: Int, globalSteps: Double) throws -> Bool {
         try source.exchange()
-        network.normalizeGradients(globalSamples: globalSamples, steps: steps)
+        network.normalizeGradients(globalSamples: globalSamples, globalSteps: Int(globalSteps))
         return Float.allFinite(network.gradients.pointer, network.gradients.count)
     }
 }
@@ -145,7 +147,7 @@ final class DataParallelStep: ShardStep, GradientStep {
         g.compute = monotonicSeconds() - t0
         g.reduction = try reducer.finish()
         _ = try reduceLoss(local, bad: false, diagnostics: diagnosticSums, into: &g)
-        g.finite = try passes.finishStep(globalSamples: globalBatch)
+        g.finite = try passes.finishStep(globalSamples: globalBatch, globalSteps: g.steps)
         return g
     }
 }
@@ -176,7 +178,7 @@ final class LocalSGDStep: ShardStep, GradientStep {
         // rank decides the same.
         let bad = !Float.allFinite(network.gradients.pointer, network.gradients.count)
         g.finite = try !reduceLoss(local, bad: bad, diagnostics: diagnosticSums, into: &g)
-        _ = try passes.finishStep(globalSamples: rows.count)  // finiteness: every rank's flag, above
+        _ = try passes.finishStep(globalSamples: rows.count, globalSteps: Double(local.steps))  // finiteness: every rank's flag, above
         return g
     }
 
@@ -240,14 +242,14 @@ final class ReproducibleStep: GradientStep {
             // The injected NaN enters the first micro-shard; a hang stops before the reduction.
             if n == 0 && fault?.kind == .nan { fault?.beforeReduction(step: step, rank: comm.rank, gradients: net.gradients) }
             if n == mine.count - 1 && fault?.kind == .hang { fault?.beforeReduction(step: step, rank: comm.rank, gradients: net.gradients) }
-            lossParts.append([stats.sum, Double(stats.count), Double(stats.correct)])
+            lossParts.append([stats.sum, Double(stats.count), Double(stats.correct), Double(stats.steps)])
             if let sums { diagnosticParts.append(sums) }
             if let d = net.deferredStatistics { statisticParts.append(d) }
         }
         net.deferredStatistics = nil
         var g = StepGradients()
-        let loss = try FixedPoint.sum(lossParts, count: 3, totalParts: M, comm: comm)
-        (g.lossSum, g.lossTerms, g.correct) = (loss[0], loss[1], loss[2])
+        let loss = try FixedPoint.sum(lossParts, count: 4, totalParts: M, comm: comm)
+        (g.lossSum, g.lossTerms, g.correct, g.steps) = (loss[0], loss[1], loss[2], loss[3])
         if diagnostics {
             g.diagnostics = try FixedPoint.sum(diagnosticParts, count: net.diagnosticSumCount(steps: passes.lastChunkLength), totalParts: M, comm: comm)
         }
@@ -255,7 +257,7 @@ final class ReproducibleStep: GradientStep {
             net.updateRunningStatistics(try FixedPoint.sum(statisticParts, count: net.runningStatistics.count + 1, totalParts: M, comm: comm))
         }
         g.compute = monotonicSeconds() - t0
-        g.finite = try passes.finishStep(globalSamples: B)
+        g.finite = try passes.finishStep(globalSamples: B, globalSteps: g.steps)
         return g
     }
 }

@@ -14,6 +14,10 @@ final class StepReport {
     private var intervalStart: Double
     private var intervalSteps = 0
     private var compute = 0.0, communication = 0.0, exposed = 0.0, timed = 0
+    /// Sequences of unequal lengths: a step's padding fraction and shard imbalance (see
+    /// ArrayDataset.balance), averaged over the steps since the last log step.
+    var balance: ((Int) -> (padding: Double, imbalance: Double)?)?
+    private var padding = 0.0, imbalance = 0.0, balanced = 0
 
     init(console: Console, totalSteps: Int, startStep: Int, globalBatch: Int, steps: Int, text: Bool) {
         self.console = console
@@ -26,10 +30,11 @@ final class StepReport {
         intervalStart = runStart
     }
 
-    /// A step's times (every step whose gradients were computed).
-    func time(_ g: StepGradients) {
+    /// A step's times (every step whose gradients were computed), and its batch's shape.
+    func time(_ g: StepGradients, step: Int) {
         compute += g.compute; communication += g.reduction.communication; exposed += g.reduction.exposed
         timed += 1
+        if let b = balance?(step) { padding += b.padding; imbalance += b.imbalance; balanced += 1 }
     }
 
     /// Communication outside the gradient step (local SGD's parameter averaging).
@@ -59,6 +64,9 @@ final class StepReport {
                           l.step, totalSteps, l.loss, l.gradNorm, l.learningRate, stepTime * 1000, perSecond, text ? "tok/s" : "samples/s")
         if let v = l.validation { line += String(format: " | val loss %.4f", v) }
         if l.validation != nil, !text, let acc = l.accuracy { line += String(format: " | val acc %.1f%%", acc * 100) }
+        let shape: (padding: Double, imbalance: Double)? = balanced > 0 ? (padding / Double(balanced), imbalance / Double(balanced)) : nil
+        if let shape { line += String(format: " | padding %.1f%% | imbalance %.1f%%", shape.padding * 100, shape.imbalance * 100) }
+        padding = 0; imbalance = 0; balanced = 0
         // Elapsed since this process started; the ETA from this run's mean step time.
         let elapsed = now - runStart, done = l.step - startStep
         line += " | elapsed \(Console.duration(elapsed))"
@@ -72,6 +80,7 @@ final class StepReport {
                                         ("val_loss", l.validation), ("val_accuracy", l.validation != nil ? l.accuracy : nil)]
         compute = 0; communication = 0; exposed = 0; timed = 0
         if l.skippedSteps > 0 { record.append(("skipped_steps", l.skippedSteps)) }
+        if let shape { record += [("padding", shape.padding), ("rank_imbalance", shape.imbalance)] }
         if let d = l.diagnostics {
             console.info("  " + StepReport.describe(d))
             record.append(("diagnostics", [("grad_norms", l.tensorGradNorms.map { ($0.name, $0.norm as Any?) }),

@@ -75,7 +75,7 @@ public final class Trainer {
             net.gradients.zero()
             nonFinite.snapshot()
             let g = try gradientStep.gradients(step: step, diagnostics: logNow)
-            report.time(g)
+            report.time(g, step: step)
             lastLoss = g.meanLoss
             guard try nonFinite.admit(step: step, gradients: g, saveLastGood: { try saveCheckpoint(step: step - 1) }) else {
                 try stopIfSignalled(step: step)
@@ -238,6 +238,9 @@ public final class Trainer {
         if t.stateful, let text = dataset as? TextDataset, text.streamChunks(globalBatch: B) < 1 {
             throw RNNDPError("\(config.source): training.stateful: \(text.train.count) training characters in \(B) streams leave \(text.train.count / B) per stream, fewer than sequence_length + 1 = \(text.steps + 1)", collective: true)
         }
+        if let a = dataset as? ArrayDataset, a.variableLength {
+            if t.bpttLength > 0 { throw RNNDPError("\(config.source): training.bptt_length: truncated BPTT needs sequences of one length; this data's lengths differ", collective: true) }
+        }
         if t.bpttLength > 0 && spec.output != .everyStep {
             throw RNNDPError("\(config.source): training.bptt_length: truncated BPTT needs a loss at every step (model.output: every_step)", collective: true)
         }
@@ -251,6 +254,13 @@ public final class Trainer {
         let B = config.training.globalBatchSize
         if config.training.stateful, let text = dataset as? TextDataset {
             return StatefulStreams(text, comm: comm, globalBatch: B, spec: spec)
+        }
+        if let a = dataset as? ArrayDataset, a.variableLength {
+            // Each global batch dealt to the shards the gradient step cuts it into.
+            a.parts = config.training.microShards ?? comm.size
+            console.info("lengths differ: packed batches (no padding computed)"
+                         + (a.shuffle && a.bucketing ? ", length-bucketed global batches" : ", batches in file order (no bucketing)")
+                         + ", rows dealt to \(a.parts) \(config.training.microShards == nil ? "ranks" : "micro-shards") with about equal time steps each")
         }
         return SampledWindows(dataset, globalBatch: B)
     }
@@ -292,6 +302,10 @@ public final class Trainer {
         report = StepReport(console: console, totalSteps: config.training.steps, startStep: startStep,
                             globalBatch: config.training.globalBatchSize, steps: dataset.steps, text: dataset is TextDataset)
         report.metrics = metrics
+        if let a = dataset as? ArrayDataset, a.variableLength {
+            let B = config.training.globalBatchSize
+            report.balance = { a.balance(step: $0 - 1, globalBatch: B) }  // the data's steps count from 0
+        }
         return startStep
     }
 
