@@ -140,21 +140,6 @@ final class DataParallelTests: XCTestCase {
         return models
     }
 
-    /// Every tensor of `m` within `tolerance` (relative, with a floor of 1e-2) of `reference`.
-    func assertClose(_ m: SafeTensors.File, _ reference: SafeTensors.File, _ tolerance: Double, _ what: String,
-                     file: StaticString = #filePath, line: UInt = #line) {
-        XCTAssertEqual(m.tensors.map(\.name), reference.tensors.map(\.name), what, file: file, line: line)
-        var worst = 0.0, worstName = ""
-        for (a, b) in zip(m.tensors, reference.tensors) {
-            for (x, y) in zip(a.values, b.values) {
-                let e = Double(abs(x - y)) / max(Double(abs(y)), 1e-2)
-                if e > worst { worst = e; worstName = a.name }
-            }
-        }
-        Margin.report("DataParallel", what, value: worst, must: .below, bound: tolerance)
-        XCTAssertLessThan(worst, tolerance, "\(what): \(worstName) differs by \(worst) relative", file: file, line: line)
-    }
-
     /// LSTM and GRU with batch norm (statistics reduced across ranks) and layer norm: np = 2 and 3
     /// with uneven shards compute what one process computes, running statistics included; and the
     /// diagnostics logged at np = 3 equal those at np = 1.

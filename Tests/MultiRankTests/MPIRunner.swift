@@ -1,5 +1,7 @@
 import Foundation
 import XCTest
+import RNNTrain
+import Margins
 
 /// Launches the built `rnn-dp` executable, under `mpirun -np N` or alone, and collects its
 /// output. The executable sits next to the test bundle.
@@ -113,5 +115,23 @@ enum MPIRunner {
                     file: StaticString = #filePath, line: UInt = #line) throws -> Outcome {
         let started = Date()
         return finish(try launch(commandLine(np: np, args), env: extra), started: started, timeout: timeout, file: file, line: line)
+    }
+}
+
+extension XCTestCase {
+    /// Every tensor of model file `m` within `tolerance` (relative, with a floor of 1e-2) of
+    /// `reference`; the worst deviation is reported as a margin under `group`.
+    func assertClose(_ m: SafeTensors.File, _ reference: SafeTensors.File, _ tolerance: Double, _ what: String,
+                     group: String = "DataParallel", file: StaticString = #filePath, line: UInt = #line) {
+        XCTAssertEqual(m.tensors.map(\.name), reference.tensors.map(\.name), what, file: file, line: line)
+        var worst = 0.0, worstName = ""
+        for (a, b) in zip(m.tensors, reference.tensors) {
+            for (x, y) in zip(a.values, b.values) {
+                let e = Double(abs(x - y)) / max(Double(abs(y)), 1e-2)
+                if e > worst { worst = e; worstName = a.name }
+            }
+        }
+        Margin.report(group, what, value: worst, must: .below, bound: tolerance)
+        XCTAssertLessThan(worst, tolerance, "\(what): \(worstName) differs by \(worst) relative", file: file, line: line)
     }
 }

@@ -77,20 +77,6 @@ final class VariableLengthTests: XCTestCase {
         return path
     }
 
-    func assertClose(_ m: SafeTensors.File, _ reference: SafeTensors.File, _ tolerance: Double, _ what: String,
-                     file: StaticString = #filePath, line: UInt = #line) {
-        XCTAssertEqual(m.tensors.map(\.name), reference.tensors.map(\.name), what, file: file, line: line)
-        var worst = 0.0, worstName = ""
-        for (a, b) in zip(m.tensors, reference.tensors) {
-            for (x, y) in zip(a.values, b.values) {
-                let e = Double(abs(x - y)) / max(Double(abs(y)), 1e-2)
-                if e > worst { worst = e; worstName = a.name }
-            }
-        }
-        Margin.report("VariableLength", what, value: worst, must: .below, bound: tolerance)
-        XCTAssertLessThan(worst, tolerance, "\(what): \(worstName) differs by \(worst) relative", file: file, line: line)
-    }
-
     /// The model file of `config(dir)` trained at each of `ranks`, and rank 0's output.
     func train(_ ranks: [Int], _ config: (String) throws -> String, sets: [String] = []) throws -> [Int: (SafeTensors.File, String)] {
         var out: [Int: (SafeTensors.File, String)] = [:]
@@ -108,11 +94,11 @@ final class VariableLengthTests: XCTestCase {
     /// what np = 1 trains, within 1e-5.
     func testSameModelOnOneTwoAndThreeRanks() throws {
         let lstm = try train([1, 2, 3], { self.vowels($0, model: "  cell: lstm\n  hidden_size: 12\n  layers: 2\n  bidirectional: true\n  dropout: 0.3\n  head_dropout: 0.2") })
-        for np in [2, 3] { assertClose(lstm[np]!.0, lstm[1]!.0, 1e-5, "bidirectional LSTM, lengths 7-29, np=\(np) vs np=1") }
+        for np in [2, 3] { assertClose(lstm[np]!.0, lstm[1]!.0, 1e-5, "bidirectional LSTM, lengths 7-29, np=\(np) vs np=1", group: "VariableLength") }
         XCTAssertTrue(lstm[3]!.1.contains("rows dealt to 3 ranks"), lstm[3]!.1)
         XCTAssertTrue(lstm[3]!.1.contains("| padding "), "the log reports padding and imbalance: \(lstm[3]!.1)")
         let npy = try train([1, 2, 3], everyStepNumpy)
-        for np in [2, 3] { assertClose(npy[np]!.0, npy[1]!.0, 1e-5, "every_step npy with lengths, np=\(np) vs np=1") }
+        for np in [2, 3] { assertClose(npy[np]!.0, npy[1]!.0, 1e-5, "every_step npy with lengths, np=\(np) vs np=1", group: "VariableLength") }
     }
 
     /// Reproducible mode: bitwise the same model and logged losses on 1, 2 and 3 ranks, with a
