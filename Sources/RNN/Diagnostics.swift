@@ -21,7 +21,9 @@ public struct Diagnostics: Equatable, Sendable {
     public var saturated: [Double?]  // (L): fraction, nil for relu
     public var nearDead: [Double?]  // (L)
     public var deadUnits: [Double?]  // (L): fraction of H, nil for sigmoid/tanh units
-    public var dhRatio: [Double] { dhNorms.map { ($0.first ?? .nan) / ($0.last ?? .nan) } }
+    /// T-1 is the last step any sample reached: with unequal lengths the steps after the batch's
+    /// longest sequence have no gradient (norm 0) and are skipped.
+    public var dhRatio: [Double] { dhNorms.map { ($0.first ?? .nan) / ($0.last { $0 > 0 } ?? .nan) } }
 }
 
 extension Network {

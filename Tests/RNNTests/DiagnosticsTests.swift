@@ -71,6 +71,26 @@ final class DiagnosticsTests: XCTestCase {
         _ = net
     }
 
+    /// Unequal lengths: diagnostics over more steps than a batch's longest sequence (so batches of
+    /// any lengths add up) have zeros after it, and the ratio uses the last step reached.
+    func testDiagnosticsOfShorterBatchesPadWithZeros() {
+        let spec = ModelSpec(input: .dense(features: 3), hiddenSize: 8, outputSize: 1, output: .lastStep, loss: .mse)
+        let net = Network<Double>(spec: spec)
+        net.initializeParameters(seed: 2)
+        let padded = GradientCheckTests.batch(spec, T: 6, B: 3, seed: 4)
+        let batch = Batch.packing(lengths: [6, 2, 4], steps: 6, features: padded.features, featureWidth: 3,
+                                  targetValues: padded.targetValues, targetWidth: 1, everyStep: false).batch
+        net.collectDiagnostics = true
+        net.gradients.zero()
+        net.lossAndGradient(batch)
+        let sums = net.diagnosticSums(steps: 9)
+        XCTAssertEqual(sums.count, net.diagnosticSumCount(steps: 9))
+        let d = Diagnostics(sums: sums, spec: spec, steps: 9)
+        XCTAssertEqual(Array(d.dhNorms[0][6...]), [0, 0, 0])
+        XCTAssertTrue(d.dhNorms[0][..<6].allSatisfy { $0 > 0 })
+        XCTAssertEqual(d.dhRatio[0], d.dhNorms[0][0] / d.dhNorms[0][5], accuracy: 1e-15)
+    }
+
     func testTensorNormsMatchTheFlatNorm() {
         let spec = ModelSpec(cell: .gru, input: .tokens(vocabulary: 5), hiddenSize: 4, layers: 2, outputSize: 5, loss: .crossEntropy)
         let (net, _, _) = run(spec)
