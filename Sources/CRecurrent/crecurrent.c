@@ -9,7 +9,15 @@
  * works. Levels: AVX-512 (NR 32, tiles 12/8/4 rows, 24 zmm accumulators), AVX2+FMA (NR 16, tiles
  * 6/4/2 rows), scalar (NR 16, tiles 4/2/1 rows, fmaf). Each output element is one fma chain over k
  * ascending, starting from its old value (crecurrent.h), whatever the level or tile. libxsmm, when
- * loaded, runs its own JIT kernels on the same panels at width 64. */
+ * loaded, runs its own JIT kernels on the same panels at width 64.
+ *
+ * CREC_AVX512BF16 (opt-in, it changes the numerics): W packed once as bf16 (round to nearest even),
+ * the activations rounded to bf16 per product, fp32 accumulation with vdpbf16ps, which multiplies
+ * pairs of bf16 along k and adds both products to a float lane. Its panels interleave k pairs: row
+ * pair kp of panel j holds (Weff(2kp, n), Weff(2kp+1, n)) for its NR = 32 columns n, so one zmm is 16
+ * columns x 2 k's and a broadcast 32-bit (a[i, 2kp], a[i, 2kp+1]) feeds it; odd K gets a zero k.
+ * Same register tiles (12/8/4 rows x 32 columns, 24 accumulators) as AVX-512, half the bytes of W
+ * to stream, half the instructions per k. */
 #include "crecurrent.h"
 
 #define _GNU_SOURCE
@@ -20,16 +28,23 @@
 #include <stdlib.h>
 #include <string.h>
 #if defined(__x86_64__)
+#include <cpuid.h>
 #include <immintrin.h>
 #endif
+/* Compilers that know vdpbf16ps's intrinsics (clang 9, GCC 10); elsewhere the level is absent. */
+#if defined(__x86_64__) && ((defined(__clang__) && __clang_major__ >= 9) || (!defined(__clang__) && defined(__GNUC__) && __GNUC__ >= 10))
+#define CREC_HAVE_BF16 1
+#endif
 
-enum { KC = 256, MAX_MR = 12, MAX_NR = 32 };
+enum { KC = 256, KPC = 256, MAX_MR = 12, MAX_NR = 32 };
 
 typedef void (*tile_fn)(const float *a, const float *p, float *c, int ldc, int kc);
 
 typedef void (*xs_fn)(const float *a, const float *b, float *c, ...);
 typedef struct {
     float *panels;  /* np panels of (K, nr), row k of panel j at panels + (j*K + k)*nr */
+    uint16_t *bf;   /* bf16 level instead: np panels of (Kp, nr, 2) bf16, Kp = ceil(K/2) k pairs;
+                       Weff(k, n) at bf + ((j*Kp + k/2)*nr + n%nr)*2 + k%2, j = n/nr */
     int K, N, np;
     int xs_rows;    /* libxsmm: the M its kernels below were dispatched for (0: none yet) */
     xs_fn xs_full, xs_tail;
@@ -41,6 +56,8 @@ struct crec_packed {
     pack_t bwd;     /* Weff = W:   (gh, h) */
     float *abuf;    /* one K block of A, tile by tile, k-major: (rows rounded up to a tile, KC) */
     size_t abuf_floats;
+    uint16_t *abf;  /* bf16 level: A rounded to bf16, row-major (M, 2*Kp), the pad k zero */
+    size_t abf_halves;
 };
 
 /* ------------------------------------------------------------------ tiles */
@@ -77,6 +94,37 @@ __attribute__((target("avx2,fma"))) static void tile256_##MR(const float *a, con
 TILE512(12) TILE512(8) TILE512(4)
 TILE256(6) TILE256(4) TILE256(2)
 #endif
+
+/* bf16: c(MR, 32) += a(MR, 2*kpc) * p(2*kpc, 32); a k-major in k pairs (a[kp*MR + i] holds bf16
+ * a(i, 2kp) in its low half, a(i, 2kp+1) in its high half), p row pair kp = 64 bf16 (32 columns x 2). */
+typedef void (*tilebf_fn)(const uint32_t *a, const uint16_t *p, float *c, int ldc, int kpc);
+#if defined(CREC_HAVE_BF16)
+#define TILEBF(MR) \
+__attribute__((target("avx512f,avx512bf16"))) static void tilebf_##MR(const uint32_t *a, const uint16_t *p, float *c, int ldc, int kpc) { \
+    __m512 acc[MR][2]; \
+    _Pragma("GCC unroll 16") for (int i = 0; i < MR; i++) { acc[i][0] = _mm512_loadu_ps(c + (size_t)i * ldc); acc[i][1] = _mm512_loadu_ps(c + (size_t)i * ldc + 16); } \
+    for (int k = 0; k < kpc; k++) { \
+        __m512bh b0 = (__m512bh)_mm512_load_si512((const void *)(p + (size_t)k * 64)); \
+        __m512bh b1 = (__m512bh)_mm512_load_si512((const void *)(p + (size_t)k * 64 + 32)); \
+        _Pragma("GCC unroll 16") for (int i = 0; i < MR; i++) { \
+            __m512bh ai = (__m512bh)_mm512_set1_epi32((int)a[(size_t)k * MR + i]); \
+            acc[i][0] = _mm512_dpbf16_ps(acc[i][0], ai, b0); \
+            acc[i][1] = _mm512_dpbf16_ps(acc[i][1], ai, b1); \
+        } \
+    } \
+    _Pragma("GCC unroll 16") for (int i = 0; i < MR; i++) { _mm512_storeu_ps(c + (size_t)i * ldc, acc[i][0]); _mm512_storeu_ps(c + (size_t)i * ldc + 16, acc[i][1]); } \
+}
+TILEBF(12) TILEBF(8) TILEBF(4)
+#endif
+
+/* float -> bf16, round to nearest even (NaN stays a quiet NaN, subnormals kept; overflow rounds to
+ * infinity as it should). The same rounding for W at pack time and the activations per product. */
+static inline uint16_t bf16_rne(float x) {
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
 #define TILESCALAR(MR) \
 static void tile1_##MR(const float *a, const float *p, float *c, int ldc, int kc) { \
     float acc[MR][16]; \
@@ -110,6 +158,14 @@ static int next_rows(int level, int left, tile_fn *fn) {
     if (left >= 2) { *fn = tile1_2; return 2; }
     *fn = tile1_1; return 1;
 }
+
+#if defined(CREC_HAVE_BF16)
+static int next_rows_bf(int left, tilebf_fn *fn) {  /* next_rows' AVX-512 tiles */
+    if (left >= 12 && left != 16) { *fn = tilebf_12; return 12; }
+    if (left >= 8) { *fn = tilebf_8; return 8; }
+    *fn = tilebf_4; return 4;
+}
+#endif
 
 /* ------------------------------------------------------------------ libxsmm */
 /* libxsmm 1.17: libxsmm_smmdispatch(m, n, k, lda, ldb, ldc, alpha, beta, flags, prefetch), column
@@ -170,6 +226,12 @@ int crec_supports(int level) {
 #if defined(__x86_64__)
     if (level == CREC_AVX2) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     if (level == CREC_AVX512) return __builtin_cpu_supports("avx512f");
+#if defined(CREC_HAVE_BF16)
+    if (level == CREC_AVX512BF16) {  /* AVX512_BF16: cpuid leaf 7 subleaf 1, EAX bit 5 */
+        unsigned a, b, c, d;
+        return __builtin_cpu_supports("avx512f") && __get_cpuid_count(7, 1, &a, &b, &c, &d) && (a >> 5 & 1);
+    }
+#endif
 #endif
     return 0;
 }
@@ -192,9 +254,18 @@ crec_packed *crec_create(int gh, int h, int level) {
     crec_packed *p = calloc(1, sizeof *p);
     if (!p) return NULL;
     p->gh = gh; p->h = h; p->level = level;
-    p->nr = level == CREC_LIBXSMM ? 64 : level == CREC_AVX512 ? 32 : 16;
+    p->nr = level == CREC_LIBXSMM ? 64 : level == CREC_AVX512 || level == CREC_AVX512BF16 ? 32 : 16;
     p->fwd.K = h;  p->fwd.N = gh; p->fwd.np = (gh + p->nr - 1) / p->nr;
     p->bwd.K = gh; p->bwd.N = h;  p->bwd.np = (h + p->nr - 1) / p->nr;
+    if (level == CREC_AVX512BF16) {  /* bf16 panels only, k padded to pairs; padding stays zero */
+        const size_t f = (size_t)p->fwd.np * p->nr * 2 * ((h + 1) / 2), b = (size_t)p->bwd.np * p->nr * 2 * ((gh + 1) / 2);
+        p->fwd.bf = aligned((f + 1) / 2);
+        p->bwd.bf = aligned((b + 1) / 2);
+        if (!p->fwd.bf || !p->bwd.bf) { crec_free(p); return NULL; }
+        memset(p->fwd.bf, 0, f * sizeof(uint16_t));
+        memset(p->bwd.bf, 0, b * sizeof(uint16_t));
+        return p;
+    }
     p->fwd.panels = aligned((size_t)p->fwd.np * p->nr * h);
     p->bwd.panels = aligned((size_t)p->bwd.np * p->nr * gh);
     if (!p->fwd.panels || !p->bwd.panels) { crec_free(p); return NULL; }
@@ -206,11 +277,30 @@ crec_packed *crec_create(int gh, int h, int level) {
 
 void crec_free(crec_packed *p) {
     if (!p) return;
-    free(p->fwd.panels); free(p->bwd.panels); free(p->abuf); free(p);
+    free(p->fwd.panels); free(p->bwd.panels); free(p->fwd.bf); free(p->bwd.bf); free(p->abuf); free(p->abf); free(p);
+}
+
+/* The bf16 panels of W (gh, h): a rounded copy; W itself (the fp32 master weights) is untouched. */
+static void pack_bf16(crec_packed *p, const float *w) {
+    const int nr = p->nr, gh = p->gh, h = p->h;
+    const size_t kpf = (size_t)(h + 1) / 2, kpb = (size_t)(gh + 1) / 2;
+    /* forward: Weff(k, n) = W[n*h + k]; read W's rows, write panel columns */
+    for (int n = 0; n < gh; n++) {
+        uint16_t *dst = p->fwd.bf + (size_t)(n / nr) * kpf * nr * 2 + (size_t)(n % nr) * 2;
+        const float *src = w + (size_t)n * h;
+        for (int k = 0; k < h; k++) dst[(size_t)(k / 2) * nr * 2 + k % 2] = bf16_rne(src[k]);
+    }
+    /* backward: Weff(k, n) = W[k*h + n]; read W row by row */
+    for (int k = 0; k < gh; k++) {
+        const float *src = w + (size_t)k * h;
+        for (int n = 0; n < h; n++)
+            p->bwd.bf[(((size_t)(n / nr) * kpb + k / 2) * nr + n % nr) * 2 + k % 2] = bf16_rne(src[n]);
+    }
 }
 
 void crec_pack(crec_packed *p, const float *w) {
     const int nr = p->nr, gh = p->gh, h = p->h;
+    if (p->level == CREC_AVX512BF16) { pack_bf16(p, w); return; }
     /* forward: Weff(k, n) = W[n*h + k]; read W's rows, write panel columns */
     for (int n = 0; n < gh; n++) {
         float *dst = p->fwd.panels + (size_t)(n / nr) * h * nr + n % nr;
@@ -276,9 +366,88 @@ static void run(crec_packed *p, const pack_t *P, const float *a, int M, float *c
     }
 }
 
+#if defined(CREC_HAVE_BF16)
+/* a (M, K) fp32 -> abf (M, 2*Kp) bf16 rows, the pad k of odd K zero. Plain loops the compiler
+ * vectorizes at AVX-512 (a product's M*K roundings against its M*K*N multiply-adds). */
+__attribute__((target("avx512f"))) static void to_bf16_rows(const float *a, int M, int K, uint16_t *abf) {
+    const int ld = K + (K & 1);
+    for (int i = 0; i < M; i++) {
+        const float *src = a + (size_t)i * K;
+        uint16_t *dst = abf + (size_t)i * ld;
+        for (int k = 0; k < K; k++) dst[k] = bf16_rne(src[k]);
+        if (K & 1) dst[K] = 0;
+    }
+}
+
+/* out(M, N) += bf16(a)(M, K) * bf16(Weff)(K, N) in fp32: run()'s blocking in k pairs (KPC pairs a
+ * block). Each output element: its old value, then one vdpbf16ps per k pair, pairs ascending. */
+static void run_bf16(crec_packed *p, const pack_t *P, const float *a, int M, float *c) {
+    const int nr = p->nr, K = P->K, N = P->N, Kp = (K + 1) / 2;
+    if (M <= 0) return;
+    const size_t need = (size_t)(M + MAX_MR) * KPC, halves = (size_t)M * Kp * 2;
+    if (p->abuf_floats < need) {  /* grows to the largest M seen, then stays (32-bit pairs here) */
+        free(p->abuf);
+        p->abuf = aligned(need);
+        p->abuf_floats = p->abuf ? need : 0;
+        if (!p->abuf) abort();
+    }
+    if (p->abf_halves < halves) {
+        free(p->abf);
+        p->abf = aligned((halves + 1) / 2);
+        p->abf_halves = p->abf ? halves : 0;
+        if (!p->abf) abort();
+    }
+    to_bf16_rows(a, M, K, p->abf);
+    uint32_t *abuf = (uint32_t *)p->abuf;
+    _Alignas(64) float scratch[MAX_MR * MAX_NR];
+    tilebf_fn fn;
+    for (int k0 = 0; k0 < Kp; k0 += KPC) {
+        const int kpc = Kp - k0 < KPC ? Kp - k0 : KPC;
+        uint32_t *ab = abuf;
+        for (int i = 0, r; i < M; i += r) {
+            r = next_rows_bf(M - i, &fn);
+            for (int ii = 0; ii < r; ii++) {
+                if (i + ii < M) {
+                    const uint16_t *src = p->abf + ((size_t)(i + ii) * Kp + k0) * 2;
+                    for (int k = 0; k < kpc; k++) memcpy(ab + (size_t)k * r + ii, src + 2 * k, sizeof(uint32_t));
+                } else {
+                    for (int k = 0; k < kpc; k++) ab[(size_t)k * r + ii] = 0;
+                }
+            }
+            ab += (size_t)r * kpc;
+        }
+        for (int j = 0; j < P->np; j++) {
+            const uint16_t *pj = P->bf + ((size_t)j * Kp + k0) * nr * 2;
+            const int cols = N - j * nr < nr ? N - j * nr : nr;
+            const uint32_t *ap = abuf;
+            for (int i = 0, r; i < M; i += r) {
+                r = next_rows_bf(M - i, &fn);
+                const int rows = M - i < r ? M - i : r;
+                float *ct = c + (size_t)i * N + (size_t)j * nr;
+                if (rows == r && cols == nr) {
+                    fn(ap, pj, ct, N, kpc);
+                } else {
+                    memset(scratch, 0, sizeof scratch);
+                    for (int ii = 0; ii < rows; ii++) memcpy(scratch + ii * nr, ct + (size_t)ii * N, cols * sizeof(float));
+                    fn(ap, pj, scratch, nr, kpc);
+                    for (int ii = 0; ii < rows; ii++) memcpy(ct + (size_t)ii * N, scratch + ii * nr, cols * sizeof(float));
+                }
+                ap += (size_t)r * kpc;
+            }
+        }
+    }
+}
+#else
+static void run_bf16(crec_packed *p, const pack_t *P, const float *a, int M, float *c) { (void)p; (void)P; (void)a; (void)M; (void)c; abort(); }
+#endif
+
 void crec_forward(crec_packed *p, const float *hPrev, int rows, float *out) {
-    if (p->level == CREC_LIBXSMM) run_xsmm(&p->fwd, hPrev, rows, out); else run(p, &p->fwd, hPrev, rows, out);
+    if (p->level == CREC_LIBXSMM) run_xsmm(&p->fwd, hPrev, rows, out);
+    else if (p->level == CREC_AVX512BF16) run_bf16(p, &p->fwd, hPrev, rows, out);
+    else run(p, &p->fwd, hPrev, rows, out);
 }
 void crec_backward(crec_packed *p, const float *dz, int rows, float *out) {
-    if (p->level == CREC_LIBXSMM) run_xsmm(&p->bwd, dz, rows, out); else run(p, &p->bwd, dz, rows, out);
+    if (p->level == CREC_LIBXSMM) run_xsmm(&p->bwd, dz, rows, out);
+    else if (p->level == CREC_AVX512BF16) run_bf16(p, &p->bwd, dz, rows, out);
+    else run(p, &p->bwd, dz, rows, out);
 }

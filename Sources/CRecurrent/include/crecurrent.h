@@ -6,6 +6,10 @@
  * Every output element is its old value followed by one fused multiply-add per k, k ascending:
  * out = fma(a[K-1], w[K-1], ... fma(a[0], w[0], out)). That order depends on nothing else (not B,
  * not the tiles, not the ISA), so every kernel level gives the same bits for the same inputs.
+ * Except CREC_AVX512BF16, which is another product: bf16(out += bf16(a) * bf16(W)) with W and the
+ * activations rounded to bf16 (nearest even) and fp32 accumulation, one vdpbf16ps per k pair, pairs
+ * ascending (vdpbf16ps treats bf16 subnormals as zero and flushes subnormal results). Its bits too
+ * depend only on the inputs (not B, not the tiles), but they are not the other levels' bits.
  *
  * Not thread-safe per handle (the handle owns a scratch copy of the activations). */
 #ifndef CRECURRENT_H
@@ -17,11 +21,13 @@ extern "C" {
 
 /* Kernel levels. CREC_LIBXSMM: libxsmm's JIT kernels on the same panels (64 wide), usable after
  * crec_libxsmm_load; its summation order is libxsmm's, fixed for a shape and a JIT target. */
-enum { CREC_SCALAR = 0, CREC_AVX2 = 1, CREC_AVX512 = 2, CREC_LIBXSMM = 3 };
+enum { CREC_SCALAR = 0, CREC_AVX2 = 1, CREC_AVX512 = 2, CREC_LIBXSMM = 3, CREC_AVX512BF16 = 4 };
 
-/* The best level this CPU runs: CREC_AVX512 (avx512f), CREC_AVX2 (avx2 and fma) or CREC_SCALAR. */
+/* The best level this CPU runs: CREC_AVX512 (avx512f), CREC_AVX2 (avx2 and fma) or CREC_SCALAR;
+ * never CREC_AVX512BF16 (it changes the numerics: only when asked for). */
 int crec_best_level(void);
-/* 1 when this CPU runs `level` (CREC_LIBXSMM: when libxsmm is loaded). */
+/* 1 when this CPU runs `level` (CREC_LIBXSMM: when libxsmm is loaded; CREC_AVX512BF16: avx512f and
+ * AVX512_BF16, cpuid leaf 7 subleaf 1 EAX bit 5, and a compiler that knew its intrinsics). */
 int crec_supports(int level);
 /* Loads libxsmm (1.17's API) with dlopen from `path`, or when NULL from libxsmm.so and
  * libxsmm.so.1; returns 1 when loaded, else 0 with the reason in crec_libxsmm_info. Call once,
@@ -33,7 +39,7 @@ const char *crec_libxsmm_info(void);
 typedef struct crec_packed crec_packed;
 
 /* A handle for a (gh, h) W_hh at a kernel level (the CPU must support it); NULL when out of memory.
- * Holds both packed copies (2 * gh * h floats, padded to the panel width). */
+ * Holds both packed copies (2 * gh * h floats, padded to the panel width; bf16: half of that). */
 crec_packed *crec_create(int gh, int h, int level);
 /* Packs W (gh, h) row-major into the handle, for both products. Call again after W changes. */
 void crec_pack(crec_packed *p, const float *w);
