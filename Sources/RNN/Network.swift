@@ -598,10 +598,11 @@ public final class Network<S: RNNScalar> {
                 // Each sample's state after its own last step (PyTorch's h_n): for a backward unit
                 // that is after input step 0, its own last step, at the same row of its reversed
                 // time. Gathered by the forward; (B, D*H).
-                let units = (0..<D).map { store[(spec.layers - 1) * D + $0].h.pointer }
                 for b in 0..<B where forward {
                     let row = offset[lengths[b] - 1] + b
-                    for (d, h) in units.enumerated() { (lastTop.pointer + b * W + d * H).update(from: h + row * H, count: H) }
+                    for d in 0..<D {
+                        (lastTop.pointer + b * W + d * H).update(from: store[(spec.layers - 1) * D + d].h.pointer + row * H, count: H)
+                    }
                 }
                 input = lastTop.pointer
             } else {

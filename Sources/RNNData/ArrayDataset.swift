@@ -121,16 +121,22 @@ public final class ArrayDataset: Dataset {
     /// of the epoch order, or (bucketing) batch `step mod batchesPerEpoch` of its epoch.
     func members(step: Int, globalBatch B: Int) -> [Int] {
         guard shuffle && bucketing && variableLength else { return (0..<B).map { sampleIndex(step * B + $0) } }
-        let n = train.count, perEpoch = (n + B - 1) / B
-        let epoch = step / perEpoch
         lock.lock()
         defer { lock.unlock() }
+        return bucketedMembers(step: step, globalBatch: B)
+    }
+
+    /// members() of bucketed sampling; the caller holds `lock`.
+    private func bucketedMembers(step: Int, globalBatch B: Int) -> [Int] {
+        let n = train.count, perEpoch = (n + B - 1) / B
+        let epoch = step / perEpoch
         if bucketCache?.epoch != epoch || bucketCache?.globalBatch != B {
-            // The epoch's permutation (the one sampleIndex visits), wrapped round to fill its last batch.
+            // The epoch's permutation (the one sampleIndex visits), wrapped round (as often as a
+            // batch larger than the data needs) to fill its last batch.
             var rng = Xoshiro256(seed: seed, stream: RandomStream.trainingData.rawValue, index: UInt64(epoch))
-            var order = Array(0..<n)
-            order.shuffle(using: &rng)
-            order += order.prefix(perEpoch * B - n)
+            var permutation = Array(0..<n)
+            permutation.shuffle(using: &rng)
+            let order = (0..<(perEpoch * B)).map { permutation[$0 % n] }
             var batches: [[Int]] = []
             let pool = Self.poolBatches * B
             for start in stride(from: 0, to: order.count, by: pool) {
@@ -150,7 +156,9 @@ public final class ArrayDataset: Dataset {
     /// Step `step`'s global batch dealt to `parts` shards (see the type's documentation): the
     /// samples in dealt order, and each one's place in the batch sorted longest first.
     func dealt(step: Int, globalBatch B: Int) -> (samples: [Int], keys: [Int]) {
-        if let c = dealtCache, c.step == step, c.globalBatch == B, c.parts == parts { return (c.samples, c.keys) }
+        lock.lock()
+        if let c = dealtCache, c.step == step, c.globalBatch == B, c.parts == parts { lock.unlock(); return (c.samples, c.keys) }
+        lock.unlock()
         let sorted = members(step: step, globalBatch: B).enumerated()
             .sorted { length(train, $0.element) != length(train, $1.element) ? length(train, $0.element) > length(train, $1.element) : $0.offset < $1.offset }
             .map(\.element)
@@ -165,7 +173,9 @@ public final class ArrayDataset: Dataset {
         }
         let keys = shards.flatMap { $0 }
         let result = (keys.map { sorted[$0] }, keys)
+        lock.lock()
         dealtCache = (step, B, parts, result.0, result.1)
+        lock.unlock()
         return result
     }
 
@@ -274,9 +284,10 @@ extension ArrayDataset {
         if (lengths == nil) != (validationLengths == nil) && validationInputs != nil {
             throw DataError("\(lengths ?? validationLengths!): give lengths for both the training and the validation inputs, or for neither")
         }
-        var xi = try makeInputs(x, inputs)
-        var yt = try targetsOf(y, targets)
-        var trainSplit = Split(inputs: xi, targets: yt, count: n, lengths: try lengthsOf(lengths, samples: n, inputs))
+        let trainLengths = try lengthsOf(lengths, samples: n, inputs)
+        var xi = try makeInputs(clearingPadding(x, trainLengths), inputs)
+        var yt = try targetsOf(output == .everyStep ? clearingPadding(y, trainLengths) : y, targets)
+        var trainSplit = Split(inputs: xi, targets: yt, count: n, lengths: trainLengths)
         var validation: Split?
         if let vi = validationInputs, let vt = validationTargets {
             let vx = try NumpyArray.read(path: vi), vy = try NumpyArray.read(path: vt)
@@ -286,8 +297,9 @@ extension ArrayDataset {
             guard vy.shape.first == vx.shape[0], Array(vy.shape.dropFirst()) == Array(y.shape.dropFirst()), vy.isInteger == y.isInteger else {
                 throw DataError("\(vt): shape \(vy.shape) does not match the training targets \(y.shape)")
             }
-            validation = Split(inputs: try makeInputs(vx, vi), targets: try targetsOf(vy, vt), count: vx.shape[0],
-                               lengths: try lengthsOf(validationLengths, samples: vx.shape[0], vi))
+            let vl = try lengthsOf(validationLengths, samples: vx.shape[0], vi)
+            validation = Split(inputs: try makeInputs(clearingPadding(vx, vl), vi),
+                               targets: try targetsOf(output == .everyStep ? clearingPadding(vy, vl) : vy, vt), count: vx.shape[0], lengths: vl)
         } else if validationFraction > 0 {
             let nv = Int((Double(n) * validationFraction).rounded(.down))
             let nt = n - nv
@@ -305,6 +317,23 @@ extension ArrayDataset {
                             maxValidation: maxValidation,
                             summary: "npy \(inputs): \(trainSplit.count) training and \(validation?.count ?? 0) validation sequences of \(shape), \(kind), \(target) \(output == .everyStep ? "per step" : "per sequence")",
                             bucketing: bucketing)
+    }
+
+    /// `a` (N, T, ...) with zeros past each sample's length: padding is never read, so its values
+    /// (PyTorch's ignore_index -100, NaN) must not fail the checks of ids and values or widen
+    /// the vocabulary. Unchanged without lengths.
+    static func clearingPadding(_ a: NumpyArray, _ lengths: [Int32]?) -> NumpyArray {
+        guard let lengths, a.shape.count >= 2 else { return a }
+        let T = a.shape[1], inner = a.shape.dropFirst(2).reduce(1, *)
+        func clear<E>(_ v: inout [E], _ zero: E) {
+            for (i, l) in lengths.enumerated() { for j in ((i * T + Int(l)) * inner)..<((i + 1) * T * inner) { v[j] = zero } }
+        }
+        var out = a
+        switch a.values {
+        case .int(var v): clear(&v, 0); out.values = .int(v)
+        case .float(var v): clear(&v, 0); out.values = .float(v)
+        }
+        return out
     }
 
     /// The first `at` samples and the rest.

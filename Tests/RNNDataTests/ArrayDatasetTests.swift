@@ -192,6 +192,10 @@ final class ArrayDatasetTests: XCTestCase {
         let b = ds.trainingBatch(step: 0, globalBatch: 2, rows: 0..<2)
         XCTAssertEqual(b.lengths, [3, 2])
         XCTAssertEqual(b.features.count, 5 * 2)
+        // Bucketed batches larger than the data wrap round its permutation as often as needed.
+        let small = try ArrayDataset.fromTS(path: path, validationPath: nil, shuffle: true, seed: 1, maxValidation: 0)
+        XCTAssertEqual(small.members(step: 3, globalBatch: 5).count, 5)
+        XCTAssertEqual(small.trainingBatch(step: 3, globalBatch: 5, rows: 0..<5).batchSize, 5)
     }
 
     /// JapaneseVowels: lengths 7 to 29; bucketed global batches carry far less padding than
@@ -243,12 +247,15 @@ final class ArrayDatasetTests: XCTestCase {
     func testNumpyLengths() throws {
         let d = dir()
         let N = 4, T = 5
-        let x = write(NumpyArray(shape: [N, T, 2], values: .float((0..<(N * T * 2)).map { Float($0) })), "x.npy", in: d)
-        let y = write(NumpyArray(shape: [N, T], values: .int((0..<(N * T)).map { Int32($0 % 3) })), "y.npy", in: d)
-        let l = write(NumpyArray(shape: [N], values: .int([2, 5, 1, 3])), "l.npy", in: d)
+        let lengths: [Int32] = [2, 5, 1, 3]
+        // Class -100 (PyTorch's ignore_index) and NaN features in the padding are never read.
+        let y = write(NumpyArray(shape: [N, T], values: .int((0..<(N * T)).map { $0 % T < lengths[$0 / T] ? Int32($0 % 3) : -100 })), "y.npy", in: d)
+        let x = write(NumpyArray(shape: [N, T, 2], values: .float((0..<(N * T * 2)).map { $0 / 2 % T < lengths[$0 / 2 / T] ? Float($0) : .nan })), "x.npy", in: d)
+        let l = write(NumpyArray(shape: [N], values: .int(lengths)), "l.npy", in: d)
         let ds = try ArrayDataset.fromNumpy(inputs: x, targets: y, validationInputs: nil, validationTargets: nil, validationFraction: 0.25,
                                             shuffle: false, seed: 1, maxValidation: 10, vocabulary: nil, classes: nil, lengths: l)
         XCTAssertEqual(ds.train.lengths, [2, 5, 1])
+        XCTAssertEqual(ds.outputSize, 3, "the padding's -100 is not a class")
         XCTAssertEqual(ds.validation?.lengths, [3])
         let b = ds.trainingBatch(step: 0, globalBatch: 3, rows: 0..<3)
         XCTAssertEqual(b.lengths, [5, 2, 1])

@@ -21,18 +21,23 @@ final class AllocationTests: XCTestCase {
         XCTAssertEqual(Self.allocations {}, 0)
     }
 
-    func stepAllocations(_ spec: ModelSpec, diagnostics: Bool = false) -> [Int] {
+    func stepAllocations(_ spec: ModelSpec, diagnostics: Bool = false, lengths: [Int]? = nil) -> [Int] {
         let net = Network<Float>(spec: spec)
         net.initializeParameters(seed: 3)
         net.collectDiagnostics = diagnostics
-        let batch = GradientCheckTests.batch(spec, T: 9, B: 5, seed: 4)
+        var batch = GradientCheckTests.batch(spec, T: 9, B: 5, seed: 4)
+        if let lengths {
+            batch = Batch.packing(lengths: lengths, steps: 9, tokens: batch.tokens, features: batch.features, featureWidth: spec.input.width,
+                                  targetClasses: batch.targetClasses, targetValues: batch.targetValues, targetWidth: spec.outputSize,
+                                  everyStep: spec.output == .everyStep).batch
+        }
         let adam = Adam<Float>(count: net.layout.count)
         var counts: [Int] = []
         for _ in 0..<3 {
             counts.append(Self.allocations {
                 net.gradients.zero()
                 net.lossAndGradient(batch)
-                net.normalizeGradients(globalSamples: 5, steps: 9)
+                net.normalizeGradients(globalSamples: 5, globalSteps: batch.validSteps)
                 clipGradientNorm(net.gradients, maxNorm: 1)
                 adam.step(parameters: net.parameters, gradients: net.gradients, learningRate: 1e-3)
             })
@@ -50,6 +55,22 @@ final class AllocationTests: XCTestCase {
                 spec.learnedInitialState = variant == 3
                 let counts = stepAllocations(spec, diagnostics: variant == 3)
                 XCTAssertEqual(Array(counts.dropFirst()), [0, 0], "\(cell) variant \(variant): \(counts)")
+            }
+        }
+    }
+
+    /// The same for packed batches of unequal lengths, uni- and bidirectional, every and last step.
+    func testPackedStepAllocatesNothing() {
+        for cell in [CellKind.lstm, .gru] {
+            for output in [OutputMode.everyStep, .lastStep] {
+                for bidirectional in [false, true] {
+                    var spec = ModelSpec(cell: cell, input: .dense(features: 3), hiddenSize: 6, layers: 2, outputSize: 2,
+                                         output: output, loss: .mse)
+                    spec.bidirectional = bidirectional
+                    spec.dropout = 0.2
+                    let counts = stepAllocations(spec, lengths: [3, 9, 1, 6, 6])
+                    XCTAssertEqual(Array(counts.dropFirst()), [0, 0], "\(cell) \(output) bidirectional \(bidirectional): \(counts)")
+                }
             }
         }
     }
