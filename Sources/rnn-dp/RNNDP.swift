@@ -130,7 +130,7 @@ struct Sample: ParsableCommand {
 struct Eval: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Evaluate a trained model on the validation part of its data (sharded under mpirun).",
-        discussion: "Text: loss, perplexity, bits per character, accuracy. Series: MSE, and RMSE/MAE in the original units.")
+        discussion: "Text: loss, accuracy, perplexity, bits per character. Sequence classification: loss and accuracy. Series: MSE, and RMSE/MAE in the original units.")
 
     @OptionGroup var model: ModelFileOption
     var checkpoint: String { model.checkpoint }

@@ -143,6 +143,11 @@ final class VariableLengthTests: XCTestCase {
         let accuracy = try XCTUnwrap(Double(line.split(separator: " ").last!.dropLast()), String(line)) / 100
         Margin.report("VariableLength", "JapaneseVowels test accuracy", value: accuracy, must: .above, bound: 0.95)
         XCTAssertGreaterThanOrEqual(accuracy, 0.95, String(line))
+        // `eval` of the model file at another rank count: the same accuracy, as a classifier (no perplexity).
+        let e = try MPIRunner.run(np: 3, ["eval", "--checkpoint", "\(dir)/out/model.safetensors"])
+        XCTAssertEqual(e.status, 0, e.stderr)
+        XCTAssertTrue(e.stdout.contains(String(format: "accuracy: %.4f", accuracy)), e.stdout)
+        XCTAssertFalse(e.stdout.contains("perplexity"), e.stdout)
     }
 
     /// Combinations that cannot work are one line on every rank: truncated BPTT needs one length.

@@ -109,6 +109,8 @@ public struct Evaluation {
     /// Series only: errors in the data's original units.
     public var rmse: Double?
     public var mae: Double?
+    /// A character model: the loss also as perplexity and bits per character.
+    public var perCharacter = false
 
     public var lines: [String] {
         var out = [String(format: "samples: %d", samples)]
@@ -117,6 +119,8 @@ public struct Evaluation {
         }
         if let acc = accuracy {
             out.append(String(format: "accuracy: %.4f", acc))
+        }
+        if accuracy != nil && perCharacter {
             out.append(String(format: "perplexity: %.4f", exp(loss)))
             out.append(String(format: "bits per character: %.4f", loss / log(2)))
         }
@@ -149,9 +153,10 @@ extension Evaluation {
 extension TrainedModel {
     /// `rnn-dp eval`: the validation evaluation of this model on `dataset`.
     public func evaluate(_ dataset: Dataset, comm: Communicator) throws -> Evaluation {
-        guard let e = try evaluateValidation(network: network, dataset: dataset, comm: comm, std: normalization?.std ?? 1) else {
+        guard var e = try evaluateValidation(network: network, dataset: dataset, comm: comm, std: normalization?.std ?? 1) else {
             throw RNNDPError("\(path): the data has no validation samples (data.validation_fraction, data.validation_path)", collective: true)
         }
+        e.perCharacter = dataset is TextDataset
         return e
     }
 }
