@@ -67,6 +67,12 @@ extension Batch {
     /// Time steps of all samples together: sum(lengths), or T*B.
     public var validSteps: Int { lengths.isEmpty ? steps * batchSize : lengths.reduce(0) { $0 + Int($1) } }
 
+    /// The indices of `lengths` ordered longest first, ties in index order (the order of a packed
+    /// batch's samples).
+    public static func longestFirst(_ lengths: [Int]) -> [Int] {
+        (0..<lengths.count).sorted { lengths[$0] != lengths[$1] ? lengths[$0] > lengths[$1] : $0 < $1 }
+    }
+
     /// The packed batch of padded time-major arrays (T, B, ...) whose samples have `lengths`, in
     /// any order, each in 1...T: samples sorted longest first (ties keep their order), padding
     /// dropped; T becomes the longest length. Returns it and `order`: its sample i is sample
@@ -76,7 +82,7 @@ extension Batch {
                                everyStep: Bool) -> (batch: Batch, order: [Int]) {
         let B = lengths.count
         precondition(lengths.allSatisfy { $0 >= 1 && $0 <= T }, "lengths must be in 1...T")
-        let order = (0..<B).sorted { lengths[$0] != lengths[$1] ? lengths[$0] > lengths[$1] : $0 < $1 }
+        let order = longestFirst(lengths)
         let longest = lengths[order[0]]
         var out = Batch(batchSize: B, steps: longest)
         out.lengths = order.map { Int32(lengths[$0]) }

@@ -107,6 +107,11 @@ public final class ArrayDataset: Dataset {
 
     func length(_ split: Split, _ i: Int) -> Int { split.lengths.map { Int($0[i]) } ?? steps }
 
+    /// Training samples longest first, ties in their given order (Batch.longestFirst).
+    func longestFirst(_ samples: [Int]) -> [Int] {
+        Batch.longestFirst(samples.map { length(train, $0) }).map { samples[$0] }
+    }
+
     public func trainingBatch(step: Int, globalBatch: Int, rows: Range<Int>) -> Batch {
         guard variableLength else { return make(train, rows.map { sampleIndex(step * globalBatch + $0) }) }
         let (samples, keys) = dealt(step: step, globalBatch: globalBatch)
@@ -141,9 +146,7 @@ public final class ArrayDataset: Dataset {
             let pool = Self.poolBatches * B
             for start in stride(from: 0, to: order.count, by: pool) {
                 // Longest first; ties keep the permutation's order, so the pool stays random within a length.
-                let sorted = order[start..<min(start + pool, order.count)].enumerated()
-                    .sorted { length(train, $0.element) != length(train, $1.element) ? length(train, $0.element) > length(train, $1.element) : $0.offset < $1.offset }
-                    .map(\.element)
+                let sorted = longestFirst(Array(order[start..<min(start + pool, order.count)]))
                 for b in stride(from: 0, to: sorted.count, by: B) { batches.append(Array(sorted[b..<(b + B)])) }
             }
             var orderRng = Xoshiro256(seed: seed, stream: RandomStream.batchOrder.rawValue, index: UInt64(epoch))
@@ -159,9 +162,7 @@ public final class ArrayDataset: Dataset {
         lock.lock()
         if let c = dealtCache, c.step == step, c.globalBatch == B, c.parts == parts { lock.unlock(); return (c.samples, c.keys) }
         lock.unlock()
-        let sorted = members(step: step, globalBatch: B).enumerated()
-            .sorted { length(train, $0.element) != length(train, $1.element) ? length(train, $0.element) > length(train, $1.element) : $0.offset < $1.offset }
-            .map(\.element)
+        let sorted = longestFirst(members(step: step, globalBatch: B))
         let P = max(1, min(parts, B))
         var shards = [[Int]](repeating: [], count: P), load = [Int](repeating: 0, count: P)
         let room = (0..<P).map { p in (p + 1) * B / P - p * B / P }  // Shard.rows's sizes
