@@ -38,7 +38,7 @@ esac
 # OpenBLAS where the default is our packed kernel (a CPU with AVX2+FMA), else the packed kernel, so
 # CI covers both paths a fresh machine can get.
 if grep -qw avx2 /proc/cpuinfo 2>/dev/null && grep -qw fma /proc/cpuinfo; then SECOND_PRODUCTS=openblas; else SECOND_PRODUCTS=packed; fi
-ORDER_SENSITIVE='RecurrentProduct|DropoutTests|TrainerTests|TrainingTests|DiagnosticsTests|PyTorchParityTests|GradientCheckTests|DataParallelTests|ReproducibilityTests|DurabilityTests.testResumeIsExact'
+ORDER_SENSITIVE='PipelineTests|RecurrentProduct|DropoutTests|TrainerTests|TrainingTests|DiagnosticsTests|PyTorchParityTests|GradientCheckTests|DataParallelTests|ReproducibilityTests|DurabilityTests.testResumeIsExact'
 if [ "$(uname -m)" = x86_64 ]; then
     echo "== order-sensitive tests again under OPENBLAS_CORETYPE=$SECOND_CORE (default kernel: $DEFAULT_CORE) and RNN_DP_PRODUCTS=$SECOND_PRODUCTS"
     OPENBLAS_CORETYPE=$SECOND_CORE RNN_DP_PRODUCTS=$SECOND_PRODUCTS swift test "${BUILD[@]}" --skip-build $SWIFT_TESTING_FLAG --filter "$ORDER_SENSITIVE" 2>&1 | tee "$MARGIN_LOG.second"

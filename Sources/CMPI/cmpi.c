@@ -7,10 +7,18 @@
 
 #define CHUNK ((int64_t)1 << 30)
 
+/* Communicators by handle: 0 is MPI_COMM_WORLD, the others come from cmpi_comm_split. */
+#define CMPI_MAX_COMMS 64
+static MPI_Comm comms[CMPI_MAX_COMMS];
+static int comm_count = 0;
+static MPI_Comm C(int handle) { return handle >= 0 && handle < comm_count ? comms[handle] : MPI_COMM_NULL; }
+
 int cmpi_init(void) {
     int provided = 0;
     int rc = MPI_Init_thread(NULL, NULL, MPI_THREAD_FUNNELED, &provided);
     if (rc != MPI_SUCCESS) return rc;
+    comms[0] = MPI_COMM_WORLD;
+    comm_count = 1;
     return MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
 }
 
@@ -23,8 +31,20 @@ int cmpi_is_initialized(void) {
     return flag && !finalized;
 }
 
-int cmpi_rank(void) { int r = 0; MPI_Comm_rank(MPI_COMM_WORLD, &r); return r; }
-int cmpi_size(void) { int s = 1; MPI_Comm_size(MPI_COMM_WORLD, &s); return s; }
+int cmpi_rank(int comm) { int r = 0; MPI_Comm_rank(C(comm), &r); return r; }
+int cmpi_size(int comm) { int s = 1; MPI_Comm_size(C(comm), &s); return s; }
+
+int cmpi_comm_split(int parent, int color, int key, int *handle) {
+    if (comm_count >= CMPI_MAX_COMMS) return MPI_ERR_COMM;
+    MPI_Comm out;
+    int rc = MPI_Comm_split(C(parent), color, key, &out);
+    if (rc != MPI_SUCCESS) return rc;
+    rc = MPI_Comm_set_errhandler(out, MPI_ERRORS_RETURN);
+    if (rc != MPI_SUCCESS) return rc;
+    comms[comm_count] = out;
+    *handle = comm_count++;
+    return MPI_SUCCESS;
+}
 
 int cmpi_local_size(void) {
     MPI_Comm local;
@@ -45,14 +65,14 @@ void cmpi_error_string(int code, char *buf, int buflen) {
     snprintf(buf, (size_t)buflen, "%s", tmp);
 }
 
-int cmpi_barrier(void) { return MPI_Barrier(MPI_COMM_WORLD); }
+int cmpi_barrier(int comm) { return MPI_Barrier(C(comm)); }
 
 /* In-place allreduce in pieces of at most CHUNK elements. */
-static int allreduce_chunked(void *buf, int64_t count, MPI_Datatype type, size_t elem, MPI_Op op) {
+static int allreduce_chunked(int comm, void *buf, int64_t count, MPI_Datatype type, size_t elem, MPI_Op op) {
     char *p = (char *)buf;
     while (count > 0) {
         int n = (int)(count < CHUNK ? count : CHUNK);
-        int rc = MPI_Allreduce(MPI_IN_PLACE, p, n, type, op, MPI_COMM_WORLD);
+        int rc = MPI_Allreduce(MPI_IN_PLACE, p, n, type, op, C(comm));
         if (rc != MPI_SUCCESS) return rc;
         p += (size_t)n * elem;
         count -= n;
@@ -60,16 +80,16 @@ static int allreduce_chunked(void *buf, int64_t count, MPI_Datatype type, size_t
     return MPI_SUCCESS;
 }
 
-int cmpi_allreduce_sum_f32(float *b, int64_t n) { return allreduce_chunked(b, n, MPI_FLOAT, sizeof(float), MPI_SUM); }
-int cmpi_allreduce_sum_f64(double *b, int64_t n) { return allreduce_chunked(b, n, MPI_DOUBLE, sizeof(double), MPI_SUM); }
-int cmpi_allreduce_sum_i64(int64_t *b, int64_t n) { return allreduce_chunked(b, n, MPI_INT64_T, sizeof(int64_t), MPI_SUM); }
-int cmpi_allreduce_max_f64(double *b, int64_t n) { return allreduce_chunked(b, n, MPI_DOUBLE, sizeof(double), MPI_MAX); }
+int cmpi_allreduce_sum_f32(int comm, float *b, int64_t n) { return allreduce_chunked(comm, b, n, MPI_FLOAT, sizeof(float), MPI_SUM); }
+int cmpi_allreduce_sum_f64(int comm, double *b, int64_t n) { return allreduce_chunked(comm, b, n, MPI_DOUBLE, sizeof(double), MPI_SUM); }
+int cmpi_allreduce_sum_i64(int comm, int64_t *b, int64_t n) { return allreduce_chunked(comm, b, n, MPI_INT64_T, sizeof(int64_t), MPI_SUM); }
+int cmpi_allreduce_max_f64(int comm, double *b, int64_t n) { return allreduce_chunked(comm, b, n, MPI_DOUBLE, sizeof(double), MPI_MAX); }
 
-static int bcast_chunked(void *buf, int64_t count, MPI_Datatype type, size_t elem, int root) {
+static int bcast_chunked(int comm, void *buf, int64_t count, MPI_Datatype type, size_t elem, int root) {
     char *p = (char *)buf;
     while (count > 0) {
         int n = (int)(count < CHUNK ? count : CHUNK);
-        int rc = MPI_Bcast(p, n, type, root, MPI_COMM_WORLD);
+        int rc = MPI_Bcast(p, n, type, root, C(comm));
         if (rc != MPI_SUCCESS) return rc;
         p += (size_t)n * elem;
         count -= n;
@@ -77,32 +97,57 @@ static int bcast_chunked(void *buf, int64_t count, MPI_Datatype type, size_t ele
     return MPI_SUCCESS;
 }
 
-int cmpi_bcast_f32(float *b, int64_t n, int root) { return bcast_chunked(b, n, MPI_FLOAT, sizeof(float), root); }
-int cmpi_bcast_bytes(uint8_t *b, int64_t n, int root) { return bcast_chunked(b, n, MPI_BYTE, 1, root); }
+int cmpi_bcast_f32(int comm, float *b, int64_t n, int root) { return bcast_chunked(comm, b, n, MPI_FLOAT, sizeof(float), root); }
+int cmpi_bcast_bytes(int comm, uint8_t *b, int64_t n, int root) { return bcast_chunked(comm, b, n, MPI_BYTE, 1, root); }
 
-int cmpi_allgather_u64(uint64_t value, uint64_t *recv) {
-    return MPI_Allgather(&value, 1, MPI_UINT64_T, recv, 1, MPI_UINT64_T, MPI_COMM_WORLD);
+int cmpi_allgather_u64(int comm, uint64_t value, uint64_t *recv) {
+    return MPI_Allgather(&value, 1, MPI_UINT64_T, recv, 1, MPI_UINT64_T, C(comm));
 }
 
 /* Outstanding nonblocking requests. Only the thread that calls MPI (FUNNELED) touches them. */
 static MPI_Request requests[CMPI_MAX_REQUESTS];
 static int request_used[CMPI_MAX_REQUESTS];
 
+static int free_slot(void) {
+    for (int i = 0; i < CMPI_MAX_REQUESTS; i++) if (!request_used[i]) return i;
+    return -1;
+}
+
 /* Starts an in-place MPI_Iallreduce in a free slot of the request table. */
-static int start_iallreduce(void *buf, int64_t count, MPI_Datatype type, MPI_Op op, int *handle) {
+static int start_iallreduce(int comm, void *buf, int64_t count, MPI_Datatype type, MPI_Op op, int *handle) {
     if (count > INT_MAX) return MPI_ERR_COUNT;
-    int slot = -1;
-    for (int i = 0; i < CMPI_MAX_REQUESTS; i++) if (!request_used[i]) { slot = i; break; }
+    int slot = free_slot();
     if (slot < 0) return MPI_ERR_REQUEST;
-    int rc = MPI_Iallreduce(MPI_IN_PLACE, buf, (int)count, type, op, MPI_COMM_WORLD, &requests[slot]);
+    int rc = MPI_Iallreduce(MPI_IN_PLACE, buf, (int)count, type, op, C(comm), &requests[slot]);
     if (rc != MPI_SUCCESS) return rc;
     request_used[slot] = 1;
     *handle = slot;
     return MPI_SUCCESS;
 }
 
-int cmpi_iallreduce_sum_f32(float *buf, int64_t count, int *handle) {
-    return start_iallreduce(buf, count, MPI_FLOAT, MPI_SUM, handle);
+int cmpi_iallreduce_sum_f32(int comm, float *buf, int64_t count, int *handle) {
+    return start_iallreduce(comm, buf, count, MPI_FLOAT, MPI_SUM, handle);
+}
+
+/* A float message to (send) or from (receive) `peer`, in a free slot of the request table. */
+static int start_p2p(int comm, float *buf, int64_t count, int peer, int tag, int send, int *handle) {
+    if (count > INT_MAX) return MPI_ERR_COUNT;
+    int slot = free_slot();
+    if (slot < 0) return MPI_ERR_REQUEST;
+    int rc = send ? MPI_Isend(buf, (int)count, MPI_FLOAT, peer, tag, C(comm), &requests[slot])
+                  : MPI_Irecv(buf, (int)count, MPI_FLOAT, peer, tag, C(comm), &requests[slot]);
+    if (rc != MPI_SUCCESS) return rc;
+    request_used[slot] = 1;
+    *handle = slot;
+    return MPI_SUCCESS;
+}
+
+int cmpi_isend_f32(int comm, const float *buf, int64_t count, int dest, int tag, int *handle) {
+    return start_p2p(comm, (float *)buf, count, dest, tag, 1, handle);
+}
+
+int cmpi_irecv_f32(int comm, float *buf, int64_t count, int source, int tag, int *handle) {
+    return start_p2p(comm, buf, count, source, tag, 0, handle);
 }
 
 int cmpi_test(int handle, int *done) {
@@ -168,21 +213,21 @@ static int half_op(int kind, MPI_Op *op) {
     return MPI_SUCCESS;
 }
 
-int cmpi_iallreduce_sum_half(uint16_t *buf, int64_t count, int kind, int *handle) {
+int cmpi_iallreduce_sum_half(int comm, uint16_t *buf, int64_t count, int kind, int *handle) {
     MPI_Op op;
     int rc = half_op(kind, &op);
     if (rc != MPI_SUCCESS) return rc;
-    return start_iallreduce(buf, count, MPI_UINT16_T, op, handle);
+    return start_iallreduce(comm, buf, count, MPI_UINT16_T, op, handle);
 }
 
-int cmpi_allreduce_sum_half(uint16_t *buf, int64_t count, int kind) {
+int cmpi_allreduce_sum_half(int comm, uint16_t *buf, int64_t count, int kind) {
     MPI_Op op;
     int rc0 = half_op(kind, &op);
     if (rc0 != MPI_SUCCESS) return rc0;
     char *p = (char *)buf;
     while (count > 0) {
         int n = (int)(count < CHUNK ? count : CHUNK);
-        int rc = MPI_Allreduce(MPI_IN_PLACE, p, n, MPI_UINT16_T, op, MPI_COMM_WORLD);
+        int rc = MPI_Allreduce(MPI_IN_PLACE, p, n, MPI_UINT16_T, op, C(comm));
         if (rc != MPI_SUCCESS) return rc;
         p += (size_t)n * 2;
         count -= n;

@@ -5,11 +5,21 @@
 public final class Buffer<S: RNNScalar> {
     public let count: Int
     public let pointer: UnsafeMutablePointer<S>
+    private let owned: Bool
 
     public init(count: Int) {
         self.count = count
         pointer = .allocate(capacity: max(count, 1))
         pointer.initialize(repeating: 0, count: max(count, 1))
+        owned = true
+    }
+
+    /// A view of `count` scalars of memory someone else owns and keeps alive (a range of a
+    /// larger buffer: a pipeline stage's parameters, which its optimizer updates).
+    public init(viewing pointer: UnsafeMutablePointer<S>, count: Int) {
+        self.count = count
+        self.pointer = pointer
+        owned = false
     }
 
     public convenience init(_ values: [S]) {
@@ -17,7 +27,7 @@ public final class Buffer<S: RNNScalar> {
         for i in 0..<values.count { pointer[i] = values[i] }
     }
 
-    deinit { pointer.deallocate() }
+    deinit { if owned { pointer.deallocate() } }
 
     public subscript(i: Int) -> S {
         get { pointer[i] }

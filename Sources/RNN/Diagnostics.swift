@@ -41,7 +41,8 @@ extension Network {
         let width = 3 + H + T
         var out = [Double](repeating: 0, count: L * width)
         let sigmoidLow = 0.0998, sigmoidHigh = 0.9002, tanhHigh = 0.8005, dead = 0.01
-        for k in 0..<L {
+        // A pipeline stage sums its own layers (zeros elsewhere, so the stages' sums add up).
+        for k in 0..<L where stageLayers.contains(k / spec.directions) {
             var saturated = 0.0, counted = 0.0, nearDead = 0.0
             func sig(_ a: Double) { counted += 1; if a < sigmoidLow || a > sigmoidHigh { saturated += 1 }; if a < dead { nearDead += 1 } }
             func tanhOut(_ a: Double) { counted += 1; if abs(a) > tanhHigh { saturated += 1 }; if abs(a) < dead { nearDead += 1 } }

@@ -25,8 +25,11 @@ public final class Network<S: RNNScalar> {
     public let layout: ParameterLayout
     /// The flat parameter buffer, (layout.count), PyTorch names in `layout`.
     public let parameters: Buffer<S>
-    /// The flat gradient buffer, same layout. `lossAndGradient` adds into it.
-    public let gradients: Buffer<S>
+    /// The flat gradient buffer, same layout, of this stage's tensors only: element i is that of
+    /// parameter `gradientBase + i` (the whole model, base 0, unless `setStage`). `lossAndGradient`
+    /// adds into it.
+    public private(set) var gradients: Buffer<S>
+    public private(set) var gradientBase = 0
 
     /// Per-layer activations kept for the backward pass.
     final class LayerStore {
@@ -37,9 +40,14 @@ public final class Network<S: RNNScalar> {
         var lnHat: Buffer<S>  // (T, B, G*H): layer norm's normalized pre-activations
         var lnRstd: Buffer<S>  // (T, B, G): their 1/std
         var bnHat: Buffer<S>  // (T, B, G*H): batch norm's normalized input projections
-        init(_ tb: Int, _ H: Int, _ spec: ModelSpec) {
+        /// - outputOnly: just h (a stage's copy of the output of the layer below it); empty: nothing.
+        init(_ tb: Int, _ H: Int, _ spec: ModelSpec, outputOnly: Bool = false) {
             let cell = spec.cell, G = cell.gates
             h = Buffer(count: tb * H)
+            if outputOnly {
+                (gates, self.cell, hn, lnHat, lnRstd, bnHat) = (Buffer(count: 0), Buffer(count: 0), Buffer(count: 0), Buffer(count: 0), Buffer(count: 0), Buffer(count: 0))
+                return
+            }
             gates = Buffer(count: cell == .rnn ? 0 : tb * G * H)
             self.cell = Buffer(count: cell == .lstm ? tb * H : 0)
             hn = Buffer(count: cell == .gru ? tb * H : 0)
@@ -55,6 +63,15 @@ public final class Network<S: RNNScalar> {
     private var store: [LayerStore] = []
     private var delta: [Buffer<S>] = []  // D x (T, B, H): dL/dh of the current layer's units, each in its own time order (Elman: then dL/dz in place)
     private var deltaBelow: [Buffer<S>] = []  // D x (T, B, H): dL/dh of the layer below
+    // One direction (the chunked backward, `backwardChunks`): dL/dh of the stage's layers, (T, B, H)
+    // each: one per layer when the sequence is cut into several chunks (every layer's sweep is
+    // under way at once), else two used in turn. dz of each layer likewise (T, B, G*H): one per
+    // layer with several chunks (their weight gradients come after the last chunk), else one.
+    private var layerDelta: [Buffer<S>] = []
+    private var layerDz: [Buffer<S>] = []
+    private var layerDhh: [Buffer<S>] = []  // GRU: the hidden-side twin of layerDz
+    private var dInput = Buffer<S>(count: 0)  // (T, B, width): dL/d(input) of one layer, chunk by chunk
+    private var received = Buffer<S>(count: 0)  // (T, B, H): the stage above's dL/dh, chunk by chunk
     // Bidirectional layers: each layer's output [forward | backward] per step, (T, B, 2H); the
     // reversed-in-time input and tokens of a backward unit; the head's input for last_step,
     // (B, 2H); the gradient of a unit's input, and of the layer's, (T, B, width).
@@ -71,7 +88,7 @@ public final class Network<S: RNNScalar> {
     private var state0 = Buffer<S>(count: 0)  // (L*D, C, B, H): initial state of this forward (h, then c for LSTM)
     private var dState0 = Buffer<S>(count: 0)  // (L*D, C, B, H): its gradient after backward
     private var hh = Buffer<S>(count: 0)  // (B, G*H): GRU per-step W_hh h + b_hh
-    private var dc = Buffer<S>(count: 0)  // (B, H): LSTM dL/dc carried backward
+    private var dc: [Buffer<S>] = []  // L*D x (B, H): LSTM dL/dc of each unit, carried backward from chunk to chunk
     // Dropout (training passes): per place, the factor of every element, 0 or 1/(1-p); and the
     // dropped copies the next layer and the head read. Place 0: the dense input (T, B, I),
     // place k in 1..<L: layer k's input, the output of layer k-1 (T, B, D*H); place L: the
@@ -104,6 +121,85 @@ public final class Network<S: RNNScalar> {
     /// Sample-steps computed by the recurrent sweeps of every unit so far (forward, then
     /// backward): padding costs nothing, so a batch of lengths {3, 20} adds 23 per unit and sweep.
     public private(set) var stepsComputed = 0
+
+    // MARK: pipeline stages and chunks
+
+    /// The layers this network computes (pipeline model parallelism, docs/PARALLELISM.md): all of
+    /// them by default. A stage that does not start at layer 0 receives its input, the output of
+    /// layer `stageLayers.lowerBound - 1`, through `pipe` and sends dL/d(that input) back; one
+    /// that does not end at the top sends its top layer's output and receives its gradient; only
+    /// the last stage has the head and the loss. Parameters and gradients keep the whole model's
+    /// layout; a stage reads and writes its own tensors only (`stageParameters`).
+    public private(set) var stageLayers: Range<Int>
+    public var isFirstStage: Bool { stageLayers.lowerBound == 0 }
+    public var isLastStage: Bool { stageLayers.upperBound == spec.layers }
+
+    /// Time steps per chunk of the forward and backward sweeps (0: the whole sequence). The
+    /// sweeps run chunk by chunk, each chunk through every layer of the stage, so a pipeline's
+    /// stages work at once on different chunks; the weight-gradient products stay one product
+    /// each after the last chunk. The products of a chunk see the same shapes whatever the stage
+    /// split, so a pipeline computes the same bits as one process with the same `chunkSteps`.
+    /// One direction only; batch norm needs the whole sequence (one chunk).
+    public var chunkSteps = 0 {
+        didSet { precondition(chunkSteps >= 0) }
+    }
+
+    /// The messages between neighbouring stages, set by the trainer (the numerics stay free of
+    /// MPI). Chunk c's messages carry its rows, (rows of steps of chunk c, H); receives block
+    /// until the data is there, sends return at once and `flush` waits for them.
+    public struct Pipe {
+        public var receiveActivations: (_ chunk: Int, _ into: UnsafeMutableBufferPointer<S>) -> Void
+        public var sendActivations: (_ chunk: Int, _ from: UnsafeBufferPointer<S>) -> Void
+        public var receiveGradient: (_ chunk: Int, _ into: UnsafeMutableBufferPointer<S>) -> Void
+        public var sendGradient: (_ chunk: Int, _ from: UnsafeBufferPointer<S>) -> Void
+        /// Lets outstanding messages progress (called every few steps of a sweep).
+        public var progress: () -> Void
+        /// Waits for this pass's sends (end of forward, end of backward).
+        public var flush: () -> Void
+        public init(receiveActivations: @escaping (Int, UnsafeMutableBufferPointer<S>) -> Void,
+                    sendActivations: @escaping (Int, UnsafeBufferPointer<S>) -> Void,
+                    receiveGradient: @escaping (Int, UnsafeMutableBufferPointer<S>) -> Void,
+                    sendGradient: @escaping (Int, UnsafeBufferPointer<S>) -> Void,
+                    progress: @escaping () -> Void, flush: @escaping () -> Void) {
+            self.receiveActivations = receiveActivations
+            self.sendActivations = sendActivations
+            self.receiveGradient = receiveGradient
+            self.sendGradient = sendGradient
+            self.progress = progress
+            self.flush = flush
+        }
+    }
+    public var pipe: Pipe?
+
+    /// This stage's tensors (all of them without a pipeline).
+    public var stageViews: [ParamView] { layout.views.filter { stageParameters.contains($0.offset) } }
+
+    /// Makes this network stage `layers` of a pipeline (before its first forward): its gradient
+    /// buffer then holds this stage's tensors only.
+    public func setStage(layers: Range<Int>) {
+        precondition(capacity == 0, "the stage is set before the first forward")
+        precondition(!layers.isEmpty && layers.lowerBound >= 0 && layers.upperBound <= spec.layers)
+        precondition(layers.count == spec.layers || D == 1, "a pipeline stage holds one direction")
+        stageLayers = layers
+        gradientBase = stageParameters.lowerBound
+        gradients = Buffer(count: stageParameters.count)
+    }
+
+    /// The range of the flat parameter buffer holding this stage's tensors: the embedding with
+    /// the first stage, the head with the last (`ParameterLayout` orders them so).
+    public var stageParameters: Range<Int> {
+        let lo = isFirstStage ? 0 : layout.layer(stageLayers.lowerBound * D).wih.offset
+        let hi = isLastStage ? layout.count : layout.layer(stageLayers.upperBound * D).wih.offset
+        return lo..<hi
+    }
+
+    /// Chunks of the latest forward, and chunk c's steps.
+    private var chunkCount: Int { chunkSteps == 0 || chunkSteps >= T ? 1 : (T + chunkSteps - 1) / chunkSteps }
+    private func chunk(_ c: Int) -> Range<Int> { chunkCount == 1 ? 0..<T : (c * chunkSteps)..<min((c + 1) * chunkSteps, T) }
+    /// The rows of the packed buffers that steps `steps` occupy.
+    private func rows(_ steps: Range<Int>) -> Range<Int> { offset[steps.lowerBound]..<offset[steps.upperBound] }
+    /// Whether layer k's unit is computed here.
+    @inline(__always) private func inStage(unit k: Int) -> Bool { stageLayers.contains(k / D) }
 
     /// When set, the backward pass records sum over the batch of ||dL/dh_t||^2 per layer and step
     /// in `dhNormSquares` (L, T), for Diagnostics. Off by default: it costs a pass over dL/dh.
@@ -151,6 +247,7 @@ public final class Network<S: RNNScalar> {
         bnStats = Buffer(count: spec.batchNorm ? spec.units * 2 * gh : 0)
         bnSums = Buffer(count: spec.batchNorm ? 2 * gh + 1 : 0)
         packedWhh = Array(repeating: nil, count: spec.units)
+        stageLayers = 0..<spec.layers
         for k in 0..<(spec.batchNorm ? spec.units : 0) {
             for j in 0..<gh { runningStatistics[(2 * k + 1) * gh + j] = 1 }
         }
@@ -191,11 +288,24 @@ public final class Network<S: RNNScalar> {
         ragged = N != steps * batch
         if ragged && hPrevRows.count < N * H { hPrevRows = Buffer(count: steps * batch * H) }
         let need = steps * batch
-        if need > capacity {
+        let perLayer = D == 1 && chunkCount > 1  // every layer's backward under way at once
+        let stageUnits = stageLayers.count * D
+        if need > capacity || (D == 1 && layerDelta.count != (perLayer ? stageLayers.count : min(2, stageUnits))) {
             capacity = need
-            store = (0..<spec.units).map { _ in LayerStore(need, H, spec) }
-            delta = (0..<D).map { _ in Buffer(count: need * H) }
-            deltaBelow = (0..<D).map { _ in Buffer(count: need * H) }
+            let below = stageLayers.lowerBound - 1  // the layer whose output a later stage receives
+            store = (0..<spec.units).map { k in
+                inStage(unit: k) ? LayerStore(need, H, spec) : LayerStore(k == below ? need : 0, H, spec, outputOnly: true)
+            }
+            if D == 1 {
+                layerDelta = (0..<(perLayer ? stageUnits : min(2, stageUnits))).map { _ in Buffer(count: need * H) }
+                layerDz = spec.cell == .rnn ? [] : (0..<(perLayer ? stageUnits : 1)).map { _ in Buffer(count: need * G * H) }
+                layerDhh = spec.cell != .gru ? [] : (0..<(perLayer ? stageUnits : 1)).map { _ in Buffer(count: need * G * H) }
+                dInput = Buffer(count: need * max(spec.firstLayerInputWidth, spec.layerOutputWidth))
+                received = Buffer(count: isLastStage ? 0 : need * H)
+            } else {
+                delta = (0..<D).map { _ in Buffer(count: need * H) }
+                deltaBelow = (0..<D).map { _ in Buffer(count: need * H) }
+            }
             if D == 2 {
                 let widest = max(spec.firstLayerInputWidth, spec.layerOutputWidth)
                 cat = (0..<spec.layers).map { _ in Buffer(count: need * 2 * H) }
@@ -204,14 +314,14 @@ public final class Network<S: RNNScalar> {
                 dUnitInput = Buffer(count: need * widest)
                 dLayerInput = Buffer(count: need * widest)
             }
-            dxi = Buffer(count: spec.cell == .rnn ? 0 : need * G * H)
-            dhh = Buffer(count: spec.cell == .gru ? need * G * H : 0)
+            dxi = Buffer(count: spec.cell == .rnn || D == 1 ? 0 : need * G * H)
+            dhh = Buffer(count: spec.cell == .gru && D == 2 ? need * G * H : 0)
             if case .dense(let f) = spec.input { dense = Buffer(count: need * f) }
             if let E = spec.embeddingSize {
                 embedded = Buffer(count: need * E)
                 dEmbedded = Buffer(count: need * E)
             }
-            head = Buffer(count: need * O)
+            head = Buffer(count: isLastStage ? need * O : 0)
             if spec.dropout > 0 || spec.inputDropout > 0 || spec.headDropout > 0 {
                 let width = { (place: Int) -> Int in
                     if place == 0 { if let E = self.spec.embeddingSize { return E }; if case .dense(let f) = self.spec.input { return f }; return 0 }
@@ -230,7 +340,7 @@ public final class Network<S: RNNScalar> {
                 dHead = Buffer(count: batch * D * H)
             }
             hh = Buffer(count: spec.cell == .gru ? batch * G * H : 0)
-            dc = Buffer(count: spec.cell == .lstm ? batch * H : 0)
+            dc = (0..<spec.units).map { _ in Buffer(count: spec.cell == .lstm ? batch * H : 0) }
         }
     }
 
@@ -241,12 +351,14 @@ public final class Network<S: RNNScalar> {
         let layers = store.reduce(0) { $0 + $1.h.count + $1.gates.count + $1.cell.count + $1.hn.count + $1.lnHat.count + $1.lnRstd.count + $1.bnHat.count }
         let dropout = dropFactor.reduce(0) { $0 + $1.count } + dropped.reduce(0) { $0 + $1.count }
         let bidirectional = cat.reduce(0) { $0 + $1.count } + reversedInput.count + lastTop.count + dUnitInput.count + dLayerInput.count
-        return packed + layers + dropout + bidirectional + embedded.count + dEmbedded.count + D * (delta.first?.count ?? 0) * 2 + dxi.count + dhh.count + dense.count + head.count
-            + state0.count + dState0.count + hh.count + dc.count
+        let deltas = delta.reduce(0) { $0 + $1.count } + deltaBelow.reduce(0) { $0 + $1.count } + layerDelta.reduce(0) { $0 + $1.count }
+            + layerDz.reduce(0) { $0 + $1.count } + layerDhh.reduce(0) { $0 + $1.count } + dInput.count + received.count
+        return packed + layers + dropout + bidirectional + embedded.count + dEmbedded.count + deltas + dxi.count + dhh.count + dense.count + head.count
+            + state0.count + dState0.count + hh.count + dc.reduce(0) { $0 + $1.count }
     }
 
     @inline(__always) private func p(_ v: ParamView) -> UnsafeMutablePointer<S> { parameters.pointer + v.offset }
-    @inline(__always) private func g(_ v: ParamView) -> UnsafeMutablePointer<S> { gradients.pointer + v.offset }
+    @inline(__always) private func g(_ v: ParamView) -> UnsafeMutablePointer<S> { gradients.pointer + (v.offset - gradientBase) }
     /// Initial state of layer k, tensor c (0: h, 1: LSTM cell), (B, H).
     @inline(__always) private func s0(_ k: Int, _ c: Int) -> UnsafeMutablePointer<S> { state0.pointer + (k * C + c) * B * H }
     @inline(__always) private func ds0(_ k: Int, _ c: Int) -> UnsafeMutablePointer<S> { dState0.pointer + (k * C + c) * B * H }
@@ -274,19 +386,24 @@ public final class Network<S: RNNScalar> {
         setInitialState(initialState)
         if case .dense(let f) = spec.input {
             precondition(batch.features.count == TB * f, "features must be (T, B, I), packed")
-            batch.features.withUnsafeBufferPointer { S.fromFloat($0.baseAddress!, into: dense.pointer, TB * f) }
+            if isFirstStage { batch.features.withUnsafeBufferPointer { S.fromFloat($0.baseAddress!, into: dense.pointer, TB * f) } }
         } else {
             precondition(batch.tokens.count == TB, "tokens must be (T, B), packed")
         }
-        if let E = spec.embeddingSize {
+        if isFirstStage, let E = spec.embeddingSize {
             // embedded[r] = embedding.weight[token r], (T*B, E)
             let w = p(layout.embedding!)
             for r in 0..<TB { (embedded.pointer + r * E).update(from: w + Int(batch.tokens[r]) * E, count: E) }
         }
         dropoutOn = training && (spec.dropout > 0 || spec.inputDropout > 0 || spec.headDropout > 0)
         rowKeys = batch.rowKeys
-        if dropoutOn && spec.inputDropout > 0, let (x, width) = layerInput(0) {
+        if isFirstStage && dropoutOn && spec.inputDropout > 0, let (x, width) = layerInput(0) {
             applyDropout(place: 0, p: spec.inputDropout, x: x, into: x, width: width, lastSteps: false)
+        }
+        if D == 1 {
+            batch.tokens.withUnsafeBufferPointer { forwardChunks(tokens: $0.baseAddress) }
+            if isLastStage { forwardHead() }
+            return
         }
         batch.tokens.withUnsafeBufferPointer { tokens in
             for k in 0..<spec.layers {
@@ -306,6 +423,29 @@ public final class Network<S: RNNScalar> {
     }
 
     private var D: Int { spec.directions }
+
+    /// One direction: chunk by chunk, each chunk through every layer of the stage (after the
+    /// input the stage below sends), its top layer's output sent on to the stage above.
+    private func forwardChunks(tokens: UnsafePointer<Int32>?) {
+        let k0 = stageLayers.lowerBound, top = stageLayers.upperBound - 1, W = spec.layerOutputWidth
+        for c in 0..<chunkCount {
+            let steps = chunk(c), r = rows(steps)
+            if !isFirstStage {
+                pipe!.receiveActivations(c, UnsafeMutableBufferPointer(start: layerOutput(k0 - 1) + r.lowerBound * W, count: r.count * W))
+            }
+            for k in stageLayers {
+                if k > 0 && dropoutOn && spec.dropout > 0 {
+                    applyDropout(place: k, p: spec.dropout, x: layerOutput(k - 1), into: dropped[k].pointer,
+                                 width: W, lastSteps: false, steps: steps)
+                }
+                forwardLayer(k, tokens: tokens, steps: steps)
+            }
+            if !isLastStage {
+                pipe!.sendActivations(c, UnsafeBufferPointer(start: layerOutput(top) + r.lowerBound * W, count: r.count * W))
+            }
+        }
+        pipe?.flush()
+    }
 
     /// Layer k's output, (T, B, D*H): the unit's h, or the [forward | backward] concatenation.
     private func layerOutput(_ k: Int) -> UnsafeMutablePointer<S> { D == 1 ? store[k].h.pointer : cat[k].pointer }
@@ -390,7 +530,7 @@ public final class Network<S: RNNScalar> {
     /// (`lastSteps`) over B rows, sample b's at its last step; keeps the factors for the backward
     /// pass. In place allowed.
     private func applyDropout(place: Int, p: Double, x: UnsafeMutablePointer<S>, into out: UnsafeMutablePointer<S>,
-                              width: Int, lastSteps: Bool) {
+                              width: Int, lastSteps: Bool, steps: Range<Int>? = nil) {
         let factor = dropFactor[place].pointer
         let scale = S(1 / (1 - p)), key = dropoutKey
         let variational = spec.variationalDropout
@@ -405,16 +545,17 @@ public final class Network<S: RNNScalar> {
         if lastSteps {
             for b in 0..<B { row(b, step: lengths[b] - 1, sample: b) }
         } else {
-            for t in 0..<T { for b in 0..<rowsAt[t] { row(offset[t] + b, step: t, sample: b) } }
+            for t in steps ?? 0..<T { for b in 0..<rowsAt[t] { row(offset[t] + b, step: t, sample: b) } }
         }
     }
 
     /// The factors of dropout place `place` in the latest training forward, (rows, width) (tests).
     func dropoutFactors(place: Int) -> [S] { dropFactor[place].array }
 
-    /// The backward twin of applyDropout: d (rows, width) times the factors of `place`, in place.
-    private func dropoutBackward(place: Int, _ d: UnsafeMutablePointer<S>, rows: Int, width: Int) {
-        let factor = dropFactor[place].pointer
+    /// The backward twin of applyDropout: d (rows, width) times the factors of `place` from row
+    /// `from` on, in place.
+    private func dropoutBackward(place: Int, _ d: UnsafeMutablePointer<S>, rows: Int, width: Int, from: Int = 0) {
+        let factor = dropFactor[place].pointer + from * width
         for i in 0..<(rows * width) { d[i] *= factor[i] }
     }
 
@@ -441,34 +582,42 @@ public final class Network<S: RNNScalar> {
         return v % D == 1 ? (reversedInput.pointer, width) : (x, width)
     }
 
-    /// Layer k, all steps. Pre-activations of all steps: X W_ih^T + b_ih (+ b_hh for Elman and
-    /// LSTM), then per step the recurrent product and the cell's elementwise step.
-    private func forwardLayer(_ k: Int, tokens: UnsafePointer<Int32>?) {
+    /// Layer k over steps `steps` (all by default). Pre-activations of these steps: X W_ih^T + b_ih
+    /// (+ b_hh for Elman and LSTM), then per step the recurrent product and the cell's elementwise step.
+    private func forwardLayer(_ k: Int, tokens: UnsafePointer<Int32>?, steps: Range<Int>? = nil) {
         let l = layout.layer(k)
         let st = store[k]
-        let TB = N
+        let steps = steps ?? 0..<T
+        let r0 = offset[steps.lowerBound], TB = offset[steps.upperBound] - r0  // this chunk's rows
         let GH = G * H
         // Elman keeps its pre-activations in h (activated in place); gated cells in `gates`.
-        let z = spec.cell == .rnn ? st.h.pointer : st.gates.pointer  // (T, B, G*H)
+        let z = (spec.cell == .rnn ? st.h.pointer : st.gates.pointer) + r0 * GH  // (rows, G*H)
         if let (x, width) = layerInput(k) {
-            S.gemm(transA: false, transB: true, m: TB, n: GH, k: width, alpha: 1, a: x, lda: width,
+            S.gemm(transA: false, transB: true, m: TB, n: GH, k: width, alpha: 1, a: x + r0 * width, lda: width,
                    b: p(l.wih), ldb: width, beta: 0, c: z, ldc: GH)
         } else {
             guard case .tokens(let V) = spec.input else { preconditionFailure() }
             z.update(repeating: 0, count: TB * GH)
-            S.gatherColumns(p(l.wih), ldw: V, cols: GH, tokens: tokens!, rows: TB, into: z)
+            S.gatherColumns(p(l.wih), ldw: V, cols: GH, tokens: tokens! + r0, rows: TB, into: z)
         }
-        if spec.batchNorm { batchNormForward(k, z) }
+        if spec.batchNorm {
+            precondition(TB == N, "batch norm needs the whole sequence in one chunk")
+            batchNormForward(k, z)
+        }
         S.addBiasRows(z, rows: TB, cols: GH, p(l.bih), spec.cell == .gru ? nil : p(l.bhh))
-        packedWhh[k] = S.packRecurrent(p(l.whh), gatesTimesHidden: GH, hidden: H, reuse: packedWhh[k])
+        if steps.lowerBound == 0 {
+            packedWhh[k] = S.packRecurrent(p(l.whh), gatesTimesHidden: GH, hidden: H, reuse: packedWhh[k])
+        }
         let packed = packedWhh[k]
+        let z0 = z - r0 * GH  // row 0 of the whole (N, G*H) buffer
         // Step t computes its Bt rows only; their previous state is the first Bt rows of step t-1
         // (the samples are sorted longest first).
-        for t in 0..<T {
+        for t in steps {
             let Bt = rowsAt[t], r = offset[t]  // step t: rows r..<r+Bt
             let hPrev = t > 0 ? st.h.pointer + offset[t - 1] * H : s0(k, 0)  // (Bt, H)
-            let zt = z + r * GH  // (Bt, G*H)
+            let zt = z0 + r * GH  // (Bt, G*H)
             stepsComputed += Bt
+            if t % 8 == 0 { pipe?.progress() }
             switch spec.cell {
             case .rnn:
                 S.recurrentForward(packed, w: p(l.whh), hPrev: hPrev, rows: Bt, gatesTimesHidden: H, hidden: H, into: zt)
@@ -567,9 +716,10 @@ public final class Network<S: RNNScalar> {
         let sums = bnSums.pointer  // sum dy (G*H), sum dy * xhat (G*H), rows
         bnSums.zero()
         S.batchNormBackwardSums(dz, xhat: hat, rows: rows, cols: GH, sumDy: sums, sumDyXhat: sums + GH)
+        let dBeta = g(l.bnBias!), dGamma = g(l.bnWeight!)
         for j in 0..<GH {
-            gradients[l.bnBias!.offset + j] += S(sums[j])
-            gradients[l.bnWeight!.offset + j] += S(sums[GH + j])
+            dBeta[j] += S(sums[j])
+            dGamma[j] += S(sums[GH + j])
         }
         sums[2 * GH] = Double(rows)
         reduceAcrossRanks?(bnSums.buffer)
@@ -620,6 +770,10 @@ public final class Network<S: RNNScalar> {
     /// Copies each sample's state after its last step in the latest forward, (L, C, B, H), into `out`.
     public func finalState(into out: UnsafeMutablePointer<S>) {
         for k in 0..<spec.units {
+            guard inStage(unit: k) else {  // another stage's layer: zeros, so states of stages add
+                (out + k * C * B * H).update(repeating: 0, count: C * B * H)
+                continue
+            }
             for b in 0..<B {
                 let row = offset[lengths[b] - 1] + b
                 (out + (k * C * B + b) * H).update(from: store[k].h.pointer + row * H, count: H)
@@ -689,8 +843,13 @@ public final class Network<S: RNNScalar> {
     @discardableResult
     public func lossAndGradient(_ batch: Batch, initialState: UnsafePointer<S>? = nil) -> LossStats {
         forward(batch, initialState: initialState, training: true)
-        let stats = applyLoss(batch, scale: 1)
-        backward(batch, learnState: initialState == nil)
+        // A stage without the head has no loss terms; it counts the steps it computed.
+        let stats = isLastStage ? applyLoss(batch, scale: 1) : LossStats(sum: 0, count: 0, steps: N)
+        if D == 1 {
+            batch.tokens.withUnsafeBufferPointer { backwardChunks(tokens: $0.baseAddress, learnState: initialState == nil) }
+        } else {
+            backwardBidirectional(batch, learnState: initialState == nil)
+        }
         return stats
     }
 
@@ -699,27 +858,111 @@ public final class Network<S: RNNScalar> {
         UnsafeBufferPointer(start: dState0.pointer, count: spec.units * C * B * H)
     }
 
-    private func backward(_ batch: Batch, learnState: Bool) {
-        let TB = N, W = spec.layerOutputWidth
-        // Head: dW += dOut^T h, db += sum dOut, dh = dOut W (then through head dropout).
-        let input = headInput(forward: false)
+    /// Head: dW += dOut^T h, db += sum dOut, and dL/d(head input) = dOut W into `dTop`, (rows, D*H),
+    /// then through head dropout.
+    private func backwardHead(into dTop: UnsafeMutablePointer<S>) {
+        let input = headInput(forward: false), W = spec.layerOutputWidth
         S.gemm(transA: true, transB: false, m: O, n: W, k: headRows, alpha: 1, a: head.pointer, lda: O,
                b: input, ldb: W, beta: 1, c: g(layout.headWeight), ldc: W)
         S.sumRows(head.pointer, rows: headRows, cols: O, into: g(layout.headBias))
         onGradientsFinal?(layout.headFinalOffset)
-        // dL/d(head input), (rows, D*H): for every_step straight into the top unit's dL/dh (one
-        // direction) or into the scratch that is then split between the two units; for last_step
-        // into (B, D*H), then to each unit's row of each sample's last step (zero elsewhere).
-        let dTop = spec.output == .lastStep ? dHead.pointer : D == 1 ? delta[0].pointer : dLayerInput.pointer
         S.gemm(transA: false, transB: false, m: headRows, n: W, k: O, alpha: 1, a: head.pointer, lda: O,
                b: p(layout.headWeight), ldb: W, beta: 0, c: dTop, ldc: W)
         if dropoutOn && spec.headDropout > 0 { dropoutBackward(place: spec.layers, dTop, rows: headRows, width: W) }
+    }
+
+    /// The backward twin of forwardChunks (one direction): the head (last stage) or the stage
+    /// above's dL/dh, then the chunks from the last, each through the stage's layers from the
+    /// top: the sweep of its steps, then dL/d(layer input) of its rows, which becomes the layer
+    /// below's dL/dh (through dropout), or is sent to the stage below, or (layer 0) goes into the
+    /// embedding's rows. After a layer's first chunk (its sweep complete), its weight gradients,
+    /// one product each.
+    private func backwardChunks(tokens: UnsafePointer<Int32>?, learnState: Bool) {
+        let k0 = stageLayers.lowerBound, top = stageLayers.upperBound - 1, W = spec.layerOutputWidth
+        let perLayer = chunkCount > 1
+        // Layer k's dL/dh and dz: its own buffers with several chunks, else shared in turn.
+        let slot = { (k: Int) -> Int in perLayer ? k - k0 : k % self.layerDelta.count }
+        for k in stageLayers where perLayer || k == top { layerDelta[slot(k)].pointer.update(repeating: 0, count: N * H) }
+        if isLastStage {
+            if spec.output == .lastStep {
+                backwardHead(into: dHead.pointer)
+                let d = layerDelta[slot(top)].pointer
+                for b in 0..<B { (d + (offset[lengths[b] - 1] + b) * H).update(from: dHead.pointer + b * W, count: H) }
+            } else {
+                backwardHead(into: layerDelta[slot(top)].pointer)
+            }
+        }
+        dState0.pointer.update(repeating: 0, count: spec.units * C * B * H)
+        if collectDiagnostics {  // every element of the stage's layers is written below
+            if dhNormSquares.count != spec.units * T { dhNormSquares = [Double](repeating: 0, count: spec.units * T) }
+            if stageLayers.count < spec.layers { for i in dhNormSquares.indices { dhNormSquares[i] = 0 } }
+        }
+        for c in stride(from: chunkCount - 1, through: 0, by: -1) {
+            let steps = chunk(c), r = rows(steps), n = r.count
+            if !isLastStage {  // the stage above's dL/dh of this chunk, added to what later steps gave
+                let into = received.pointer + r.lowerBound * H
+                pipe!.receiveGradient(c, UnsafeMutableBufferPointer(start: into, count: n * H))
+                S.axpy(n: n * H, alpha: 1, x: into, y: layerDelta[slot(top)].pointer + r.lowerBound * H)
+            }
+            for k in stageLayers.reversed() {
+                let dz = dzBuffer(k, slot: slot(k)), dU = dUBuffer(k, slot: slot(k))
+                sweep(k, steps, d: layerDelta[slot(k)].pointer, dz: dz, dU: dU)
+                if c == 0 {
+                    recurrentWeightGradients(k, dz: dz, dU: dU)
+                    if learnState { accumulateInitialStateGradient(k) }
+                }
+                // dL/d(input) of this chunk's rows: to the layer below, the stage below, or the embedding.
+                if let (_, width) = layerInput(k), k > 0 || spec.embeddingSize != nil {
+                    let dx = (k == 0 ? dEmbedded.pointer : dInput.pointer) + r.lowerBound * width
+                    S.gemm(transA: false, transB: false, m: n, n: width, k: G * H, alpha: 1, a: dz + r.lowerBound * G * H, lda: G * H,
+                           b: p(layout.layer(k).wih), ldb: width, beta: 0, c: dx, ldc: width)
+                    let place = k, rate = k == 0 ? spec.inputDropout : spec.dropout
+                    if dropoutOn && rate > 0 { dropoutBackward(place: place, dx, rows: n, width: width, from: r.lowerBound) }
+                    if k > k0 {
+                        if !perLayer && c == chunkCount - 1 { layerDelta[slot(k - 1)].pointer.update(repeating: 0, count: N * H) }
+                        S.axpy(n: n * width, alpha: 1, x: dx, y: layerDelta[slot(k - 1)].pointer + r.lowerBound * width)
+                    } else if k > 0 {
+                        pipe!.sendGradient(c, UnsafeBufferPointer(start: dx, count: n * width))
+                    } else if let e = layout.embedding {
+                        let dw = g(e)
+                        for row in r { S.axpy(n: width, alpha: 1, x: dEmbedded.pointer + row * width, y: dw + Int(tokens![row]) * width) }
+                    }
+                }
+                if c == 0 {
+                    inputWeightGradient(k, dz: dz, tokens: tokens)
+                    onGradientsFinal?(k == 0 ? 0 : layout.layer(k).wih.offset)  // layer 0: the embedding too
+                }
+            }
+        }
+        pipe?.flush()
+    }
+
+    /// Where unit k's backward keeps dz, the gradients of its input-side pre-activations, and
+    /// dU, of its hidden-side ones, (T, B, G*H); for Elman dz is dL/dh itself, for LSTM dU is dz.
+    private func dzBuffer(_ k: Int, slot: Int) -> UnsafeMutablePointer<S> {
+        if spec.cell == .rnn { return D == 1 ? layerDelta[slot].pointer : delta[k % D].pointer }
+        return D == 1 ? layerDz[min(slot, layerDz.count - 1)].pointer : dxi.pointer
+    }
+    private func dUBuffer(_ k: Int, slot: Int) -> UnsafeMutablePointer<S> {
+        guard spec.cell == .gru else { return dzBuffer(k, slot: slot) }
+        return D == 1 ? layerDhh[min(slot, layerDhh.count - 1)].pointer : dhh.pointer
+    }
+
+    /// The backward pass of a bidirectional network: per layer from the top, both units over the
+    /// whole sequence (the backward unit in its own reversed time), their input gradients added.
+    private func backwardBidirectional(_ batch: Batch, learnState: Bool) {
+        let TB = N, W = spec.layerOutputWidth
+        // dL/d(head input), (rows, 2H): for every_step into the scratch that is then split between
+        // the two units; for last_step into (B, 2H), then to each unit's row of each sample's last
+        // step (zero elsewhere).
+        let dTop = spec.output == .lastStep ? dHead.pointer : dLayerInput.pointer
+        backwardHead(into: dTop)
         if spec.output == .lastStep {
             for d in 0..<D {
                 delta[d].pointer.update(repeating: 0, count: N * H)
                 for b in 0..<B { (delta[d].pointer + (offset[lengths[b] - 1] + b) * H).update(from: dTop + b * W + d * H, count: H) }
             }
-        } else if D == 2 {
+        } else {
             split(dTop, into: delta)
         }
         dState0.pointer.update(repeating: 0, count: spec.units * C * B * H)
@@ -728,19 +971,17 @@ public final class Network<S: RNNScalar> {
         batch.tokens.withUnsafeBufferPointer { tokens in
             for k in stride(from: spec.layers - 1, through: 0, by: -1) {
                 // Where dL/d(layer input) goes: the layer below's dL/dh, or the embedding rows'.
-                let below: (UnsafeMutablePointer<S>, Int)? = k > 0 ? (D == 1 ? deltaBelow[0].pointer : dLayerInput.pointer, W)
+                let below: (UnsafeMutablePointer<S>, Int)? = k > 0 ? (dLayerInput.pointer, W)
                     : spec.embeddingSize.map { (dEmbedded.pointer, $0) }
                 backwardLayer(k * D, tokens: tokens.baseAddress, inputGradient: below?.0)
-                if D == 2 {
-                    reverseInput(layer: k, tokens: tokens.baseAddress)
-                    let reversed = reversedTokens.withUnsafeBufferPointer { $0.baseAddress }
-                    backwardLayer(k * D + 1, tokens: reversed, inputGradient: below == nil ? nil : dUnitInput.pointer)
-                    if let (dx, width) = below { reverseTime(dUnitInput.pointer, into: dx, width: width, accumulate: true) }
-                }
+                reverseInput(layer: k, tokens: tokens.baseAddress)
+                let reversed = reversedTokens.withUnsafeBufferPointer { $0.baseAddress }
+                backwardLayer(k * D + 1, tokens: reversed, inputGradient: below == nil ? nil : dUnitInput.pointer)
+                if let (dx, width) = below { reverseTime(dUnitInput.pointer, into: dx, width: width, accumulate: true) }
                 if learnState { for d in 0..<D { accumulateInitialStateGradient(k * D + d) } }
                 if k > 0 {
                     if dropoutOn && spec.dropout > 0 { dropoutBackward(place: k, below!.0, rows: TB, width: W) }
-                    if D == 2 { split(dLayerInput.pointer, into: deltaBelow) }
+                    split(dLayerInput.pointer, into: deltaBelow)
                 } else if let e = layout.embedding, let (dx, width) = below {  // into the token rows
                     if dropoutOn && spec.inputDropout > 0 { dropoutBackward(place: 0, dx, rows: TB, width: width) }
                     let dw = g(e)
@@ -764,38 +1005,49 @@ public final class Network<S: RNNScalar> {
         }
     }
 
-    /// The backward twin of forwardLayer. On entry `delta` holds dL/dh of layer k (T, B, H) from
-    /// above; for k > 0, on exit `deltaBelow` holds dL/dh of layer k-1. Fills dState0 for layer k.
+    /// The backward twin of forwardLayer (the bidirectional path, whole sequence). On entry
+    /// `delta` holds dL/dh of unit k (T, B, H) from above; fills dState0 for unit k.
     /// - inputGradient: where dL/d(this unit's input) = dz W_ih goes, (T, B, width), overwritten;
     ///   nil: not needed (layer 0 without an embedding).
     private func backwardLayer(_ k: Int, tokens: UnsafePointer<Int32>?, inputGradient: UnsafeMutablePointer<S>?) {
+        let dz = dzBuffer(k, slot: 0), dU = dUBuffer(k, slot: 0)
+        sweep(k, 0..<T, d: delta[k % D].pointer, dz: dz, dU: dU)
+        recurrentWeightGradients(k, dz: dz, dU: dU)
+        inputWeightGradient(k, dz: dz, tokens: tokens)
+        if let dx = inputGradient, let (_, width) = layerInput(k) {  // dL/d(input) = dz W_ih; the caller takes it through dropout and on
+            S.gemm(transA: false, transB: false, m: N, n: width, k: G * H, alpha: 1, a: dz, lda: G * H,
+                   b: p(layout.layer(k).wih), ldb: width, beta: 0, c: dx, ldc: width)
+        }
+    }
+
+    /// The sweep of unit k over steps `steps`, from the last: d (N, H) holds dL/dh from above
+    /// (complete for step t once step t+1 has added its share); each step's dL/dh becomes dz and
+    /// dU there (in place for Elman), and dU_t W_hh is added into dL/dh_{t-1} (the first B_t rows
+    /// of step t-1, or dState0 before step 0). LSTM's dc is carried from chunk to chunk.
+    private func sweep(_ k: Int, _ steps: Range<Int>, d: UnsafeMutablePointer<S>, dz: UnsafeMutablePointer<S>, dU: UnsafeMutablePointer<S>) {
         let l = layout.layer(k)
         let st = store[k]
-        let TB = N
         let GH = G * H
-        let d = delta[k % D].pointer  // (N, H)
-        // dz: gradients of the input-side pre-activations, dU: of the hidden-side ones (T, B, G*H).
-        let dz: UnsafeMutablePointer<S> = spec.cell == .rnn ? d : dxi.pointer
-        let dU: UnsafeMutablePointer<S> = spec.cell == .gru ? dhh.pointer : dz
-        if spec.cell == .lstm { dc.pointer.update(repeating: 0, count: B * H) }
+        let dc = self.dc[k].pointer  // (B, H)
+        if spec.cell == .lstm && steps.upperBound == T { dc.update(repeating: 0, count: B * H) }
         let packed = packedWhh[k]  // packed by this layer's forward, with the same parameters
         // Step t's Bt rows; the rows of samples that end at step t start their sweep there, with
         // the LSTM's dc still zero (no later step touched them).
-        for t in stride(from: T - 1, through: 0, by: -1) {
+        for t in steps.reversed() {
             let Bt = rowsAt[t], r = offset[t]
             let dht = d + r * H  // dL/dh_t, complete once step t+1 has added its share
             let dPrev = t > 0 ? d + offset[t - 1] * H : ds0(k, 0)  // where dL/dh_{t-1} accumulates (its first Bt rows)
             let hPrev = t > 0 ? st.h.pointer + offset[t - 1] * H : s0(k, 0)
             stepsComputed += Bt
             if collectDiagnostics { dhNormSquares[k * T + t] = S.sumOfSquares(dht, Bt * H) }
-            if t % 8 == 0 { onProgress?() }
+            if t % 8 == 0 { onProgress?(); pipe?.progress() }
             switch spec.cell {
             case .rnn:
                 S.activationBackward(spec.activation, slope: slope, y: st.h.pointer + r * H, d: dht, Bt * H)
                 if spec.layerNorm { layerNormStepBackward(k, t, dht) }
             case .lstm:
                 let cPrev = t > 0 ? st.cell.pointer + offset[t - 1] * H : s0(k, 1)
-                S.lstmBackward(dh: dht, dc: dc.pointer, gates: st.gates.pointer + r * GH, c: st.cell.pointer + r * H,
+                S.lstmBackward(dh: dht, dc: dc, gates: st.gates.pointer + r * GH, c: st.cell.pointer + r * H,
                                cPrev: cPrev, dz: dz + r * GH, rows: Bt, hidden: H)
                 if spec.layerNorm { layerNormStepBackward(k, t, dz + r * GH) }
             case .gru:
@@ -812,9 +1064,17 @@ public final class Network<S: RNNScalar> {
             // dL/dh_{t-1} += dU_t W_hh
             S.recurrentBackward(packed, w: p(l.whh), dz: dU + r * GH, rows: Bt, gatesTimesHidden: GH, hidden: H, into: dPrev)
         }
-        if spec.cell == .lstm { ds0(k, 1).update(from: dc.pointer, count: B * H) }
-        // dW_hh += sum_t dU_t^T h_{t-1}. Equal lengths: one product over steps 1..T-1, one for
-        // step 0's h_{-1}. Ragged: h_{t-1} copied beside every row of step t, then one product.
+        if spec.cell == .lstm && steps.lowerBound == 0 { ds0(k, 1).update(from: dc, count: B * H) }
+    }
+
+    /// After unit k's sweep of every step: dW_hh += sum_t dU_t^T h_{t-1} and the bias gradients,
+    /// then batch norm's backward, which turns dz into the gradient w.r.t. the input projection.
+    private func recurrentWeightGradients(_ k: Int, dz: UnsafeMutablePointer<S>, dU: UnsafeMutablePointer<S>) {
+        let l = layout.layer(k)
+        let st = store[k]
+        let GH = G * H
+        // Equal lengths: one product over steps 1..T-1, one for step 0's h_{-1}. Ragged: h_{t-1}
+        // copied beside every row of step t, then one product.
         if ragged {
             let hp = hPrevRows.pointer  // (N, H)
             for t in 0..<T {
@@ -831,20 +1091,21 @@ public final class Network<S: RNNScalar> {
             S.gemm(transA: true, transB: false, m: GH, n: H, k: B, alpha: 1, a: dU, lda: GH,
                    b: s0(k, 0), ldb: H, beta: 1, c: g(l.whh), ldc: H)
         }
-        S.sumRows(dz, rows: TB, cols: GH, into: g(l.bih))
-        S.sumRows(dU, rows: TB, cols: GH, into: g(l.bhh))
+        S.sumRows(dz, rows: N, cols: GH, into: g(l.bih))
+        S.sumRows(dU, rows: N, cols: GH, into: g(l.bhh))
         // From here on only the input side is needed (for Elman and LSTM dz and dU are one buffer).
         if spec.batchNorm { batchNormBackward(k, dz) }
+    }
+
+    /// dW_ih += dz^T X over every step (a scatter-add of columns for token input).
+    private func inputWeightGradient(_ k: Int, dz: UnsafeMutablePointer<S>, tokens: UnsafePointer<Int32>?) {
+        let l = layout.layer(k), GH = G * H
         if let (x, width) = layerInput(k) {
-            S.gemm(transA: true, transB: false, m: GH, n: width, k: TB, alpha: 1, a: dz, lda: GH,
+            S.gemm(transA: true, transB: false, m: GH, n: width, k: N, alpha: 1, a: dz, lda: GH,
                    b: x, ldb: width, beta: 1, c: g(l.wih), ldc: width)
-            if let dx = inputGradient {  // dL/d(input) = dz W_ih; the caller takes it through dropout and on
-                S.gemm(transA: false, transB: false, m: TB, n: width, k: GH, alpha: 1, a: dz, lda: GH,
-                       b: p(l.wih), ldb: width, beta: 0, c: dx, ldc: width)
-            }
         } else {
             guard case .tokens(let V) = spec.input else { preconditionFailure() }
-            S.scatterAddColumns(dz, rows: TB, cols: GH, tokens: tokens!, into: g(l.wih), ldw: V)
+            S.scatterAddColumns(dz, rows: N, cols: GH, tokens: tokens!, into: g(l.wih), ldw: V)
         }
     }
 
@@ -876,11 +1137,12 @@ public final class Network<S: RNNScalar> {
         let overTime = spec.averageOverTime ? 1 / S(globalSteps) : perSample
         switch spec.output {
         case .everyStep:
-            S.scale(n: layout.count, alpha: overTime, x: gradients.pointer)
+            S.scale(n: gradients.count, alpha: overTime, x: gradients.pointer)
         case .lastStep:
-            S.scale(n: layout.recurrentCount, alpha: overTime, x: gradients.pointer)
-            S.scale(n: layout.count - layout.recurrentCount, alpha: perSample,
-                    x: gradients.pointer + layout.recurrentCount)
+            // This stage's part of [0, recurrentCount): the recurrent layers (and the embedding).
+            let recurrent = min(max(layout.recurrentCount - gradientBase, 0), gradients.count)
+            S.scale(n: recurrent, alpha: overTime, x: gradients.pointer)
+            S.scale(n: gradients.count - recurrent, alpha: perSample, x: gradients.pointer + recurrent)
         }
     }
 

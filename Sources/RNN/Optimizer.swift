@@ -241,6 +241,13 @@ public func clipGradientNorm<S: RNNScalar>(_ gradients: Buffer<S>, maxNorm: Doub
     return norm
 }
 
+/// The same with the norm already known (the whole model's, from per-tensor sums of squares).
+public func clipGradientNorm<S: RNNScalar>(_ gradients: Buffer<S>, maxNorm: Double?, norm: Double) {
+    if let maxNorm, maxNorm > 0, norm > maxNorm {
+        S.scale(n: gradients.count, alpha: S(maxNorm / (norm + 1e-6)), x: gradients.pointer)
+    }
+}
+
 /// Gradient clipping by value (torch.nn.utils.clip_grad_value_): clamp every element to [-c, c].
 public func clipGradientValue<S: RNNScalar>(_ gradients: Buffer<S>, clip: Double) {
     let c = S(clip), g = gradients.pointer

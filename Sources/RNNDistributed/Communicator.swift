@@ -37,6 +37,13 @@ public protocol Communicator: AnyObject {
     func wait(_ id: Int) throws
     /// One value from every rank, in rank order.
     func allgather(_ value: UInt64) throws -> [UInt64]
+    /// The ranks that pass the same `color` form a new communicator, ranked by `key` (MPI_Comm_split;
+    /// collective over this communicator).
+    func split(color: Int, key: Int) throws -> Communicator
+    /// Starts sending (receiving) `buffer` to (from) `rank` of this communicator with `tag`; the
+    /// buffer must stay untouched until the returned request completes (`test` or `wait`).
+    func startSend(_ buffer: UnsafeBufferPointer<Float>, to rank: Int, tag: Int) throws -> Int
+    func startReceive(_ buffer: UnsafeMutableBufferPointer<Float>, from rank: Int, tag: Int) throws -> Int
     /// Ends every rank of the job with `code`. For errors that other ranks cannot know about.
     func abort(code: Int32) -> Never
     /// Orderly shutdown; call once at the end.
@@ -54,6 +61,18 @@ public struct CommunicatorError: Error, CustomStringConvertible {
 }
 
 extension Communicator {
+    /// Communicators that only record or fake collectives (tests) have no sub-communicators or
+    /// messages.
+    public func split(color: Int, key: Int) throws -> Communicator {
+        throw CommunicatorError(operation: "comm_split", message: "not supported by \(name)")
+    }
+    public func startSend(_ buffer: UnsafeBufferPointer<Float>, to rank: Int, tag: Int) throws -> Int {
+        throw CommunicatorError(operation: "isend", message: "not supported by \(name)")
+    }
+    public func startReceive(_ buffer: UnsafeMutableBufferPointer<Float>, from rank: Int, tag: Int) throws -> Int {
+        throw CommunicatorError(operation: "irecv", message: "not supported by \(name)")
+    }
+
     public func allreduceSum(_ values: inout [Double]) throws {
         try values.withUnsafeMutableBufferPointer { try allreduceSum($0) }
     }
@@ -98,6 +117,7 @@ public final class SingleProcessCommunicator: Communicator {
     public func broadcast(_ buffer: UnsafeMutableBufferPointer<Float>, root: Int) throws {}
     public func broadcast(_ buffer: UnsafeMutableBufferPointer<UInt8>, root: Int) throws {}
     public func allgather(_ value: UInt64) throws -> [UInt64] { [value] }
+    public func split(color: Int, key: Int) throws -> Communicator { self }
     public func startAllreduceSum(_ buffer: UnsafeMutableBufferPointer<Float>) throws -> Int { 0 }
     public func startAllreduceSumHalf(_ buffer: UnsafeMutableBufferPointer<UInt16>, bfloat: Bool) throws -> Int { 0 }
     public func allreduceSumHalf(_ buffer: UnsafeMutableBufferPointer<UInt16>, bfloat: Bool) throws {}

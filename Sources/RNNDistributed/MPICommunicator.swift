@@ -3,22 +3,49 @@ import CMPI
 import Glibc
 #endif
 
-/// MPI_COMM_WORLD through the C shim. Errors come back as codes (MPI_ERRORS_RETURN) and are thrown.
+/// MPI_COMM_WORLD (or a communicator split from it) through the C shim. Errors come back as
+/// codes (MPI_ERRORS_RETURN) and are thrown.
 public final class MPICommunicator: Communicator {
     public let rank: Int
     public let size: Int
     public let localSize: Int
+    /// The shim's handle of the MPI communicator (0: MPI_COMM_WORLD).
+    let handle: Int32
 
     /// Initializes MPI. Call at most once per process.
     public init() throws {
         let rc = cmpi_init()
         if rc != 0 { throw CommunicatorError(operation: "init", message: MPICommunicator.message(rc)) }
-        rank = Int(cmpi_rank())
-        size = Int(cmpi_size())
+        handle = 0
+        rank = Int(cmpi_rank(0))
+        size = Int(cmpi_size(0))
         localSize = Int(cmpi_local_size())
     }
 
+    private init(handle: Int32, localSize: Int) {
+        self.handle = handle
+        rank = Int(cmpi_rank(handle))
+        size = Int(cmpi_size(handle))
+        self.localSize = localSize
+    }
+
     public var name: String { "MPI (Open MPI), \(size) rank\(size == 1 ? "" : "s"), \(localSize) on this node" }
+
+    public func split(color: Int, key: Int) throws -> Communicator {
+        var h: Int32 = -1
+        try check(cmpi_comm_split(handle, Int32(color), Int32(key), &h), "comm_split")
+        return MPICommunicator(handle: h, localSize: localSize)
+    }
+    public func startSend(_ b: UnsafeBufferPointer<Float>, to rank: Int, tag: Int) throws -> Int {
+        var id: Int32 = -1
+        try check(cmpi_isend_f32(handle, b.baseAddress, Int64(b.count), Int32(rank), Int32(tag), &id), "isend to rank \(rank)")
+        return Int(id)
+    }
+    public func startReceive(_ b: UnsafeMutableBufferPointer<Float>, from rank: Int, tag: Int) throws -> Int {
+        var id: Int32 = -1
+        try check(cmpi_irecv_f32(handle, b.baseAddress, Int64(b.count), Int32(rank), Int32(tag), &id), "irecv from rank \(rank)")
+        return Int(id)
+    }
 
     static func message(_ code: Int32) -> String {
         var buf = [CChar](repeating: 0, count: 512)
@@ -30,42 +57,42 @@ public final class MPICommunicator: Communicator {
         if rc != 0 { throw CommunicatorError(operation: op, message: MPICommunicator.message(rc)) }
     }
 
-    public func barrier() throws { try check(cmpi_barrier(), "barrier") }
+    public func barrier() throws { try check(cmpi_barrier(handle), "barrier") }
     public func allreduceSum(_ b: UnsafeMutableBufferPointer<Float>) throws {
-        try check(cmpi_allreduce_sum_f32(b.baseAddress, Int64(b.count)), "allreduce(sum, float)")
+        try check(cmpi_allreduce_sum_f32(handle, b.baseAddress, Int64(b.count)), "allreduce(sum, float)")
     }
     public func allreduceSum(_ b: UnsafeMutableBufferPointer<Double>) throws {
-        try check(cmpi_allreduce_sum_f64(b.baseAddress, Int64(b.count)), "allreduce(sum, double)")
+        try check(cmpi_allreduce_sum_f64(handle, b.baseAddress, Int64(b.count)), "allreduce(sum, double)")
     }
     public func allreduceSum(_ b: UnsafeMutableBufferPointer<Int64>) throws {
-        try check(cmpi_allreduce_sum_i64(b.baseAddress, Int64(b.count)), "allreduce(sum, int64)")
+        try check(cmpi_allreduce_sum_i64(handle, b.baseAddress, Int64(b.count)), "allreduce(sum, int64)")
     }
     public func allreduceMax(_ b: UnsafeMutableBufferPointer<Double>) throws {
-        try check(cmpi_allreduce_max_f64(b.baseAddress, Int64(b.count)), "allreduce(max, double)")
+        try check(cmpi_allreduce_max_f64(handle, b.baseAddress, Int64(b.count)), "allreduce(max, double)")
     }
     public func broadcast(_ b: UnsafeMutableBufferPointer<Float>, root: Int) throws {
-        try check(cmpi_bcast_f32(b.baseAddress, Int64(b.count), Int32(root)), "broadcast(float)")
+        try check(cmpi_bcast_f32(handle, b.baseAddress, Int64(b.count), Int32(root)), "broadcast(float)")
     }
     public func broadcast(_ b: UnsafeMutableBufferPointer<UInt8>, root: Int) throws {
-        try check(cmpi_bcast_bytes(b.baseAddress, Int64(b.count), Int32(root)), "broadcast(bytes)")
+        try check(cmpi_bcast_bytes(handle, b.baseAddress, Int64(b.count), Int32(root)), "broadcast(bytes)")
     }
     public func allgather(_ value: UInt64) throws -> [UInt64] {
         var out = [UInt64](repeating: 0, count: size)
-        try check(cmpi_allgather_u64(value, &out), "allgather")
+        try check(cmpi_allgather_u64(handle, value, &out), "allgather")
         return out
     }
     public func allreduceSumHalf(_ b: UnsafeMutableBufferPointer<UInt16>, bfloat: Bool) throws {
-        try check(cmpi_allreduce_sum_half(b.baseAddress, Int64(b.count), bfloat ? 0 : 1), "allreduce(sum, \(bfloat ? "bf16" : "fp16"))")
+        try check(cmpi_allreduce_sum_half(handle, b.baseAddress, Int64(b.count), bfloat ? 0 : 1), "allreduce(sum, \(bfloat ? "bf16" : "fp16"))")
     }
     public func startAllreduceSum(_ b: UnsafeMutableBufferPointer<Float>) throws -> Int {
-        var handle: Int32 = -1
-        try check(cmpi_iallreduce_sum_f32(b.baseAddress, Int64(b.count), &handle), "iallreduce(sum, float)")
-        return Int(handle)
+        var id: Int32 = -1
+        try check(cmpi_iallreduce_sum_f32(handle, b.baseAddress, Int64(b.count), &id), "iallreduce(sum, float)")
+        return Int(id)
     }
     public func startAllreduceSumHalf(_ b: UnsafeMutableBufferPointer<UInt16>, bfloat: Bool) throws -> Int {
-        var handle: Int32 = -1
-        try check(cmpi_iallreduce_sum_half(b.baseAddress, Int64(b.count), bfloat ? 0 : 1, &handle), "iallreduce(sum, \(bfloat ? "bf16" : "fp16"))")
-        return Int(handle)
+        var id: Int32 = -1
+        try check(cmpi_iallreduce_sum_half(handle, b.baseAddress, Int64(b.count), bfloat ? 0 : 1, &id), "iallreduce(sum, \(bfloat ? "bf16" : "fp16"))")
+        return Int(id)
     }
     public func test(_ id: Int) throws -> Bool {
         var done: Int32 = 0

@@ -12,6 +12,9 @@ public enum Bench {
         public let layers: Int
         public let steps: Int  // T
         public let batch: Int  // B (global for strong scaling, per rank for weak)
+        public init(name: String, cell: CellKind, hidden: Int, layers: Int, steps: Int, batch: Int) {
+            (self.name, self.cell, self.hidden, self.layers, self.steps, self.batch) = (name, cell, hidden, layers, steps, batch)
+        }
     }
 
     /// The table (BENCHMARKS.md).
@@ -21,6 +24,12 @@ public enum Bench {
         Case(name: "gru-h512", cell: .gru, hidden: 512, layers: 1, steps: 64, batch: 64),
         Case(name: "lstm-h1024", cell: .lstm, hidden: 1024, layers: 1, steps: 32, batch: 64),
     ]
+    /// Cases run only when named (--case): the model of docs/PARALLELISM.md's comparison of data
+    /// and pipeline parallelism.
+    public static let extra: [Case] = [
+        Case(name: "lstm-h512x4", cell: .lstm, hidden: 512, layers: 4, steps: 64, batch: 32),
+    ]
+    public static var all: [Case] { standard + extra }
     public static let vocabulary = 65
 
     public struct Result: Sendable {
@@ -48,6 +57,15 @@ public enum Bench {
         /// int64 in reproducible mode).
         public var bytesPerStep: Int { parameters * (microShards != nil ? 8 : compression != .none ? 2 : 4) }
         public var compression: Compression = .none
+        /// Pipeline stages (1: none) and the chunks of a sweep.
+        public var stages = 1, chunks = 1
+        /// Per step, the most any rank sent point-to-point (bytes, messages), its gradient
+        /// elements allreduced, and the collectives it joined.
+        public var p2pBytes = 0, p2pMessages = 0, allreducedElements = 0, collectives = 0
+        /// Fraction of the step the stages wait for their neighbours (mean over ranks of the time
+        /// blocked in receives over the step time), and the model's (S-1)/(C+S-1).
+        public var bubble = 0.0
+        public var modelBubble: Double { Double(stages - 1) / Double(chunks + stages - 1) }
         /// Achieved allreduce algorithm bandwidth: bytes per step over total communication time.
         public var allreduceGBps: Double { ranks > 1 && medianCommunication > 0 ? Double(bytesPerStep) / medianCommunication / 1e9 : 0 }
     }
@@ -90,33 +108,54 @@ public enum Bench {
     /// shard; the exchange is the training exchange (allreduce of the flat gradient).
     public static func run(_ c: Case, comm: Communicator, strong: Bool, warmup: Int, steps: Int, sgemm: Double,
                            bucketBytes: Int = 4 << 20, microShards: Int? = nil, localSGD: Int? = nil,
-                           compression: Compression = .none) throws -> Result {
-        let B = strong ? c.batch : c.batch * comm.size
-        guard B >= comm.size else { throw RNNDPError("bench \(c.name): global batch \(B) is smaller than \(comm.size) ranks", collective: true) }
-        if let M = microShards, !(comm.size...B).contains(M) {
-            throw RNNDPError("bench \(c.name): --micro-shards \(M) must be between the \(comm.size) ranks and the global batch \(B)", collective: true)
+                           compression: Compression = .none, stages S: Int = 1, chunkSteps: Int = 0) throws -> Result {
+        guard comm.size % S == 0, S <= c.layers else {
+            throw RNNDPError("bench \(c.name): --pipeline \(S) needs a rank count it divides (\(comm.size)) and at most \(c.layers) layers", collective: true)
+        }
+        let D = comm.size / S  // replicas
+        let B = strong ? c.batch : c.batch * D
+        guard B >= D else { throw RNNDPError("bench \(c.name): global batch \(B) is smaller than \(D) replicas", collective: true) }
+        if let M = microShards, !(D...B).contains(M) {
+            throw RNNDPError("bench \(c.name): --micro-shards \(M) must be between the \(D) replicas and the global batch \(B)", collective: true)
         }
         let spec = ModelSpec(cell: c.cell, activation: .tanh, input: .tokens(vocabulary: vocabulary), hiddenSize: c.hidden,
                              layers: c.layers, outputSize: vocabulary, output: .everyStep, loss: .crossEntropy)
         let residentBefore = Memory.residentBytes()
         let net = Network<Float>(spec: spec)
         net.initializeParameters(seed: 1)
-        let opt = Adam<Float>(count: net.layout.count)
         let T = c.steps
+        net.chunkSteps = chunkSteps
+        // A pipeline as training makes it (Trainer.setUpPipeline): stage r % S of replica r / S.
+        var stepComm = comm, pipe: (PipelineLayout, Communicator, PipeMessages)?
+        if S > 1 {
+            let layout = PipelineLayout(rank: comm.rank, size: comm.size, stages: S, layers: PipelineLayout.balanced(spec, stages: S, steps: T))
+            stepComm = try comm.split(color: layout.stage, key: layout.replica)
+            let pipeComm = try comm.split(color: layout.replica, key: layout.stage)
+            net.setStage(layers: layout.layers[layout.stage])
+            let m = PipeMessages(comm: pipeComm, console: Console(rank: comm.rank, size: comm.size))
+            net.pipe = m.ends
+            pipe = (layout, pipeComm, m)
+        }
+        let opt = Adam<Float>(count: net.gradients.count)
+        let own = Buffer(viewing: net.parameters.pointer + net.gradientBase, count: net.gradients.count)
         // The training step itself (GradientStep, chosen as training chooses it), over fixed
         // random rows: data loading is not what is measured.
         let passes = BackwardPasses(network: net, source: RandomRows(vocabulary: vocabulary, steps: T), accumulate: 1, steps: T, bpttLength: 0, seed: 1)
         let mode: SynchronizationMode = microShards.map { .reproducible(microShards: $0) }
             ?? localSGD.map { .localSGD(period: $0) } ?? .dataParallel(bucketBytes: bucketBytes, compression: compression)
-        let gradientStep = makeGradientStep(mode, network: net, comm: comm, passes: passes, globalBatch: B, fault: nil)
+        var gradientStep = makeGradientStep(mode, network: net, comm: stepComm, passes: passes, globalBatch: B, fault: nil)
+        if let (layout, pipeComm, m) = pipe {
+            gradientStep = PipelineStep(inner: gradientStep, pipe: pipeComm, network: net, messages: m, layout: layout)
+        }
         var stepTimes: [Double] = [], computeTimes: [Double] = [], commTimes: [Double] = [], totalCommTimes: [Double] = []
+        var waits: [Double] = []
         for i in 0..<(warmup + steps) {
             try comm.barrier()
             let t0 = monotonicSeconds()
             net.gradients.zero()
             let g = try gradientStep.gradients(step: 1, diagnostics: false)  // step 1's rows every time
             let t1 = monotonicSeconds()
-            opt.step(parameters: net.parameters, gradients: net.gradients, learningRate: 1e-3)
+            opt.step(parameters: own, gradients: net.gradients, learningRate: 1e-3)
             let averaging = try gradientStep.updated(step: i + 1)  // local SGD: every k steps
             let t2 = monotonicSeconds()
             if i >= warmup {
@@ -124,24 +163,44 @@ public enum Bench {
                 computeTimes.append(g.compute + (t2 - t1 - averaging))
                 commTimes.append(t1 - t0 - g.compute + averaging)
                 totalCommTimes.append(max(g.reduction.communication, t1 - t0 - g.compute) + averaging)
+                if let m = pipe?.2 { waits.append(m.receiveSeconds / (t2 - t0)) }
             }
         }
         // Rank 0 reports the slowest rank's times (a step is as slow as its slowest rank).
         // Local SGD: means, so that the averaging every k steps is amortized over the steps.
         let center: ([Double]) -> Double = localSGD == nil ? median : { $0.reduce(0, +) / Double(max($0.count, 1)) }
         // Reproducible mode keeps the gradients of this rank's micro-shards but the last.
-        let ownMicroShards = microShards.map { Shard.rows(globalBatch: $0, rank: comm.rank, size: comm.size).count } ?? 1
-        var med = [center(stepTimes), center(computeTimes), center(commTimes), center(totalCommTimes)]
+        let ownMicroShards = microShards.map { Shard.rows(globalBatch: $0, rank: stepComm.rank, size: stepComm.size).count } ?? 1
+        var med = [center(stepTimes), center(computeTimes), center(commTimes), center(totalCommTimes),
+                   Double(pipe?.2.bytesSent ?? 0), Double(pipe?.2.messagesSent ?? 0)]
         try comm.allreduceMax(&med)
+        var bubble = [waits.isEmpty ? 0 : center(waits) / Double(comm.size)]
+        try comm.allreduceSum(&bubble)
         let f = flops(c, globalBatch: B)
         let perRankGflops = f / Double(comm.size) / med[0] / 1e9
-        return Result(name: c.name, ranks: comm.size, globalBatch: B, medianStep: med[0],
-                      tokensPerSecond: Double(B * T) / med[0], gflops: f / med[0] / 1e9,
-                      fractionOfSgemm: perRankGflops / sgemm, medianCompute: med[1], medianExposedComm: med[2],
-                      medianCommunication: med[3], parameters: net.layout.count,
-                      modelBytes: 4 * (4 * net.layout.count + net.workspaceScalars + max(ownMicroShards - 1, 0) * net.layout.count),
-                      peakGrowthBytes: max(0, Memory.peakResidentBytes() - residentBefore), microShards: microShards,
-                      compression: compression)
+        // This rank's buffers: the whole parameter vector, its stage's gradient and Adam's two
+        // moments, kept micro-shard gradients, and the network's workspaces.
+        let stage = net.gradients.count
+        var r = Result(name: c.name, ranks: comm.size, globalBatch: B, medianStep: med[0],
+                       tokensPerSecond: Double(B * T) / med[0], gflops: f / med[0] / 1e9,
+                       fractionOfSgemm: perRankGflops / sgemm, medianCompute: med[1], medianExposedComm: med[2],
+                       medianCommunication: med[3], parameters: net.layout.count,
+                       modelBytes: 4 * (net.layout.count + 3 * stage + net.workspaceScalars + max(ownMicroShards - 1, 0) * stage),
+                       peakGrowthBytes: max(0, Memory.peakResidentBytes() - residentBefore), microShards: microShards,
+                       compression: compression)
+        r.stages = S
+        r.chunks = chunkSteps == 0 || chunkSteps >= T ? 1 : (T + chunkSteps - 1) / chunkSteps
+        r.p2pBytes = Int(med[4])
+        r.p2pMessages = Int(med[5])
+        var largest = [Double(stage)]
+        try comm.allreduceMax(&largest)
+        r.allreducedElements = D > 1 ? Int(largest[0]) : 0
+        // The gradient (one blocking allreduce, or its buckets), the loss sums, and a pipeline's
+        // sums over its stages.
+        let buckets = D == 1 ? 0 : bucketBytes > 0 && microShards == nil ? (4 * Int(largest[0]) + bucketBytes - 1) / bucketBytes : (microShards != nil ? 2 : 1)
+        r.collectives = buckets + (D > 1 ? 1 : 0) + (S > 1 ? 1 : 0)
+        r.bubble = bubble[0]
+        return r
     }
 }
 

@@ -4,13 +4,17 @@ import RNN
 /// The memory a training run needs per rank, computed from the config before anything is
 /// allocated, so that a model that cannot fit is a one-line error instead of a trap.
 ///
-/// Float32 throughout. P parameters; rows = ceil(B / N) per rank; T steps; L layers; G gates.
-/// - model state: parameters, gradients, optimizer state (0-3 buffers of P), and a checkpoint's
-///   encoded copy (tensors and file bytes, 2 P): (4 + slots) P floats; and each layer's W_hh
+/// Float32 throughout. P parameters; rows = ceil(B / D) per rank (D = N / S replicas of an
+/// S-stage pipeline; D = N without one); T steps; G gates; the largest stage's layers and its
+/// tensors, P_s (P without a pipeline).
+/// - model state: the parameters and a checkpoint's encoded copy (tensors and file bytes): 3 P;
+///   the stage's gradients and optimizer state (0-3 buffers): (1 + slots) P_s; under a pipeline
+///   the optimizer state a checkpoint assembles, slots P; and each of the stage's layers' W_hh
 ///   packed for the recurrent products (RecurrentProducts.swift), 2 G H^2 floats per layer;
-/// - activations kept for BPTT, per layer (T, rows, 3H + 3GH): h, c or GRU's n, the gates,
-///   layer or batch norm's normalized values; and the backward pass's dL/dh of two layers and
-///   its gate gradients, (T, rows, 2H + 2GH);
+/// - activations kept for BPTT, per layer of the stage (T, rows, 3H + 3GH): h, c or GRU's n,
+///   the gates, layer or batch norm's normalized values; and the backward pass's dL/dh and gate
+///   gradients of two layers, (T, rows, 2H + 2GH), or of every layer of the stage when the
+///   sweeps run in several chunks (parallel.chunk_steps);
 /// - the head's outputs and their gradient, (T, rows, O) twice.
 /// It is an estimate that errs high (every optional buffer counted); the measured fixed memory
 /// of a process (about 30 MB, BENCHMARKS.md) is added.
@@ -21,22 +25,31 @@ public struct MemoryEstimate {
     public var totalBytes: Double { modelBytes + activationBytes + 30e6 }
 
     public init(spec: ModelSpec, config: TrainConfig, ranks: Int, steps T: Int) {
-        let P = ParameterLayout(spec: spec).count
+        let layout = ParameterLayout(spec: spec)
+        let P = layout.count
         parameters = P
+        let S = config.parallel.pipelineStages, replicas = max(1, ranks / S), L = spec.layers, D = spec.directions
+        let split = S == 1 ? [0..<L] : config.parallel.stageLayers.map(PipelineLayout.ranges) ?? PipelineLayout.balanced(spec, stages: S, steps: T)
+        let stageTensors = split.map { r in
+            (r.upperBound == L ? P : layout.layer(r.upperBound * D).wih.offset) - (r.lowerBound == 0 ? 0 : layout.layer(r.lowerBound * D).wih.offset)
+        }.max()!
+        let stageUnits = split.map(\.count).max()! * D
+        let k = config.parallel.chunkSteps, chunked = k > 0 && k < T
         let slots: Int
         switch config.training.optimizer.kind {
         case .adam, .adamw: slots = 2
         case .rmsprop: slots = 3  // square average, momentum, centered average
         case .adagrad, .sgd: slots = 1  // sum of squares; momentum
         }
-        let rows = Double((config.training.globalBatchSize + ranks - 1) / ranks)
+        let rows = Double((config.training.globalBatchSize + replicas - 1) / replicas)
         let H = Double(spec.hiddenSize), G = Double(spec.cell.gates), O = Double(spec.outputSize)
-        modelBytes = 4 * Double(P) * Double(4 + slots) + 4 * 2 * Double(spec.units) * G * H * H
+        modelBytes = 4 * (3 * Double(P) + Double(1 + slots) * Double(stageTensors) + (S > 1 ? Double(slots * P) : 0))
+            + 4 * 2 * Double(stageUnits) * G * H * H
         let perLayer = 3 * H + 3 * G * H
-        let backward = 2 * H + 2 * G * H
+        let backward = (chunked ? Double(stageUnits) : 2) * (H + G * H)
         // Per unit (a layer in one direction); bidirectional layers also keep their 2H outputs.
         let concatenated = spec.bidirectional ? Double(spec.layers) * 2 * H * 3 : 0
-        activationBytes = 4 * Double(T) * rows * (Double(spec.units) * perLayer + backward + 2 * O + concatenated)
+        activationBytes = 4 * Double(T) * rows * (Double(stageUnits) * perLayer + backward + 2 * O + concatenated)
     }
 
     /// Bytes this node can still give, shared by its `localRanks` ranks: MemAvailable, or the

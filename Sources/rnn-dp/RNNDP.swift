@@ -204,7 +204,7 @@ struct BenchCommand: ParsableCommand {
         abstract: "Time the standard configurations (char model, V=65, cross-entropy at every step, Adam).",
         discussion: "Under mpirun: weak scaling (batch per rank fixed, the default) or strong scaling (global batch fixed). Prints median step time, tokens/s, GFLOP/s, the fraction of this machine's single-thread sgemm rate, and exposed communication.")
 
-    @Option(name: .customLong("case"), help: "Run only these cases (repeatable): rnn-h128, lstm-h256x2, gru-h512, lstm-h1024.")
+    @Option(name: .customLong("case"), help: "Run only these cases (repeatable): rnn-h128, lstm-h256x2, gru-h512, lstm-h1024, and (only when named) lstm-h512x4.")
     var cases: [String] = []
     @Option(help: "Timed steps per case.")
     var steps: Int = 20
@@ -224,16 +224,25 @@ struct BenchCommand: ParsableCommand {
     var localSGD: Int?
     @Option(help: "Exchange the gradient as bf16 or fp16 (training.compression; in the buckets, or one blocking allreduce with --bucket-mb 0).")
     var compression: Compression = .none
+    @Option(help: "The batch of every case instead of its own (global for strong scaling, per replica for weak).")
+    var batch: Int?
+    @Option(help: "Pipeline stages S (parallel.pipeline_stages): N = D x S ranks, D replicas of an S-stage pipeline.")
+    var pipeline: Int = 1
+    @Option(name: .customLong("chunk-steps"), help: "Time steps per chunk of the sweeps (parallel.chunk_steps; 0: the whole sequence).")
+    var chunkSteps: Int = 0
     @Flag(help: "One JSON object per case.")
     var json = false
 
     func validate() throws {
+        if let b = batch, b < 1 { throw ValidationError("--batch >= 1") }
+        guard pipeline >= 1, chunkSteps >= 0 else { throw ValidationError("--pipeline >= 1, --chunk-steps >= 0") }
+        if pipeline > 1 && localSGD != nil { throw ValidationError("--pipeline cannot be combined with --local-sgd") }
         if compression != .none && (reproducible || localSGD != nil) { throw ValidationError("--compression cannot be combined with --reproducible or --local-sgd") }
         if let k = localSGD, k < 1 || reproducible { throw ValidationError("--local-sgd needs k >= 1 and cannot be combined with --reproducible") }
         if microShards != nil && !reproducible { throw ValidationError("--micro-shards needs --reproducible") }
         guard steps >= 1, warmup >= 0, threads >= 1, bucketMB >= 0 else { throw ValidationError("--steps >= 1, --warmup >= 0, --threads >= 1, --bucket-mb >= 0") }
-        for c in cases where !Bench.standard.contains(where: { $0.name == c }) {
-            throw ValidationError("unknown case '\(c)' (known: \(Bench.standard.map(\.name).joined(separator: ", ")))")
+        for c in cases where !Bench.all.contains(where: { $0.name == c }) {
+            throw ValidationError("unknown case '\(c)' (known: \(Bench.all.map(\.name).joined(separator: ", ")))")
         }
     }
 
@@ -246,15 +255,18 @@ struct BenchCommand: ParsableCommand {
             try comm.allreduceMax(&rate)
             if !json {
                 console.info("rnn-dp bench: \(comm.name), \(threads) BLAS thread\(threads == 1 ? "" : "s") per rank, \(scaling.rawValue) scaling, \(steps) steps after \(warmup) warm-up"
-                             + (reproducible ? ", reproducible mode with \(microShards ?? comm.size) micro-shards" : ""))
+                             + (reproducible ? ", reproducible mode with \(microShards ?? comm.size / pipeline) micro-shards" : "")
+                             + (pipeline > 1 ? ", \(pipeline)-stage pipeline x \(comm.size / pipeline) replica\(comm.size / pipeline == 1 ? "" : "s")" : "")
+                             + (chunkSteps > 0 ? ", chunks of \(chunkSteps) steps" : ""))
                 console.info(String(format: "single-thread sgemm (1024^3): %.1f GFLOP/s", rate[0]))
                 console.info(RecurrentProducts.summary(products))
                 console.info("case          ranks  batch  step ms  tokens/s   GFLOP/s  of sgemm  compute ms  exposed comm ms  memory MB (model / peak growth)")
             }
-            for c in Bench.standard where cases.isEmpty || cases.contains(c.name) {
+            for named in Bench.all where cases.isEmpty ? Bench.standard.contains(where: { $0.name == named.name }) : cases.contains(named.name) {
+                let c = batch.map { Bench.Case(name: named.name, cell: named.cell, hidden: named.hidden, layers: named.layers, steps: named.steps, batch: $0) } ?? named
                 let r = try Bench.run(c, comm: comm, strong: scaling == .strong, warmup: warmup, steps: steps, sgemm: rate[0],
-                                      bucketBytes: Int(bucketMB * 1_048_576), microShards: reproducible ? (microShards ?? comm.size) : nil,
-                                      localSGD: localSGD, compression: compression)
+                                      bucketBytes: Int(bucketMB * 1_048_576), microShards: reproducible ? (microShards ?? comm.size / pipeline) : nil,
+                                      localSGD: localSGD, compression: compression, stages: pipeline, chunkSteps: chunkSteps)
                 if json {
                     console.info(try BenchRecord(r, bucketMB: bucketMB, reproducible: reproducible, localSGD: localSGD ?? 0,
                                                  sgemm: rate[0], threads: threads, scaling: scaling.rawValue,
@@ -264,6 +276,10 @@ struct BenchCommand: ParsableCommand {
                     console.info(name + String(format: " %6d %6d %8.2f %9.0f %9.1f %8.0f%% %11.2f %16.3f %9.1f / %.1f", r.ranks, r.globalBatch,
                                         r.medianStep * 1000, r.tokensPerSecond, r.gflops, r.fractionOfSgemm * 100, r.medianCompute * 1000, r.medianExposedComm * 1000,
                                         Double(r.modelBytes) / 1e6, Double(r.peakGrowthBytes) / 1e6))
+                    console.info(String(format: "  per rank and step: %.2f MB in %d point-to-point messages, %.2f MB allreduced in %d collectives",
+                                        Double(r.p2pBytes) / 1e6, r.p2pMessages, Double(4 * r.allreducedElements) / 1e6, r.collectives)
+                                 + (r.stages > 1 ? String(format: "; %d stages, %d chunks: bubble %.1f%% measured, %.1f%% modelled (S-1)/(C+S-1)",
+                                                          r.stages, r.chunks, 100 * r.bubble, 100 * r.modelBubble) : ""))
                 }
             }
         }
@@ -319,6 +335,8 @@ struct BenchRecord: Encodable {
     var bucketMb: Double, reproducible: Bool, localSgd: Int, compression: String
     var modelBytes: Int, peakGrowthBytes: Int, microShards: Int
     var sgemmGflops: Double, threads: Int, scaling: String, products: String
+    var stages: Int, chunks: Int, p2pBytes: Int, p2pMessages: Int, allreducedBytes: Int, collectives: Int
+    var bubble: Double, modelBubble: Double
 
     init(_ r: Bench.Result, bucketMB: Double, reproducible: Bool, localSGD: Int, sgemm: Double, threads: Int, scaling: String, products: String) {
         `case` = r.name; ranks = r.ranks; globalBatch = r.globalBatch
@@ -328,6 +346,8 @@ struct BenchRecord: Encodable {
         bucketMb = bucketMB; self.reproducible = reproducible; localSgd = localSGD; compression = r.compression.rawValue
         modelBytes = r.modelBytes; peakGrowthBytes = r.peakGrowthBytes; microShards = r.microShards ?? 0
         sgemmGflops = sgemm; self.threads = threads; self.scaling = scaling; self.products = products
+        stages = r.stages; chunks = r.chunks; p2pBytes = r.p2pBytes; p2pMessages = r.p2pMessages
+        allreducedBytes = 4 * r.allreducedElements; collectives = r.collectives; bubble = r.bubble; modelBubble = r.modelBubble
     }
 
     func json() throws -> String {

@@ -92,6 +92,47 @@ final class ConfigTests: XCTestCase {
         XCTAssertEqual(d?.headDropout, 0.5)
     }
 
+    /// parallel.*: what a pipeline cannot split, and the combinations it cannot work with.
+    func testPipelineRules() throws {
+        let p = try parse(minimal, ["model.layers=4", "parallel.pipeline_stages=2", "parallel.chunk_steps=8", "parallel.stage_layers=3, 1"]).parallel
+        XCTAssertEqual(p.pipelineStages, 2)
+        XCTAssertEqual(p.chunkSteps, 8)
+        XCTAssertEqual(p.stageLayers, [3, 1])
+        XCTAssertNil(try parse(minimal).parallel.stageLayers)
+        XCTAssertEqual(error(minimal, ["model.layers=2", "parallel.pipeline_stages=3"]), "c.yaml: parallel.pipeline_stages: 3 stages need at least as many layers, but model.layers is 2")
+        XCTAssertEqual(error(minimal, ["model.layers=2", "model.bidirectional=true", "parallel.pipeline_stages=2"]),
+                       "c.yaml: parallel.pipeline_stages: cannot be combined with model.bidirectional: the backward direction of a layer needs every step of the layer below before its first")
+        XCTAssertEqual(error(minimal, ["model.bidirectional=true", "parallel.chunk_steps=4"]),
+                       "c.yaml: parallel.chunk_steps: cannot be combined with model.bidirectional: the backward direction of a layer needs every step of the layer below before its first")
+        XCTAssertEqual(error(minimal, ["model.batch_norm=true", "parallel.chunk_steps=4"]),
+                       "c.yaml: parallel.chunk_steps: cannot be combined with model.batch_norm: its statistics need the whole sequence before the first step (set 0)")
+        XCTAssertEqual(error("data: {kind: text, path: a}\n", ["model.layers=2", "model.embedding_size=8", "model.hidden_size=8", "model.tie_weights=true", "parallel.pipeline_stages=2"]),
+                       "c.yaml: model.tie_weights: cannot be combined with parallel.pipeline_stages: the embedding lives on the first stage and the head on the last")
+        XCTAssertEqual(error(minimal, ["model.layers=2", "training.local_sgd_steps=4", "parallel.pipeline_stages=2"]),
+                       "c.yaml: training.local_sgd_steps: cannot be combined with parallel.pipeline_stages: a replica's stages must update from one gradient")
+        XCTAssertEqual(error(minimal, ["model.layers=3", "parallel.pipeline_stages=2", "parallel.stage_layers=2,2"]),
+                       "c.yaml: parallel.stage_layers: '2,2' is not 2 positive layer counts (one per stage of parallel.pipeline_stages) adding up to model.layers 3")
+        XCTAssertEqual(error(minimal, ["model.layers=3", "parallel.pipeline_stages=2", "parallel.stage_layers=3,0"]),
+                       "c.yaml: parallel.stage_layers: '3,0' is not 2 positive layer counts (one per stage of parallel.pipeline_stages) adding up to model.layers 3")
+    }
+
+    /// The balanced split: the largest stage's cost is least; the first layer's input width and
+    /// the head decide where the cut falls.
+    func testBalancedStageSplit() {
+        func spec(layers: Int, input: Int, output: OutputMode = .everyStep, vocabulary: Int = 65) -> ModelSpec {
+            ModelSpec(cell: .lstm, activation: .tanh, input: .tokens(vocabulary: input), hiddenSize: 24, layers: layers,
+                      outputSize: vocabulary, output: output, loss: .crossEntropy)
+        }
+        // Layer 0 costs 4*24*(65+24) = 8544, the others 4*24*48 = 4608, the top one also 65*24 for the head.
+        XCTAssertEqual(PipelineLayout.balanced(spec(layers: 4, input: 65), stages: 2, steps: 10), [0..<2, 2..<4])
+        XCTAssertEqual(PipelineLayout.balanced(spec(layers: 4, input: 65), stages: 4, steps: 10), [0..<1, 1..<2, 2..<3, 3..<4])
+        // A wide input puts layer 0 alone on its stage.
+        XCTAssertEqual(PipelineLayout.balanced(spec(layers: 4, input: 1000), stages: 2, steps: 10), [0..<1, 1..<4])
+        // A huge head on the last layer leaves it alone.
+        XCTAssertEqual(PipelineLayout.balanced(spec(layers: 4, input: 16, vocabulary: 5000), stages: 2, steps: 10), [0..<3, 3..<4])
+        XCTAssertEqual(PipelineLayout.ranges(counts: [2, 1, 1]), [0..<2, 2..<3, 3..<4])
+    }
+
     /// Settings of another optimizer or schedule are ignored with a warning (a --set of the name
     /// leaves them behind); they do not change the run.
     func testSettingsOfAnotherOptimizerAreIgnoredWithAWarning() throws {

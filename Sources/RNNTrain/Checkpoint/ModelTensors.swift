@@ -29,8 +29,8 @@ public func runningStatisticsTensors(_ net: Network<Float>) -> [SafeTensors.Tens
 }
 
 /// The optimizer's state as "optimizer.<state>.<parameter>" tensors.
-func optimizerTensors(_ optimizer: any Optimizer<Float>, layout: ParameterLayout) -> [SafeTensors.Tensor] {
-    optimizer.state.flatMap { (state, buffer) in
+func optimizerTensors(_ state: [(name: String, buffer: Buffer<Float>)], layout: ParameterLayout) -> [SafeTensors.Tensor] {
+    state.flatMap { (state, buffer) in
         layout.views.map { v in SafeTensors.Tensor(name: "optimizer.\(state).\(v.name)", shape: v.shape, values: Array(buffer.buffer[v.range])) }
     }
 }
@@ -68,9 +68,9 @@ func restoreModelTensors(_ file: SafeTensors.File, into net: Network<Float>, pre
 }
 
 /// Reads the optimizer's state; returns the names read.
-func restoreOptimizerTensors(_ file: SafeTensors.File, into optimizer: any Optimizer<Float>, layout: ParameterLayout, prefix: String) throws -> [String] {
+func restoreOptimizerTensors(_ file: SafeTensors.File, into optimizerState: [(name: String, buffer: Buffer<Float>)], layout: ParameterLayout, prefix: String) throws -> [String] {
     var names: [String] = []
-    for (state, buffer) in optimizer.state {
+    for (state, buffer) in optimizerState {
         for v in layout.views {
             try copyTensor(file, "optimizer.\(state).\(v.name)", shape: v.shape, into: buffer, at: v.offset, prefix: prefix)
             names.append("optimizer.\(state).\(v.name)")

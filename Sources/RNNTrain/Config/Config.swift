@@ -149,6 +149,9 @@ let configSchema: [KeySpec] = [
     KeySpec("training.on_nonfinite", .choice(["stop", "skip"]), .string("stop"), "non-finite loss or gradient: stop (checkpoint the last good state) or skip the update"),
     KeySpec("training.max_skipped", .int(min: 1), .int(10), "on_nonfinite skip: stop after this many skipped steps in a row"),
     KeySpec("training.timeout_seconds", .double(min: 0), .double(600), "abort when a collective waits longer than this (0: never)"),
+    KeySpec("parallel.pipeline_stages", .int(min: 1, max: 64), .int(1), "S: pipeline model parallelism, the layers split into S stages on neighbouring ranks; N = D x S ranks train D data-parallel replicas of the pipeline (docs/PARALLELISM.md)"),
+    KeySpec("parallel.chunk_steps", .int(min: 0, max: 1_000_000), .int(0), "time steps per chunk of the forward and backward sweeps, the unit a pipeline's stages pass on (0: the whole sequence; at any S, so a run compares bitwise with a pipeline of the same chunks)"),
+    KeySpec("parallel.stage_layers", .string, .null, nullable: true, "layers of each pipeline stage, from the bottom, comma-separated, e.g. \"2,1,1\" (null: balanced by FLOPs)"),
     KeySpec("checkpoint.every", .int(min: 0), .int(0), "write a checkpoint every N steps (0: only at the end and on a signal)"),
     KeySpec("checkpoint.keep", .int(min: 1, max: 1000), .int(3), "keep the newest N checkpoints"),
     KeySpec("checkpoint.directory", .string, .null, nullable: true, "where checkpoints go (default: output.directory/checkpoints)"),
@@ -482,7 +485,16 @@ public struct TrainConfig: Sendable {
         public var sampleTemperature: Double
     }
 
+    /// parallel.*: pipeline stages and the chunks of the sweeps.
+    public struct Parallel: Sendable {
+        public var pipelineStages: Int
+        public var chunkSteps: Int
+        /// Layers per stage as given (nil: balanced by FLOPs when training starts).
+        public var stageLayers: [Int]?
+    }
+
     public var seed: UInt64
+    public var parallel: Parallel
     public var data: Data
     public var model: Model
     public var training: Training
@@ -497,6 +509,7 @@ public struct TrainConfig: Sendable {
         data = try r.data()
         model = try r.model()
         training = try r.training()
+        parallel = try r.parallel()
         output = r.output()
         checkpoint = r.checkpointing()
         seed = UInt64(r.int("seed")!)
@@ -801,6 +814,33 @@ final class ConfigResolver {
                             stateful: bool("training.stateful")!, localSGDSteps: int("training.local_sgd_steps")!, microShards: microShards, bpttLength: int("training.bptt_length")!,
                             skipNonFinite: str("training.on_nonfinite") == "skip", maxSkipped: int("training.max_skipped")!,
                             timeoutSeconds: dbl("training.timeout_seconds")!)
+    }
+
+    /// parallel.*: what a pipeline can split, and the combinations it cannot work with.
+    func parallel() throws -> TrainConfig.Parallel {
+        let S = int("parallel.pipeline_stages")!, k = int("parallel.chunk_steps")!, L = int("model.layers")!
+        if S > L { throw err("parallel.pipeline_stages", "\(S) stages need at least as many layers, but model.layers is \(L)") }
+        if bool("model.bidirectional")! && (S > 1 || k > 0) {
+            throw err(S > 1 ? "parallel.pipeline_stages" : "parallel.chunk_steps", "cannot be combined with model.bidirectional: the backward direction of a layer needs every step of the layer below before its first")
+        }
+        if bool("model.batch_norm")! && k > 0 {
+            throw err("parallel.chunk_steps", "cannot be combined with model.batch_norm: its statistics need the whole sequence before the first step (set 0)")
+        }
+        if S > 1 && bool("model.tie_weights")! {
+            throw err("model.tie_weights", "cannot be combined with parallel.pipeline_stages: the embedding lives on the first stage and the head on the last")
+        }
+        if S > 1 && int("training.local_sgd_steps")! > 0 {
+            throw err("training.local_sgd_steps", "cannot be combined with parallel.pipeline_stages: a replica's stages must update from one gradient")
+        }
+        var split: [Int]?
+        if let text = str("parallel.stage_layers") {
+            let parts = text.split(separator: ",").map { Int($0.trimmingCharacters(in: .whitespaces)) }
+            guard parts.allSatisfy({ $0 != nil && $0! >= 1 }), parts.count == S, parts.reduce(0, { $0 + $1! }) == L else {
+                throw err("parallel.stage_layers", "'\(text)' is not \(S) positive layer counts (one per stage of parallel.pipeline_stages) adding up to model.layers \(L)")
+            }
+            split = parts.map { $0! }
+        }
+        return TrainConfig.Parallel(pipelineStages: S, chunkSteps: k, stageLayers: split)
     }
 
     func output() -> TrainConfig.Output {

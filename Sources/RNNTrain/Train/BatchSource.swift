@@ -18,6 +18,9 @@ protocol BatchSource: AnyObject {
     func accept()
     /// What a checkpoint holds of it, and reading it back.
     func checkpointTensors() -> [SafeTensors.Tensor]
+    /// Before a checkpoint, on every rank: a pipeline stage's carried state covers its own layers;
+    /// this makes it whole.
+    func assembleStages() throws
     func restore(from file: SafeTensors.File, prefix: String) throws -> [String]
 }
 
@@ -28,6 +31,7 @@ extension BatchSource {
     func exchange() throws {}
     func accept() {}
     func checkpointTensors() -> [SafeTensors.Tensor] { [] }
+    func assembleStages() throws {}
     func restore(from file: SafeTensors.File, prefix: String) throws -> [String] { [] }
 }
 
@@ -59,6 +63,8 @@ final class StatefulStreams: BatchSource {
     var planes: Int { layers * stateTensors }
     var state: [Float]
     var next: [Float]
+    /// Under a pipeline: the communicator of this replica's stages and this stage's layers.
+    var stages: (comm: Communicator, layers: Range<Int>)?
 
     init(_ text: TextDataset, comm: Communicator, globalBatch: Int, spec: ModelSpec) {
         self.text = text
@@ -102,6 +108,15 @@ final class StatefulStreams: BatchSource {
     func accept() {
         swap(&state, &next)
         for i in next.indices { next[i] = 0 }
+    }
+
+    /// This stage's layers kept, the others zeroed, summed over the stages (exact).
+    func assembleStages() throws {
+        guard let (pipe, own) = stages else { return }
+        let plane = stateTensors * globalBatch * hidden  // one layer's (C, B, H)
+        for i in 0..<(own.lowerBound * plane) { state[i] = 0 }
+        for i in (own.upperBound * plane)..<state.count { state[i] = 0 }
+        try state.withUnsafeMutableBufferPointer { try pipe.allreduceSum($0) }
     }
 
     func checkpointTensors() -> [SafeTensors.Tensor] {

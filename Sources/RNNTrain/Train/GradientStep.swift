@@ -33,6 +33,9 @@ protocol GradientStep: AnyObject {
     @discardableResult func synchronizeParameters() throws -> Double
     /// Whether the replicas may differ now (the periodic replica check waits for them to meet).
     var replicasApart: Bool { get }
+    /// Sums per-tensor values over the ranks that hold different tensors (a pipeline's stages),
+    /// in place: clipping's norm and the logged gradient norms cover the whole model.
+    func sumAcrossStages(_ parts: inout [Double]) throws
 }
 
 /// What the data-parallel and local SGD steps share: this rank's rows of the global batch, their
@@ -88,6 +91,7 @@ func makeGradientStep(_ mode: SynchronizationMode, network: Network<Float>, comm
     case .localSGD(let k):
         return LocalSGDStep(network: network, comm: comm, passes: passes, globalBatch: globalBatch, period: k, fault: fault)
     case .dataParallel(let bucketBytes, let compression):
+        // A pipeline stage exchanges its own tensors only.
         let reducer = makeGradientReducer(comm: comm, buffer: network.gradients.buffer, bucketBytes: bucketBytes, compression: compression)
         return DataParallelStep(network: network, comm: comm, passes: passes, reducer: reducer, globalBatch: globalBatch, fault: fault)
     }
@@ -98,6 +102,7 @@ extension GradientStep {
     func updated(step: Int) throws -> Double { 0 }
     func synchronizeParameters() throws -> Double { 0 }
     var replicasApart: Bool { false }
+    func sumAcrossStages(_ parts: inout [Double]) throws {}
 }
 
 extension BackwardPasses {
@@ -123,9 +128,10 @@ final class DataParallelStep: ShardStep, GradientStep {
         super.init(network: network, comm: comm, passes: passes, globalBatch: globalBatch, fault: fault)
         guard reducer.overlapsBackward else { return }
         // Installed once; they act in the pass after which the step's gradients are final.
+        let base = network.gradientBase  // a pipeline stage's gradient buffer starts at its first tensor
         network.onGradientsFinal = { [unowned self] offset in
             guard self.armed && self.passes.finalPass else { return }
-            do { try self.reducer.ready(from: offset) } catch { self.hookError = self.hookError ?? error }
+            do { try self.reducer.ready(from: max(offset - base, 0)) } catch { self.hookError = self.hookError ?? error }
         }
         network.onProgress = { [unowned self] in
             guard self.armed && self.passes.finalPass else { return }
@@ -220,7 +226,10 @@ final class ReproducibleStep: GradientStep {
         self.globalBatch = globalBatch
         self.microShards = microShards
         self.fault = fault
-        reduction = FixedPointReduction(comm: comm, count: network.layout.count, segments: network.layout.views.map(\.range))
+        // A pipeline stage sums its own tensors only, one fixed-point scale per tensor as ever.
+        let base = network.gradientBase
+        reduction = FixedPointReduction(comm: comm, count: network.gradients.count,
+                                        segments: network.stageViews.map { ($0.offset - base)..<($0.offset - base + $0.count) })
         mine = Shard.rows(globalBatch: microShards, rank: comm.rank, size: comm.size)
         // Batch norm per micro-shard (ghost batch norm), not across ranks.
         network.reduceAcrossRanks = nil

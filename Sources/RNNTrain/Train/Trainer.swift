@@ -30,6 +30,9 @@ public final class Trainer {
     public private(set) var dataset: Dataset!
     public private(set) var network: Network<Float>!
     var optimizer: (any Optimizer<Float>)!
+    /// The parameters the optimizer updates: a view of this stage's part of `network.parameters`
+    /// (all of them without a pipeline).
+    var ownParameters: Buffer<Float>!
     var schedule = LearningRateSchedule(base: 0, schedule: .constant)
     var batches: BatchSource!
     var passes: BackwardPasses!
@@ -42,6 +45,17 @@ public final class Trainer {
     public private(set) var validationAccuracy: Double?
     /// Called at the start of every step with its number (tests: allocation counting).
     var stepObserver: ((Int) -> Void)?
+    /// Per tensor, the sum of squares of its gradient (the whole model's, over pipeline stages).
+    private var tensorSquares: [Double] = []
+    /// parallel.pipeline_stages > 1: where this rank sits, its stage's messages, and the
+    /// communicator of the D replicas of its stage, which data, batch norm and the gradient
+    /// exchange use (`dataComm`; the world without a pipeline).
+    var pipeline: PipelineLayout?
+    var messages: PipeMessages?
+    var pipeComm: Communicator?
+    var dataComm: Communicator!
+    /// A whole network for evaluation and sampling under a pipeline, with the assembled parameters.
+    private var wholeNetwork: Network<Float>?
 
     public init(config: TrainConfig, comm: Communicator, console: Console, resume: String? = nil, overwrite: Bool = false) {
         self.config = config
@@ -83,10 +97,11 @@ public final class Trainer {
             }
             batches.accept()
             let diagnostics = g.diagnostics.map { Diagnostics(sums: $0, spec: net.spec, steps: passes.lastChunkLength) }
-            let tensorGradNorms = diagnostics == nil ? [] : tensorNorms(net.gradients, layout: net.layout)
-            let norm = clipGradientNorm(net.gradients, maxNorm: t.clipNorm)
+            let norm = try gradientNorm()
+            let tensorGradNorms = diagnostics == nil ? [] : zip(net.layout.views, tensorSquares).map { ($0.name, $1.squareRoot()) }
+            clipGradientNorm(net.gradients, maxNorm: t.clipNorm, norm: norm)
             if let c = t.clipValue { clipGradientValue(net.gradients, clip: c) }
-            optimizer.step(parameters: net.parameters, gradients: net.gradients, learningRate: lr)
+            optimizer.step(parameters: ownParameters, gradients: net.gradients, learningRate: lr)
             report.communicated(try gradientStep.updated(step: step))
             report.updated()
             try fault?.afterUpdate(step: step, rank: comm.rank, parameters: net.parameters)
@@ -141,9 +156,14 @@ public final class Trainer {
     /// Everything before the first step, in an order every rank follows alike. Returns the step
     /// the run continues after (0, or the checkpoint's).
     func setUp() throws -> Int {
-        let t = config.training, B = t.globalBatchSize
-        guard B >= comm.size else {
-            throw RNNDPError("\(config.source): training.global_batch_size \(B) is smaller than the number of ranks \(comm.size): every rank needs at least one sample",
+        let t = config.training, B = t.globalBatchSize, S = config.parallel.pipelineStages
+        guard comm.size % S == 0 else {
+            throw RNNDPError("\(config.source): parallel.pipeline_stages \(S) does not divide the \(comm.size) ranks: N = D x S ranks make D replicas of an S-stage pipeline; start a multiple of \(S) ranks",
+                             collective: true)
+        }
+        let replicas = comm.size / S
+        guard B >= replicas else {
+            throw RNNDPError("\(config.source): training.global_batch_size \(B) is smaller than the number of \(S > 1 ? "pipeline replicas" : "ranks") \(replicas): every \(S > 1 ? "replica" : "rank") needs at least one sample",
                              collective: true)
         }
         // Setup that can fail on one rank alone (files): agreed on before any other collective.
@@ -164,9 +184,11 @@ public final class Trainer {
         }
         let net = Network<Float>(spec: spec)
         network = net
+        net.chunkSteps = config.parallel.chunkSteps
+        try setUpPipeline(spec: spec)
         // Batch norm's statistics come from the global batch: one allreduce per layer and pass.
         // A failure inside it is fatal for the job (the other ranks wait in the same collective).
-        let communicator = comm, out = console
+        let communicator = dataComm!, out = console
         net.reduceAcrossRanks = { buffer in
             do { try communicator.allreduceSum(buffer) } catch {
                 out.error("batch norm statistics: \(error)")
@@ -177,15 +199,18 @@ public final class Trainer {
         setBLASThreads(threads)
         let products = try Self.recurrentProducts()
         printBanner(spec: spec, threads: threads, why: why)
+        if let p = pipeline { for line in p.describe(spec, steps: dataset.steps, chunkSteps: config.parallel.chunkSteps) { console.info(line) } }
         console.info(RecurrentProducts.summary(products))
         try checkShapes(spec: spec)
         batches = makeBatchSource(spec: spec)
         passes = BackwardPasses(network: net, source: batches, accumulate: t.accumulateSteps, steps: dataset.steps, bpttLength: t.bpttLength, seed: config.seed)
-        let shard = comm.shard(of: B)
+        let shard = dataComm.shard(of: B)
         console.info("batch: \(B) samples per step, T=\(dataset.steps); rank 0 takes rows \(shard.lowerBound)..<\(shard.upperBound)"
                      + (t.accumulateSteps > 1 ? " in \(t.accumulateSteps) micro-batches" : "")
                      + (passes.chunkLength < dataset.steps ? "; truncated BPTT in chunks of \(passes.chunkLength) steps" : ""))
-        optimizer = makeOptimizer(t.optimizer, count: net.layout.count, as: Float.self)
+        // A pipeline stage's optimizer updates (and keeps state for) the stage's tensors only.
+        optimizer = makeOptimizer(t.optimizer, count: net.gradients.count, as: Float.self)
+        ownParameters = Buffer(viewing: net.parameters.pointer + net.gradientBase, count: net.gradients.count)
         gradientStep = try makeGradientStep()
         console.info(gradientStep.summary)
         schedule = LearningRateSchedule(base: t.learningRate, schedule: t.schedule)
@@ -195,6 +220,58 @@ public final class Trainer {
             throw RNNDPError("--resume: the checkpoint is at step \(startStep), past training.steps \(t.steps); raise training.steps to continue", collective: true)
         }
         return startStep
+    }
+
+    /// parallel.pipeline_stages: the layout, the two communicators split from the world (every
+    /// rank calls both splits), this rank's stage of the network and its messages.
+    func setUpPipeline(spec: ModelSpec) throws {
+        let S = config.parallel.pipelineStages
+        guard S > 1 else { dataComm = comm; return }
+        let steps = dataset.steps
+        let split = config.parallel.stageLayers.map(PipelineLayout.ranges) ?? PipelineLayout.balanced(spec, stages: S, steps: steps)
+        let p = PipelineLayout(rank: comm.rank, size: comm.size, stages: S, layers: split)
+        dataComm = try comm.split(color: p.stage, key: p.replica)
+        let pipe = try comm.split(color: p.replica, key: p.stage)
+        network.setStage(layers: split[p.stage])
+        let m = PipeMessages(comm: pipe, console: console)
+        network.pipe = m.ends
+        (pipeline, pipeComm, messages) = (p, pipe, m)
+    }
+
+    /// The whole model's gradient norm from per-tensor sums of squares (summed over a pipeline's
+    /// stages), the same bits whatever the stage split; fills `tensorSquares`.
+    func gradientNorm() throws -> Double {
+        let net = network!
+        if tensorSquares.count != net.layout.views.count { tensorSquares = [Double](repeating: 0, count: net.layout.views.count) }
+        let own = net.stageParameters, base = net.gradientBase
+        for (i, v) in net.layout.views.enumerated() {
+            tensorSquares[i] = own.contains(v.offset) ? Float.sumOfSquares(net.gradients.pointer + (v.offset - base), v.count) : 0
+        }
+        try gradientStep.sumAcrossStages(&tensorSquares)
+        return tensorSquares.reduce(0, +).squareRoot()
+    }
+
+    /// The network evaluation and sampling read: a whole one under a pipeline (the assembled
+    /// parameters and statistics copied in), else the training network.
+    func readingNetwork() -> Network<Float> {
+        guard pipeline != nil else { return network }
+        let whole = wholeNetwork ?? Network<Float>(spec: network.spec)
+        wholeNetwork = whole
+        whole.parameters.copy(from: network.parameters)
+        if whole.runningStatistics.count > 0 { whole.runningStatistics.copy(from: network.runningStatistics) }
+        return whole
+    }
+
+    /// The optimizer's state in the whole model's layout, for a checkpoint (on every rank): under a
+    /// pipeline each stage's part, placed and summed over the stages.
+    func wholeOptimizerState() throws -> [(name: String, buffer: Buffer<Float>)] {
+        guard let pipe = pipeComm else { return optimizer.state }
+        return try optimizer.state.map { name, own in
+            let all = Buffer<Float>(count: network.layout.count)
+            (all.pointer + network.gradientBase).update(from: own.pointer, count: own.count)
+            try pipe.allreduceSum(all.buffer)
+            return (name, all)
+        }
     }
 
     /// The kernel of the per-step recurrent products (RNN_DP_PRODUCTS), or the error naming the bad value.
@@ -232,8 +309,9 @@ public final class Trainer {
     /// Rules that need the data and the rank count (the config alone cannot decide them).
     func checkShapes(spec: ModelSpec) throws {
         let t = config.training, B = t.globalBatchSize
-        guard t.accumulateSteps <= B / comm.size else {
-            throw RNNDPError("\(config.source): training.accumulate_steps \(t.accumulateSteps) is more than the \(B / comm.size) rows the smallest rank has (global_batch_size \(B) over \(comm.size) ranks)", collective: true)
+        let D = dataComm.size
+        guard t.accumulateSteps <= B / D else {
+            throw RNNDPError("\(config.source): training.accumulate_steps \(t.accumulateSteps) is more than the \(B / D) rows the smallest rank has (global_batch_size \(B) over \(D) \(pipeline == nil ? "ranks" : "replicas"))", collective: true)
         }
         if t.stateful, let text = dataset as? TextDataset, text.streamChunks(globalBatch: B) < 1 {
             throw RNNDPError("\(config.source): training.stateful: \(text.train.count) training characters in \(B) streams leave \(text.train.count / B) per stream, fewer than sequence_length + 1 = \(text.steps + 1)", collective: true)
@@ -244,8 +322,8 @@ public final class Trainer {
         if t.bpttLength > 0 && spec.output != .everyStep {
             throw RNNDPError("\(config.source): training.bptt_length: truncated BPTT needs a loss at every step (model.output: every_step)", collective: true)
         }
-        if let M = t.microShards, M < comm.size {
-            throw RNNDPError("\(config.source): training.micro_shards \(M) is fewer than the \(comm.size) ranks: in reproducible mode every rank needs a micro-shard; raise training.micro_shards (a multiple of every rank count you use)", collective: true)
+        if let M = t.microShards, M < D {
+            throw RNNDPError("\(config.source): training.micro_shards \(M) is fewer than the \(D) \(pipeline == nil ? "ranks" : "pipeline replicas"): in reproducible mode every rank needs a micro-shard; raise training.micro_shards (a multiple of every rank count you use)", collective: true)
         }
     }
 
@@ -253,11 +331,13 @@ public final class Trainer {
     func makeBatchSource(spec: ModelSpec) -> BatchSource {
         let B = config.training.globalBatchSize
         if config.training.stateful, let text = dataset as? TextDataset {
-            return StatefulStreams(text, comm: comm, globalBatch: B, spec: spec)
+            let streams = StatefulStreams(text, comm: dataComm, globalBatch: B, spec: spec)
+            if let pipe = pipeComm { streams.stages = (pipe, network.stageLayers) }
+            return streams
         }
         if let a = dataset as? ArrayDataset, a.variableLength {
             // Each global batch dealt to the shards the gradient step cuts it into.
-            a.parts = config.training.microShards ?? comm.size
+            a.parts = config.training.microShards ?? dataComm.size
             console.info("lengths differ: packed batches (no padding computed)"
                          + (a.shuffle && a.bucketing ? ", length-bucketed global batches" : ", batches in file order (no bucketing)")
                          + ", rows dealt to \(a.parts) \(config.training.microShards == nil ? "ranks" : "micro-shards") with about equal time steps each")
@@ -271,7 +351,11 @@ public final class Trainer {
         let mode: SynchronizationMode = t.microShards.map { .reproducible(microShards: $0) }
             ?? (t.localSGDSteps > 0 ? .localSGD(period: t.localSGDSteps)
                 : .dataParallel(bucketBytes: Int(t.bucketMB * 1_048_576), compression: t.compression))
-        return RNNTrain.makeGradientStep(mode, network: network, comm: comm, passes: passes, globalBatch: t.globalBatchSize, fault: fault)
+        // The step's communicator numbers the replicas of a stage; a fault names a world rank.
+        let stepFault = fault.map { FaultInjection(kind: $0.kind, rank: $0.rank == comm.rank ? dataComm.rank : -1, step: $0.step) }
+        let step = RNNTrain.makeGradientStep(mode, network: network, comm: dataComm, passes: passes, globalBatch: t.globalBatchSize, fault: stepFault)
+        guard let p = pipeline, let pipe = pipeComm, let m = messages else { return step }
+        return PipelineStep(inner: step, pipe: pipe, network: network, messages: m, layout: p)
     }
 
     /// Identical replicas: rank 0's initialization (or the checkpoint, or model.init_from),
@@ -345,7 +429,7 @@ public final class Trainer {
     /// Mean validation loss over the fixed validation samples, sharded across ranks.
     func evaluate() throws -> Double? {
         try synchronizeParameters()
-        let e = try evaluateValidation(network: network, dataset: dataset, comm: comm, std: (dataset as? SeriesDataset)?.std ?? 1)
+        let e = try evaluateValidation(network: readingNetwork(), dataset: dataset, comm: comm, std: (dataset as? SeriesDataset)?.std ?? 1)
         validationAccuracy = e?.accuracy
         return e?.loss
     }
@@ -360,6 +444,8 @@ public final class Trainer {
     @discardableResult
     func saveCheckpoint(step: Int) throws -> String {
         try synchronizeParameters()
+        try batches.assembleStages()
+        let optimizerState = try wholeOptimizerState()
         let dir = config.checkpoint.directory
         if comm.rank == 0 {
             var state = TrainingState(step: step, optimizer: config.training.optimizer.kind.rawValue, optimizerSteps: optimizer.steps)
@@ -371,7 +457,7 @@ public final class Trainer {
             state.seed = config.seed
             var metadata = modelMetadata(step: step).encoded
             state.encode(into: &metadata)
-            let tensors = modelTensors(network) + batches.checkpointTensors() + optimizerTensors(optimizer, layout: network.layout)
+            let tensors = modelTensors(network) + batches.checkpointTensors() + optimizerTensors(optimizerState, layout: network.layout)
             let path = try Checkpoint.save(directory: dir, step: step, keep: config.checkpoint.keep, tensors: tensors, metadata: metadata)
             console.info("checkpoint: \(path)")
         }
@@ -389,7 +475,11 @@ public final class Trainer {
         }
         let prefix = "--resume: \(path)"
         var expected = try restoreModelTensors(file, into: network, prefix: prefix)
-        expected += try restoreOptimizerTensors(file, into: optimizer, layout: network.layout, prefix: prefix)
+        let whole = pipeline == nil ? optimizer.state : optimizer.state.map { ($0.name, Buffer<Float>(count: network.layout.count)) }
+        expected += try restoreOptimizerTensors(file, into: whole, layout: network.layout, prefix: prefix)
+        if pipeline != nil {  // this stage's part
+            for ((_, own), (_, all)) in zip(optimizer.state, whole) { own.pointer.update(from: all.pointer + network.gradientBase, count: own.count) }
+        }
         expected += try batches.restore(from: file, prefix: prefix)
         let known = Set(expected)
         if let extra = file.tensors.first(where: { !known.contains($0.name) }) {
@@ -416,6 +506,6 @@ public final class Trainer {
 
     /// Text generated by the model one character at a time, carrying the hidden state.
     public func generate(_ vocab: Vocabulary, length: Int, temperature: Double) -> String {
-        Generator.generate(network, vocab: vocab, prime: [vocab.token("\n") ?? 0], length: length, temperature: temperature, seed: config.seed)
+        Generator.generate(readingNetwork(), vocab: vocab, prime: [vocab.token("\n") ?? 0], length: length, temperature: temperature, seed: config.seed)
     }
 }

@@ -11,8 +11,14 @@ import Glibc
 public final class WatchedCommunicator: Communicator {
     let inner: Communicator
     let timeout: Double
+    /// The communicator this one was split from: its step is the one reported.
+    private weak var parent: WatchedCommunicator?
     /// The training step, for the message.
-    public var step = 0
+    public var step: Int {
+        get { parent?.step ?? ownStep }
+        set { ownStep = newValue }
+    }
+    private var ownStep = 0
     private let lock = NSLock()
     private var waitingFor: String?
     private var deadline = 0.0
@@ -33,8 +39,9 @@ public final class WatchedCommunicator: Communicator {
         while true {
             usleep(100_000)
             lock.lock()
-            let what = waitingFor, late = waitingFor != nil && monotonicSeconds() > deadline, s = step
+            let what = waitingFor, late = waitingFor != nil && monotonicSeconds() > deadline
             lock.unlock()
+            let s = step
             if late, let what {
                 let msg = "rnn-dp: error (rank \(inner.rank)): step \(s): \(what) did not complete within \(timeout) s (training.timeout_seconds); another rank has probably died or hung\n"
                 _ = msg.withCString { Glibc.write(2, $0, strlen($0)) }
@@ -79,13 +86,25 @@ public final class WatchedCommunicator: Communicator {
     public func allgather(_ value: UInt64) throws -> [UInt64] {
         try watch("allgather") { try inner.allgather(value) }
     }
+    /// A split communicator is watched too (its own monitor, the same timeout and step).
+    public func split(color: Int, key: Int) throws -> Communicator {
+        let w = WatchedCommunicator(try watch("comm_split") { try inner.split(color: color, key: key) }, timeout: timeout)
+        w.parent = self
+        return w
+    }
+    public func startSend(_ b: UnsafeBufferPointer<Float>, to rank: Int, tag: Int) throws -> Int { try inner.startSend(b, to: rank, tag: tag) }
+    public func startReceive(_ b: UnsafeMutableBufferPointer<Float>, from rank: Int, tag: Int) throws -> Int {
+        try inner.startReceive(b, from: rank, tag: tag)
+    }
     public func startAllreduceSum(_ b: UnsafeMutableBufferPointer<Float>) throws -> Int { try inner.startAllreduceSum(b) }
     public func startAllreduceSumHalf(_ b: UnsafeMutableBufferPointer<UInt16>, bfloat: Bool) throws -> Int { try inner.startAllreduceSumHalf(b, bfloat: bfloat) }
     public func allreduceSumHalf(_ b: UnsafeMutableBufferPointer<UInt16>, bfloat: Bool) throws {
         try watch("allreduce of \(b.count) 16-bit floats") { try inner.allreduceSumHalf(b, bfloat: bfloat) }
     }
     public func test(_ id: Int) throws -> Bool { try inner.test(id) }
-    public func wait(_ id: Int) throws { try watch("wait for a gradient bucket's allreduce") { try inner.wait(id) } }
+    public func wait(_ id: Int) throws { try watch("wait for \(waitLabel)") { try inner.wait(id) } }
+    /// What `wait` waits for, for the message (the pipeline names its messages).
+    public var waitLabel = "a gradient bucket's allreduce"
     public func abort(code: Int32) -> Never { inner.abort(code: code) }
     public func finalize() { inner.finalize() }
 }
