@@ -48,12 +48,12 @@ for label in ["data parallel, np=2", "pipeline S=2, k=8", "data parallel, np=4",
     print(f"| {label} | {r['ranks']} | {1000 * med(label, 'step_s'):.1f}{over} | {med(label, 'tokens_per_s'):.0f} | "
           f"{r['p2p_bytes'] / 1e6:.2f} / {r['p2p_messages']} | {r['allreduced_bytes'] / 1e6:.2f} ({r['collectives']}) | {r['model_bytes'] / 1e6:.0f} |")
 print()
-print("| chunk steps k | chunks C | step ms | bubble measured | bubble modelled (S-1)/(C+S-1) |")
-print("|---|---|---|---|---|")
+print("| chunk steps k | chunks C | step ms | stages idle, measured | idle modelled for this split | bubble (S-1)/(C+S-1) |")
+print("|---|---|---|---|---|---|")
 for k in [64, 16, 8, 4]:
     label = f"bubble S=2 k={k}"
     r = by[label][0]
-    print(f"| {k} | {r['chunks']} | {1000 * med(label, 'step_s'):.1f} | {100 * med(label, 'bubble'):.1f}% | {100 * r['model_bubble']:.1f}% |")
+    print(f"| {k} | {r['chunks']} | {1000 * med(label, 'step_s'):.1f} | {100 * med(label, 'bubble'):.1f}% | {100 * r['model_idle']:.1f}% | {100 * r['model_bubble']:.1f}% |")
 EOF
 python3 scripts/pipeline_projection.py "$OUT/results.jsonl" "$OUT/fit.json"
 rm -rf "$OUT"

@@ -1,20 +1,22 @@
 #!/usr/bin/env bash
 # rnn-dp bench and scripts/bench_pytorch.py side by side: for each case, ROUNDS alternating runs
-# of both (one BLAS/torch thread each), then the median tokens/s of each and their ratio.
-#   scripts/bench_compare.sh [ROUNDS=3] [STEPS=20]
+# of both (THREADS BLAS/torch threads each, default 1), then the median tokens/s of each and
+# their ratio.
+#   scripts/bench_compare.sh [ROUNDS=3] [STEPS=20] [THREADS=1]
 # Needs a release build of rnn-dp (swift build -c release) and torch (pip install torch).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-3}
 STEPS=${2:-20}
+THREADS=${3:-1}
 BIN="$(swift build -c release --show-bin-path)/rnn-dp"
 [ -x "$BIN" ] || { echo "bench_compare: build rnn-dp first: swift build -c release" >&2; exit 2; }
 python3 -c "import torch" 2>/dev/null || { echo "bench_compare: needs torch (pip install torch)" >&2; exit 2; }
 OUT=$(mktemp -d)
 for case in rnn-h128 lstm-h256x2 gru-h512 lstm-h1024; do
     for r in $(seq "$ROUNDS"); do
-        "$BIN" bench --case "$case" --steps "$STEPS" --threads 1 --json >> "$OUT/rnndp.jsonl"
-        python3 scripts/bench_pytorch.py --case "$case" --steps "$STEPS" --threads 1 --json >> "$OUT/torch.jsonl"
+        "$BIN" bench --case "$case" --steps "$STEPS" --threads "$THREADS" --json >> "$OUT/rnndp.jsonl"
+        python3 scripts/bench_pytorch.py --case "$case" --steps "$STEPS" --threads "$THREADS" --json >> "$OUT/torch.jsonl"
     done
 done
 python3 - "$OUT" <<'PY'
@@ -33,5 +35,5 @@ for case in ours:
     b = statistics.median(r["tokens_per_s"] for r in theirs[case])
     f = statistics.median(r["fraction_of_sgemm"] for r in ours[case])
     print(f"{case:<13} {a:13.0f} {b:14.0f} {a / b:6.2f} {f * 100:15.0f}% {theirs[case][0]['input']:>12}")
-print(f"({len(ours[next(iter(ours))])} alternating rounds per case, medians; raw results in {d})")
+print(f"({len(ours[next(iter(ours))])} alternating rounds per case, medians, {ours[next(iter(ours))][0]['threads']} thread(s) each; raw results in {d})")
 PY

@@ -60,7 +60,7 @@ def main():
         print()
         print(f"**{name}**: alpha = {alpha * 1e6:.2f} us, beta = {beta * 1e9:.3f} ns/B")
         print()
-        print("| global batch B | ranks N | batch per replica | data parallel (S=1) tokens/s | S=2 tokens/s | S=4 tokens/s | best |")
+        print("| global batch B | ranks N | batch per rank, data parallel | data parallel tokens/s | D x 2 tokens/s | D x 4 tokens/s | best (D x S) |")
         print("|---|---|---|---|---|---|---|")
         for B in [32, 256, 2048]:
             for N in [2, 8, 32, 128, 512]:
@@ -77,7 +77,7 @@ def main():
                         best = (rate, f"{D} x {S}" if S > 1 else f"data parallel ({N})")
                 if best is None:
                     continue
-                print(f"| {B} | {N} | {B / N:g} (S=1) | " + " | ".join(cells) + f" | {best[1]} |")
+                print(f"| {B} | {N} | {B / N:g} | " + " | ".join(cells) + f" | {best[1]} |")
 
 
 if __name__ == "__main__":

@@ -104,6 +104,15 @@ int cmpi_allgather_u64(int comm, uint64_t value, uint64_t *recv) {
     return MPI_Allgather(&value, 1, MPI_UINT64_T, recv, 1, MPI_UINT64_T, C(comm));
 }
 
+/* Variable-count gathers of floats (counts and displacements in elements, one per rank). */
+int cmpi_gatherv_f32(int comm, const float *send, int count, float *recv, const int *counts, const int *displs, int root) {
+    return MPI_Gatherv(send, count, MPI_FLOAT, recv, counts, displs, MPI_FLOAT, root, C(comm));
+}
+
+int cmpi_allgatherv_f32(int comm, const float *send, int count, float *recv, const int *counts, const int *displs) {
+    return MPI_Allgatherv(send, count, MPI_FLOAT, recv, counts, displs, MPI_FLOAT, C(comm));
+}
+
 /* Outstanding nonblocking requests. Only the thread that calls MPI (FUNNELED) touches them. */
 static MPI_Request requests[CMPI_MAX_REQUESTS];
 static int request_used[CMPI_MAX_REQUESTS];

@@ -44,6 +44,10 @@ extension Network {
     /// start at zero.
     public func initializeParameters(seed: UInt64, settings: InitSettings = InitSettings()) {
         var rng = Xoshiro256(seed: seed, stream: RandomStream.parameters.rawValue)
+        // Every element of the whole model is drawn in the same order; a pipeline stage keeps
+        // those of its own tensors, so its values are the whole model's.
+        let own = stageParameters, base = stageBase
+        func set(_ i: Int, _ x: S) { if own.contains(i) { parameters[i - base] = x } }
         let H = spec.hiddenSize
         let bound = 1 / Double(H).squareRoot()
         let G = spec.cell.gates
@@ -53,7 +57,7 @@ extension Network {
             let blocks = v.count / (rows * cols)
             for blk in 0..<blocks {
                 let values = Initializer.matrix(method, rows: rows, cols: cols, defaultBound: bound, rng: &rng)
-                for i in 0..<values.count { parameters[v.offset + blk * rows * cols + i] = S(values[i]) }
+                for i in 0..<values.count { set(v.offset + blk * rows * cols + i, S(values[i])) }
             }
         }
         for k in 0..<spec.units {
@@ -61,21 +65,21 @@ extension Network {
             fill(l.wih, settings.inputWeights)
             fill(l.whh, settings.recurrentWeights)
             for b in [l.bih, l.bhh] {
-                for i in b.range { parameters[i] = settings.zeroBiases ? 0 : S((rng.nextDouble() * 2 - 1) * bound) }
+                for i in b.range { set(i, settings.zeroBiases ? 0 : S((rng.nextDouble() * 2 - 1) * bound)) }
             }
             if let fb = settings.forgetBias, spec.cell == .lstm {
                 for j in H..<(2 * H) {
-                    parameters[l.bih.offset + j] = S(fb)
-                    parameters[l.bhh.offset + j] = 0
+                    set(l.bih.offset + j, S(fb))
+                    set(l.bhh.offset + j, 0)
                 }
             }
-            for v in [l.h0, l.c0, l.lnBias, l.bnBias].compactMap({ $0 }) { for i in v.range { parameters[i] = 0 } }
-            for v in [l.lnWeight, l.bnWeight].compactMap({ $0 }) { for i in v.range { parameters[i] = 1 } }
+            for v in [l.h0, l.c0, l.lnBias, l.bnBias].compactMap({ $0 }) { for i in v.range { set(i, 0) } }
+            for v in [l.lnWeight, l.bnWeight].compactMap({ $0 }) { for i in v.range { set(i, 1) } }
         }
         if !spec.tieWeights { fill(layout.headWeight, settings.headWeights) }
         // nn.Embedding's default: N(0, 1).
-        if let e = layout.embedding { for i in e.range { parameters[i] = S(Initializer.normal(&rng)) } }
-        for i in layout.headBias.range { parameters[i] = settings.zeroBiases ? 0 : S((rng.nextDouble() * 2 - 1) * bound) }
+        if let e = layout.embedding { for i in e.range { set(i, S(Initializer.normal(&rng))) } }
+        for i in layout.headBias.range { set(i, settings.zeroBiases ? 0 : S((rng.nextDouble() * 2 - 1) * bound)) }
     }
 }
 

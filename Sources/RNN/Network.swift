@@ -23,13 +23,13 @@
 public final class Network<S: RNNScalar> {
     public let spec: ModelSpec
     public let layout: ParameterLayout
-    /// The flat parameter buffer, (layout.count), PyTorch names in `layout`.
+    /// The flat parameter buffer, PyTorch names in `layout`: (layout.count), or for a pipeline
+    /// stage its own tensors only, element i being the layout's element `stageBase + i`.
     public let parameters: Buffer<S>
-    /// The flat gradient buffer, same layout, of this stage's tensors only: element i is that of
-    /// parameter `gradientBase + i` (the whole model, base 0, unless `setStage`). `lossAndGradient`
-    /// adds into it.
-    public private(set) var gradients: Buffer<S>
-    public private(set) var gradientBase = 0
+    /// The flat gradient buffer, the same elements as `parameters`. `lossAndGradient` adds into it.
+    public let gradients: Buffer<S>
+    /// The layout's offset of this network's first element (0 unless a later pipeline stage).
+    public let stageBase: Int
 
     /// Per-layer activations kept for the backward pass.
     final class LayerStore {
@@ -128,9 +128,9 @@ public final class Network<S: RNNScalar> {
     /// them by default. A stage that does not start at layer 0 receives its input, the output of
     /// layer `stageLayers.lowerBound - 1`, through `pipe` and sends dL/d(that input) back; one
     /// that does not end at the top sends its top layer's output and receives its gradient; only
-    /// the last stage has the head and the loss. Parameters and gradients keep the whole model's
-    /// layout; a stage reads and writes its own tensors only (`stageParameters`).
-    public private(set) var stageLayers: Range<Int>
+    /// the last stage has the head and the loss. Its parameters and gradients are its own tensors
+    /// only, the layout's range `stageParameters` (names and offsets stay the whole model's).
+    public let stageLayers: Range<Int>
     public var isFirstStage: Bool { stageLayers.lowerBound == 0 }
     public var isLastStage: Bool { stageLayers.upperBound == spec.layers }
 
@@ -174,22 +174,17 @@ public final class Network<S: RNNScalar> {
     /// This stage's tensors (all of them without a pipeline).
     public var stageViews: [ParamView] { layout.views.filter { stageParameters.contains($0.offset) } }
 
-    /// Makes this network stage `layers` of a pipeline (before its first forward): its gradient
-    /// buffer then holds this stage's tensors only.
-    public func setStage(layers: Range<Int>) {
-        precondition(capacity == 0, "the stage is set before the first forward")
-        precondition(!layers.isEmpty && layers.lowerBound >= 0 && layers.upperBound <= spec.layers)
-        precondition(layers.count == spec.layers || D == 1, "a pipeline stage holds one direction")
-        stageLayers = layers
-        gradientBase = stageParameters.lowerBound
-        gradients = Buffer(count: stageParameters.count)
-    }
 
-    /// The range of the flat parameter buffer holding this stage's tensors: the embedding with
-    /// the first stage, the head with the last (`ParameterLayout` orders them so).
-    public var stageParameters: Range<Int> {
-        let lo = isFirstStage ? 0 : layout.layer(stageLayers.lowerBound * D).wih.offset
-        let hi = isLastStage ? layout.count : layout.layer(stageLayers.upperBound * D).wih.offset
+    /// The range of the layout holding this stage's tensors: the embedding with the first stage,
+    /// the head with the last (`ParameterLayout` orders them so).
+    public var stageParameters: Range<Int> { stageBase..<(stageBase + parameters.count) }
+
+    /// The layout's range of the tensors of layers `layers` (with the embedding when they start at
+    /// 0, with the head when they end at the top).
+    public static func parameterRange(_ layout: ParameterLayout, spec: ModelSpec, layers: Range<Int>) -> Range<Int> {
+        let D = spec.directions
+        let lo = layers.lowerBound == 0 ? 0 : layout.layer(layers.lowerBound * D).wih.offset
+        let hi = layers.upperBound == spec.layers ? layout.count : layout.layer(layers.upperBound * D).wih.offset
         return lo..<hi
     }
 
@@ -237,17 +232,25 @@ public final class Network<S: RNNScalar> {
     private let bnSums: Buffer<Double>
     private var training = false
 
-    public init(spec: ModelSpec) {
+    /// - stageLayers: the layers this network computes (a pipeline stage, see `stageLayers`); its
+    ///   parameter and gradient buffers then hold the stage's tensors only. Default: all.
+    /// - gradients: false for a network that only reads its parameters (evaluation, sampling).
+    public init(spec: ModelSpec, stageLayers: Range<Int>? = nil, gradients withGradients: Bool = true) {
         self.spec = spec
         layout = ParameterLayout(spec: spec)
-        parameters = Buffer(count: layout.count)
-        gradients = Buffer(count: layout.count)
+        let layers = stageLayers ?? 0..<spec.layers
+        precondition(!layers.isEmpty && layers.lowerBound >= 0 && layers.upperBound <= spec.layers)
+        precondition(layers.count == spec.layers || spec.directions == 1, "a pipeline stage holds one direction")
+        self.stageLayers = layers
+        let own = Self.parameterRange(layout, spec: spec, layers: layers)
+        stageBase = own.lowerBound
+        parameters = Buffer(count: own.count)
+        gradients = Buffer(count: withGradients ? own.count : 0)
         let gh = spec.cell.gates * spec.hiddenSize
         runningStatistics = Buffer(count: spec.batchNorm ? spec.units * 2 * gh : 0)
         bnStats = Buffer(count: spec.batchNorm ? spec.units * 2 * gh : 0)
         bnSums = Buffer(count: spec.batchNorm ? 2 * gh + 1 : 0)
         packedWhh = Array(repeating: nil, count: spec.units)
-        stageLayers = 0..<spec.layers
         for k in 0..<(spec.batchNorm ? spec.units : 0) {
             for j in 0..<gh { runningStatistics[(2 * k + 1) * gh + j] = 1 }
         }
@@ -291,7 +294,8 @@ public final class Network<S: RNNScalar> {
         let perLayer = D == 1 && chunkCount > 1  // every layer's backward under way at once
         let stageUnits = stageLayers.count * D
         if need > capacity || (D == 1 && layerDelta.count != (perLayer ? stageLayers.count : min(2, stageUnits))) {
-            capacity = need
+            capacity = max(capacity, need)
+            let need = capacity  // a change of the chunk count keeps the size
             let below = stageLayers.lowerBound - 1  // the layer whose output a later stage receives
             store = (0..<spec.units).map { k in
                 inStage(unit: k) ? LayerStore(need, H, spec) : LayerStore(k == below ? need : 0, H, spec, outputOnly: true)
@@ -316,8 +320,8 @@ public final class Network<S: RNNScalar> {
             }
             dxi = Buffer(count: spec.cell == .rnn || D == 1 ? 0 : need * G * H)
             dhh = Buffer(count: spec.cell == .gru && D == 2 ? need * G * H : 0)
-            if case .dense(let f) = spec.input { dense = Buffer(count: need * f) }
-            if let E = spec.embeddingSize {
+            if isFirstStage, case .dense(let f) = spec.input { dense = Buffer(count: need * f) }
+            if isFirstStage, let E = spec.embeddingSize {
                 embedded = Buffer(count: need * E)
                 dEmbedded = Buffer(count: need * E)
             }
@@ -357,8 +361,8 @@ public final class Network<S: RNNScalar> {
             + state0.count + dState0.count + hh.count + dc.reduce(0) { $0 + $1.count }
     }
 
-    @inline(__always) private func p(_ v: ParamView) -> UnsafeMutablePointer<S> { parameters.pointer + v.offset }
-    @inline(__always) private func g(_ v: ParamView) -> UnsafeMutablePointer<S> { gradients.pointer + (v.offset - gradientBase) }
+    @inline(__always) private func p(_ v: ParamView) -> UnsafeMutablePointer<S> { parameters.pointer + (v.offset - stageBase) }
+    @inline(__always) private func g(_ v: ParamView) -> UnsafeMutablePointer<S> { gradients.pointer + (v.offset - stageBase) }
     /// Initial state of layer k, tensor c (0: h, 1: LSTM cell), (B, H).
     @inline(__always) private func s0(_ k: Int, _ c: Int) -> UnsafeMutablePointer<S> { state0.pointer + (k * C + c) * B * H }
     @inline(__always) private func ds0(_ k: Int, _ c: Int) -> UnsafeMutablePointer<S> { dState0.pointer + (k * C + c) * B * H }
@@ -1140,7 +1144,7 @@ public final class Network<S: RNNScalar> {
             S.scale(n: gradients.count, alpha: overTime, x: gradients.pointer)
         case .lastStep:
             // This stage's part of [0, recurrentCount): the recurrent layers (and the embedding).
-            let recurrent = min(max(layout.recurrentCount - gradientBase, 0), gradients.count)
+            let recurrent = min(max(layout.recurrentCount - stageBase, 0), gradients.count)
             S.scale(n: recurrent, alpha: overTime, x: gradients.pointer)
             S.scale(n: gradients.count - recurrent, alpha: perSample, x: gradients.pointer + recurrent)
         }

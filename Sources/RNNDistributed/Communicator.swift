@@ -44,6 +44,9 @@ public protocol Communicator: AnyObject {
     /// buffer must stay untouched until the returned request completes (`test` or `wait`).
     func startSend(_ buffer: UnsafeBufferPointer<Float>, to rank: Int, tag: Int) throws -> Int
     func startReceive(_ buffer: UnsafeMutableBufferPointer<Float>, from rank: Int, tag: Int) throws -> Int
+    /// Rank i's `send` (ranges[i].count floats) into `into[ranges[i]]`, on `root` only (nil) or on
+    /// every rank (MPI_Gatherv, MPI_Allgatherv). `into` is only read on the receiving ranks.
+    func gather(_ send: UnsafeBufferPointer<Float>, into: UnsafeMutableBufferPointer<Float>, ranges: [Range<Int>], root: Int?) throws
     /// Ends every rank of the job with `code`. For errors that other ranks cannot know about.
     func abort(code: Int32) -> Never
     /// Orderly shutdown; call once at the end.
@@ -71,6 +74,10 @@ extension Communicator {
     }
     public func startReceive(_ buffer: UnsafeMutableBufferPointer<Float>, from rank: Int, tag: Int) throws -> Int {
         throw CommunicatorError(operation: "irecv", message: "not supported by \(name)")
+    }
+    public func gather(_ send: UnsafeBufferPointer<Float>, into: UnsafeMutableBufferPointer<Float>, ranges: [Range<Int>], root: Int?) throws {
+        guard size == 1 else { throw CommunicatorError(operation: "gatherv", message: "not supported by \(name)") }
+        UnsafeMutableBufferPointer(rebasing: into[ranges[0]]).update(fromContentsOf: send)
     }
 
     public func allreduceSum(_ values: inout [Double]) throws {

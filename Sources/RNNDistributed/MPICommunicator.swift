@@ -57,6 +57,15 @@ public final class MPICommunicator: Communicator {
         if rc != 0 { throw CommunicatorError(operation: op, message: MPICommunicator.message(rc)) }
     }
 
+    public func gather(_ send: UnsafeBufferPointer<Float>, into: UnsafeMutableBufferPointer<Float>, ranges: [Range<Int>], root: Int?) throws {
+        precondition(ranges.count == size && ranges[rank].count == send.count && ranges.allSatisfy { $0.upperBound <= Int(Int32.max) })
+        let counts = ranges.map { Int32($0.count) }, displs = ranges.map { Int32($0.lowerBound) }
+        if let root {
+            try check(cmpi_gatherv_f32(handle, send.baseAddress, Int32(send.count), into.baseAddress, counts, displs, Int32(root)), "gatherv")
+        } else {
+            try check(cmpi_allgatherv_f32(handle, send.baseAddress, Int32(send.count), into.baseAddress, counts, displs), "allgatherv")
+        }
+    }
     public func barrier() throws { try check(cmpi_barrier(handle), "barrier") }
     public func allreduceSum(_ b: UnsafeMutableBufferPointer<Float>) throws {
         try check(cmpi_allreduce_sum_f32(handle, b.baseAddress, Int64(b.count)), "allreduce(sum, float)")

@@ -66,6 +66,8 @@ public enum Bench {
         /// blocked in receives over the step time), and the model's (S-1)/(C+S-1).
         public var bubble = 0.0
         public var modelBubble: Double { Double(stages - 1) / Double(chunks + stages - 1) }
+        /// The idle fraction the cost model expects with this split's imbalance (PipelineLayout.modelledIdle).
+        public var modelIdle = 0.0
         /// Achieved allreduce algorithm bandwidth: bytes per step over total communication time.
         public var allreduceGBps: Double { ranks > 1 && medianCommunication > 0 ? Double(bytesPerStep) / medianCommunication / 1e9 : 0 }
     }
@@ -121,23 +123,22 @@ public enum Bench {
         let spec = ModelSpec(cell: c.cell, activation: .tanh, input: .tokens(vocabulary: vocabulary), hiddenSize: c.hidden,
                              layers: c.layers, outputSize: vocabulary, output: .everyStep, loss: .crossEntropy)
         let residentBefore = Memory.residentBytes()
-        let net = Network<Float>(spec: spec)
-        net.initializeParameters(seed: 1)
         let T = c.steps
-        net.chunkSteps = chunkSteps
         // A pipeline as training makes it (Trainer.setUpPipeline): stage r % S of replica r / S.
-        var stepComm = comm, pipe: (PipelineLayout, Communicator, PipeMessages)?
+        var stepComm = comm, pipe: (PipelineLayout, Communicator, PipeMessages)?, stageLayers: Range<Int>?
         if S > 1 {
             let layout = PipelineLayout(rank: comm.rank, size: comm.size, stages: S, layers: PipelineLayout.balanced(spec, stages: S, steps: T))
             stepComm = try comm.split(color: layout.stage, key: layout.replica)
             let pipeComm = try comm.split(color: layout.replica, key: layout.stage)
-            net.setStage(layers: layout.layers[layout.stage])
-            let m = PipeMessages(comm: pipeComm, console: Console(rank: comm.rank, size: comm.size))
-            net.pipe = m.ends
-            pipe = (layout, pipeComm, m)
+            pipe = (layout, pipeComm, PipeMessages(comm: pipeComm, console: Console(rank: comm.rank, size: comm.size)))
+            stageLayers = layout.layers[layout.stage]
         }
+        let net = Network<Float>(spec: spec, stageLayers: stageLayers)
+        net.initializeParameters(seed: 1)
+        net.chunkSteps = chunkSteps
+        net.pipe = pipe?.2.ends
         let opt = Adam<Float>(count: net.gradients.count)
-        let own = Buffer(viewing: net.parameters.pointer + net.gradientBase, count: net.gradients.count)
+
         // The training step itself (GradientStep, chosen as training chooses it), over fixed
         // random rows: data loading is not what is measured.
         let passes = BackwardPasses(network: net, source: RandomRows(vocabulary: vocabulary, steps: T), accumulate: 1, steps: T, bpttLength: 0, seed: 1)
@@ -155,7 +156,7 @@ public enum Bench {
             net.gradients.zero()
             let g = try gradientStep.gradients(step: 1, diagnostics: false)  // step 1's rows every time
             let t1 = monotonicSeconds()
-            opt.step(parameters: own, gradients: net.gradients, learningRate: 1e-3)
+            opt.step(parameters: net.parameters, gradients: net.gradients, learningRate: 1e-3)
             let averaging = try gradientStep.updated(step: i + 1)  // local SGD: every k steps
             let t2 = monotonicSeconds()
             if i >= warmup {
@@ -178,14 +179,14 @@ public enum Bench {
         try comm.allreduceSum(&bubble)
         let f = flops(c, globalBatch: B)
         let perRankGflops = f / Double(comm.size) / med[0] / 1e9
-        // This rank's buffers: the whole parameter vector, its stage's gradient and Adam's two
-        // moments, kept micro-shard gradients, and the network's workspaces.
+        // This rank's buffers: its stage's parameters, gradient and Adam's two moments, kept
+        // micro-shard gradients, and the network's workspaces.
         let stage = net.gradients.count
         var r = Result(name: c.name, ranks: comm.size, globalBatch: B, medianStep: med[0],
                        tokensPerSecond: Double(B * T) / med[0], gflops: f / med[0] / 1e9,
                        fractionOfSgemm: perRankGflops / sgemm, medianCompute: med[1], medianExposedComm: med[2],
                        medianCommunication: med[3], parameters: net.layout.count,
-                       modelBytes: 4 * (net.layout.count + 3 * stage + net.workspaceScalars + max(ownMicroShards - 1, 0) * stage),
+                       modelBytes: 4 * (4 * stage + net.workspaceScalars + max(ownMicroShards - 1, 0) * stage),
                        peakGrowthBytes: max(0, Memory.peakResidentBytes() - residentBefore), microShards: microShards,
                        compression: compression)
         r.stages = S
@@ -200,6 +201,7 @@ public enum Bench {
         let buckets = D == 1 ? 0 : bucketBytes > 0 && microShards == nil ? (4 * Int(largest[0]) + bucketBytes - 1) / bucketBytes : (microShards != nil ? 2 : 1)
         r.collectives = buckets + (D > 1 ? 1 : 0) + (S > 1 ? 1 : 0)
         r.bubble = bubble[0]
+        if let (layout, _, _) = pipe { r.modelIdle = PipelineLayout.modelledIdle(spec, layers: layout.layers, steps: T, chunks: r.chunks) }
         return r
     }
 }

@@ -7,10 +7,12 @@ import RNN
 /// Float32 throughout. P parameters; rows = ceil(B / D) per rank (D = N / S replicas of an
 /// S-stage pipeline; D = N without one); T steps; G gates; the largest stage's layers and its
 /// tensors, P_s (P without a pipeline).
-/// - model state: the parameters and a checkpoint's encoded copy (tensors and file bytes): 3 P;
-///   the stage's gradients and optimizer state (0-3 buffers): (1 + slots) P_s; under a pipeline
-///   the optimizer state a checkpoint assembles, slots P; and each of the stage's layers' W_hh
-///   packed for the recurrent products (RecurrentProducts.swift), 2 G H^2 floats per layer;
+/// - model state: the stage's parameters, gradients and optimizer state (0-3 buffers):
+///   (2 + slots) P_s; a checkpoint's encoded copy (tensors and file bytes), 2 P; under a
+///   pipeline also the whole model and optimizer state that rank 0 gathers for a checkpoint,
+///   (1 + slots) P (the other ranks gather the whole parameters for evaluation, P); and each of
+///   the stage's layers' W_hh packed for the recurrent products (RecurrentProducts.swift),
+///   2 G H^2 floats per layer;
 /// - activations kept for BPTT, per layer of the stage (T, rows, 3H + 3GH): h, c or GRU's n,
 ///   the gates, layer or batch norm's normalized values; and the backward pass's dL/dh and gate
 ///   gradients of two layers, (T, rows, 2H + 2GH), or of every layer of the stage when the
@@ -43,7 +45,7 @@ public struct MemoryEstimate {
         }
         let rows = Double((config.training.globalBatchSize + replicas - 1) / replicas)
         let H = Double(spec.hiddenSize), G = Double(spec.cell.gates), O = Double(spec.outputSize)
-        modelBytes = 4 * (3 * Double(P) + Double(1 + slots) * Double(stageTensors) + (S > 1 ? Double(slots * P) : 0))
+        modelBytes = 4 * (Double(2 + slots) * Double(stageTensors) + 2 * Double(P) + (S > 1 ? Double((1 + slots) * P) : 0))
             + 4 * 2 * Double(stageUnits) * G * H * H
         let perLayer = 3 * H + 3 * G * H
         let backward = (chunked ? Double(stageUnits) : 2) * (H + G * H)

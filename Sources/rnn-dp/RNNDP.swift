@@ -278,8 +278,8 @@ struct BenchCommand: ParsableCommand {
                                         Double(r.modelBytes) / 1e6, Double(r.peakGrowthBytes) / 1e6))
                     console.info(String(format: "  per rank and step: %.2f MB in %d point-to-point messages, %.2f MB allreduced in %d collectives",
                                         Double(r.p2pBytes) / 1e6, r.p2pMessages, Double(4 * r.allreducedElements) / 1e6, r.collectives)
-                                 + (r.stages > 1 ? String(format: "; %d stages, %d chunks: bubble %.1f%% measured, %.1f%% modelled (S-1)/(C+S-1)",
-                                                          r.stages, r.chunks, 100 * r.bubble, 100 * r.modelBubble) : ""))
+                                 + (r.stages > 1 ? String(format: "; %d stages, %d chunks: stages idle %.1f%% of the step (measured), %.1f%% modelled for this split; bubble (S-1)/(C+S-1) %.1f%%",
+                                                          r.stages, r.chunks, 100 * r.bubble, 100 * r.modelIdle, 100 * r.modelBubble) : ""))
                 }
             }
         }
@@ -336,7 +336,7 @@ struct BenchRecord: Encodable {
     var modelBytes: Int, peakGrowthBytes: Int, microShards: Int
     var sgemmGflops: Double, threads: Int, scaling: String, products: String
     var stages: Int, chunks: Int, p2pBytes: Int, p2pMessages: Int, allreducedBytes: Int, collectives: Int
-    var bubble: Double, modelBubble: Double
+    var bubble: Double, modelBubble: Double, modelIdle: Double
 
     init(_ r: Bench.Result, bucketMB: Double, reproducible: Bool, localSGD: Int, sgemm: Double, threads: Int, scaling: String, products: String) {
         `case` = r.name; ranks = r.ranks; globalBatch = r.globalBatch
@@ -347,7 +347,7 @@ struct BenchRecord: Encodable {
         modelBytes = r.modelBytes; peakGrowthBytes = r.peakGrowthBytes; microShards = r.microShards ?? 0
         sgemmGflops = sgemm; self.threads = threads; self.scaling = scaling; self.products = products
         stages = r.stages; chunks = r.chunks; p2pBytes = r.p2pBytes; p2pMessages = r.p2pMessages
-        allreducedBytes = 4 * r.allreducedElements; collectives = r.collectives; bubble = r.bubble; modelBubble = r.modelBubble
+        allreducedBytes = 4 * r.allreducedElements; collectives = r.collectives; bubble = r.bubble; modelBubble = r.modelBubble; modelIdle = r.modelIdle
     }
 
     func json() throws -> String {

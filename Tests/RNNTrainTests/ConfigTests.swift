@@ -120,10 +120,19 @@ final class ConfigTests: XCTestCase {
     /// the head decide where the cut falls.
     func testBalancedStageSplit() {
         func spec(layers: Int, input: Int, output: OutputMode = .everyStep, vocabulary: Int = 65) -> ModelSpec {
-            ModelSpec(cell: .lstm, activation: .tanh, input: .tokens(vocabulary: input), hiddenSize: 24, layers: layers,
+            ModelSpec(cell: .lstm, activation: .tanh, input: .dense(features: input), hiddenSize: 24, layers: layers,
                       outputSize: vocabulary, output: output, loss: .crossEntropy)
         }
         // Layer 0 costs 4*24*(65+24) = 8544, the others 4*24*48 = 4608, the top one also 65*24 for the head.
+        // (Token input is a gather: layer 0 then costs 4*24*24 only, and with 4 layers of H=16 the
+        // head's 65*16 tips the split to 3 + 1.)
+        let tokens = ModelSpec(cell: .lstm, activation: .tanh, input: .tokens(vocabulary: 65), hiddenSize: 16, layers: 4,
+                               outputSize: 65, output: .everyStep, loss: .crossEntropy)
+        XCTAssertEqual(PipelineLayout.balanced(tokens, stages: 2, steps: 10), [0..<3, 3..<4])
+        // Idle time: balanced stages idle (S-1)/(C+S-1); the split 2 + 2 costs 3072 and 5136.
+        XCTAssertEqual(PipelineLayout.modelledIdle(tokens, layers: [0..<2, 2..<4], steps: 10, chunks: 1), 1 - (3072.0 / 5136 + 1) / 2 * 0.5, accuracy: 1e-12)
+        XCTAssertEqual(PipelineLayout.modelledIdle(tokens, layers: [0..<1, 1..<2, 2..<3, 3..<4].map { $0 }, steps: 10, chunks: 5),
+                       1 - (1024.0 + 2048 + 2048 + 3088) / 3088 / 4 * 5 / 8, accuracy: 1e-12)
         XCTAssertEqual(PipelineLayout.balanced(spec(layers: 4, input: 65), stages: 2, steps: 10), [0..<2, 2..<4])
         XCTAssertEqual(PipelineLayout.balanced(spec(layers: 4, input: 65), stages: 4, steps: 10), [0..<1, 1..<2, 2..<3, 3..<4])
         // A wide input puts layer 0 alone on its stage.

@@ -47,6 +47,10 @@ int cmpi_bcast_bytes(int comm, uint8_t *buf, int64_t count, int root);
  * (a slot of a small table, at most CMPI_MAX_REQUESTS outstanding). */
 #define CMPI_MAX_REQUESTS 256
 int cmpi_iallreduce_sum_f32(int comm, float *buf, int64_t count, int *handle);
+/* Rank i's `count` floats go to recv + displs[i] (counts[i] of them) on `root` (gatherv) or on
+ * every rank (allgatherv); counts and displacements in elements (at most INT_MAX). */
+int cmpi_gatherv_f32(int comm, const float *send, int count, float *recv, const int *counts, const int *displs, int root);
+int cmpi_allgatherv_f32(int comm, const float *send, int count, float *recv, const int *counts, const int *displs);
 /* Nonblocking point-to-point float messages (count <= INT_MAX), completed by cmpi_test or
  * cmpi_wait; the buffer must stay untouched until then. */
 int cmpi_isend_f32(int comm, const float *buf, int64_t count, int dest, int tag, int *handle);

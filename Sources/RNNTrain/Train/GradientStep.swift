@@ -128,7 +128,7 @@ final class DataParallelStep: ShardStep, GradientStep {
         super.init(network: network, comm: comm, passes: passes, globalBatch: globalBatch, fault: fault)
         guard reducer.overlapsBackward else { return }
         // Installed once; they act in the pass after which the step's gradients are final.
-        let base = network.gradientBase  // a pipeline stage's gradient buffer starts at its first tensor
+        let base = network.stageBase  // a pipeline stage's gradient buffer starts at its first tensor
         network.onGradientsFinal = { [unowned self] offset in
             guard self.armed && self.passes.finalPass else { return }
             do { try self.reducer.ready(from: max(offset - base, 0)) } catch { self.hookError = self.hookError ?? error }
@@ -227,7 +227,7 @@ final class ReproducibleStep: GradientStep {
         self.microShards = microShards
         self.fault = fault
         // A pipeline stage sums its own tensors only, one fixed-point scale per tensor as ever.
-        let base = network.gradientBase
+        let base = network.stageBase
         reduction = FixedPointReduction(comm: comm, count: network.gradients.count,
                                         segments: network.stageViews.map { ($0.offset - base)..<($0.offset - base + $0.count) })
         mine = Shard.rows(globalBatch: microShards, rank: comm.rank, size: comm.size)

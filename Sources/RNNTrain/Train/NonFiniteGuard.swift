@@ -54,7 +54,7 @@ final class NonFiniteGuard {
     /// Names of the gradient tensors holding a NaN or an infinity.
     func nonFiniteTensors() -> [String] {
         let g = network.gradients
-        let bad = network.stageViews.filter { !Float.allFinite(g.pointer + ($0.offset - network.gradientBase), $0.count) }.map(\.name)
+        let bad = network.stageViews.filter { !Float.allFinite(g.pointer + ($0.offset - network.stageBase), $0.count) }.map(\.name)
         return bad.isEmpty ? ["the loss only"] : bad
     }
 }

@@ -29,11 +29,12 @@ struct PipelineLayout {
     }
 
     /// Multiply-adds per sample and step of layer k: its input projection and recurrent product,
-    /// G*H*(I_k + H); the head's O*H (per step, or once per sequence for last_step) counts to
-    /// the top layer.
+    /// G*H*(I_k + H) (token input without an embedding is a column gather: no product); the
+    /// head's O*H (per step, or once per sequence for last_step) counts to the top layer.
     static func cost(_ spec: ModelSpec, layer k: Int, steps: Int) -> Double {
         let G = Double(spec.cell.gates), H = Double(spec.hiddenSize)
-        let input = Double(k == 0 ? spec.firstLayerInputWidth : spec.layerOutputWidth)
+        var input = Double(k == 0 ? spec.firstLayerInputWidth : spec.layerOutputWidth)
+        if k == 0, spec.embeddingSize == nil, case .tokens = spec.input { input = 0 }
         var c = G * H * (input + H)
         if k == spec.layers - 1 {
             c += Double(spec.outputSize * spec.layerOutputWidth) / (spec.output == .everyStep ? 1 : Double(max(steps, 1)))
@@ -67,6 +68,15 @@ struct PipelineLayout {
         return (0..<S).map { bounds[$0]..<bounds[$0 + 1] }
     }
 
+    /// The idle fraction the model expects of a sweep in C chunks, averaged over the stages: a
+    /// stage with cost w_s of the largest stage's w_max is busy (w_s / w_max) C / (C + S - 1) of
+    /// the time. Balanced stages give the pipeline bubble (S - 1) / (C + S - 1).
+    static func modelledIdle(_ spec: ModelSpec, layers: [Range<Int>], steps: Int, chunks C: Int) -> Double {
+        let w = layers.map { r in r.reduce(0.0) { $0 + cost(spec, layer: $1, steps: steps) } }
+        let top = w.max()!, S = Double(layers.count), c = Double(C)
+        return w.reduce(0.0) { $0 + 1 - ($1 / top) * c / (c + S - 1) } / S
+    }
+
     /// The banner's lines: the layout and why.
     func describe(_ spec: ModelSpec, steps: Int, chunkSteps: Int) -> [String] {
         let total = (0..<spec.layers).reduce(0.0) { $0 + Self.cost(spec, layer: $1, steps: steps) }
@@ -78,7 +88,8 @@ struct PipelineLayout {
             lines.append("  stage \(s): layers \(r.lowerBound)..<\(r.upperBound)\(extras.isEmpty ? "" : " + " + extras.joined(separator: ", ")), \(String(format: "%.0f", 100 * share))% of the FLOPs; ranks \((0..<replicas).map { String($0 * stages + s) }.joined(separator: ", "))")
         }
         let bubble = Double(stages - 1) / Double(chunks + stages - 1)
-        lines.append("  \(chunks) chunk\(chunks == 1 ? "" : "s") of \(chunkSteps == 0 ? steps : min(chunkSteps, steps)) steps per sweep: modelled bubble (S-1)/(C+S-1) = \(String(format: "%.0f", 100 * bubble))%")
+        let idle = Self.modelledIdle(spec, layers: layers, steps: steps, chunks: chunks)
+        lines.append("  \(chunks) chunk\(chunks == 1 ? "" : "s") of \(chunkSteps == 0 ? steps : min(chunkSteps, steps)) steps per sweep: pipeline bubble (S-1)/(C+S-1) = \(String(format: "%.0f", 100 * bubble))%; modelled idle time of the stages with this split \(String(format: "%.0f", 100 * idle))%")
         return lines
     }
 }
@@ -160,19 +171,15 @@ final class PipeMessages {
 /// A pipeline's gradient step: the step of the configured mode (data parallel, reproducible)
 /// runs among the D replicas of this rank's stage (`inner`, on the stage communicator), and its
 /// results are made whole over the S stages of the replica: the loss sums (the last stage has
-/// them), the non-finite decision, the diagnostics, clipping's norm. Before every read all ranks
-/// must make alike (evaluation, replica check, checkpoint) each stage's tensors are assembled on
-/// every rank: the full-layout buffers, each stage's part kept and the rest zeroed, summed over
-/// the stages (one contributor per element, so exact).
+/// them), the non-finite decision, the diagnostics, clipping's norm. Each rank holds its stage's
+/// tensors only; what reads the whole model (evaluation, files) gathers it
+/// (`Trainer.assembleWholeModel`).
 final class PipelineStep: GradientStep {
     let inner: GradientStep
     let pipe: Communicator  // the S stages of this replica
     let network: Network<Float>
     let messages: PipeMessages
     let layout: PipelineLayout
-    /// Full-layout buffers of which this stage owns `range`: the parameters and batch norm's
-    /// running statistics (the optimizer's state is the stage's own; checkpoints assemble it).
-    private let shared: [(buffer: Buffer<Float>, range: Range<Int>)]
     private var sums = [Double](repeating: 0, count: 4)
 
     init(inner: GradientStep, pipe: Communicator, network: Network<Float>, messages: PipeMessages, layout: PipelineLayout) {
@@ -181,10 +188,6 @@ final class PipelineStep: GradientStep {
         self.network = network
         self.messages = messages
         self.layout = layout
-        let own = network.stageParameters
-        let perUnit = network.spec.batchNorm ? 2 * network.spec.cell.gates * network.spec.hiddenSize : 0
-        let statistics = (network.stageLayers.lowerBound * perUnit)..<(network.stageLayers.upperBound * perUnit)
-        shared = [(network.parameters, own)] + (perUnit > 0 ? [(network.runningStatistics, statistics)] : [])
     }
 
     var summary: String { inner.summary + "; among the \(layout.replicas) replica\(layout.replicas == 1 ? "" : "s") of each of \(layout.stages) pipeline stages" }
@@ -213,14 +216,5 @@ final class PipelineStep: GradientStep {
     func sumAcrossStages(_ parts: inout [Double]) throws { try pipe.allreduceSum(&parts) }
 
     @discardableResult
-    func synchronizeParameters() throws -> Double {
-        let t0 = monotonicSeconds()
-        _ = try inner.synchronizeParameters()
-        for (buffer, range) in shared {
-            buffer.pointer.update(repeating: 0, count: range.lowerBound)
-            (buffer.pointer + range.upperBound).update(repeating: 0, count: buffer.count - range.upperBound)
-            try pipe.allreduceSum(buffer.buffer)
-        }
-        return monotonicSeconds() - t0
-    }
+    func synchronizeParameters() throws -> Double { try inner.synchronizeParameters() }
 }

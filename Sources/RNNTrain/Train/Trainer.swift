@@ -30,9 +30,6 @@ public final class Trainer {
     public private(set) var dataset: Dataset!
     public private(set) var network: Network<Float>!
     var optimizer: (any Optimizer<Float>)!
-    /// The parameters the optimizer updates: a view of this stage's part of `network.parameters`
-    /// (all of them without a pipeline).
-    var ownParameters: Buffer<Float>!
     var schedule = LearningRateSchedule(base: 0, schedule: .constant)
     var batches: BatchSource!
     var passes: BackwardPasses!
@@ -54,8 +51,9 @@ public final class Trainer {
     var messages: PipeMessages?
     var pipeComm: Communicator?
     var dataComm: Communicator!
-    /// A whole network for evaluation and sampling under a pipeline, with the assembled parameters.
-    private var wholeNetwork: Network<Float>?
+    /// The whole model under a pipeline, assembled for a read (`assembleWholeModel`) and dropped
+    /// when the next step begins; without one, the training network.
+    private(set) var wholeModel: Network<Float>?
 
     public init(config: TrainConfig, comm: Communicator, console: Console, resume: String? = nil, overwrite: Bool = false) {
         self.config = config
@@ -84,6 +82,7 @@ public final class Trainer {
         for step in (startStep + 1)..<(steps + 1) {
             stepObserver?(step)
             watched?.step = step
+            (wholeModel, assembled) = (nil, false)  // the parameters are about to change
             let lr = schedule.learningRate(step: step - 1)
             let logNow = step % config.output.logEvery == 0 || step == steps
             net.gradients.zero()
@@ -101,7 +100,7 @@ public final class Trainer {
             let tensorGradNorms = diagnostics == nil ? [] : zip(net.layout.views, tensorSquares).map { ($0.name, $1.squareRoot()) }
             clipGradientNorm(net.gradients, maxNorm: t.clipNorm, norm: norm)
             if let c = t.clipValue { clipGradientValue(net.gradients, clip: c) }
-            optimizer.step(parameters: ownParameters, gradients: net.gradients, learningRate: lr)
+            optimizer.step(parameters: net.parameters, gradients: net.gradients, learningRate: lr)
             report.communicated(try gradientStep.updated(step: step))
             report.updated()
             try fault?.afterUpdate(step: step, rank: comm.rank, parameters: net.parameters)
@@ -133,17 +132,23 @@ public final class Trainer {
             try report.logFinalEvaluation(step: steps, validation: validation)
         }
         try finish(steps: steps, validation: validation)
-        return TrainResult(steps: steps, finalLoss: lastLoss, validationLoss: validation, parameterChecksum: net.parameters.checksum())
+        return TrainResult(steps: steps, finalLoss: lastLoss, validationLoss: validation, parameterChecksum: (wholeModel ?? net).parameters.checksum())
     }
 
     /// After the last step: the final checkpoint, the model file and (text) a sample.
     func finish(steps: Int, validation: Double?) throws {
-        console.info("replicas: parameters bitwise identical on all \(comm.size) rank\(comm.size == 1 ? "" : "s") at step \(steps) (checksum \(String(network.parameters.checksum(), radix: 16)))")
+        let whole = try assembleWholeModel(everyRank: false)  // on rank 0
+        let checksum = String((whole ?? network).parameters.checksum(), radix: 16)
+        if let p = pipeline {
+            console.info("replicas: every stage's parameters bitwise identical on its \(p.replicas) replica\(p.replicas == 1 ? "" : "s") (\(comm.size) ranks) at step \(steps) (checksum of the whole model \(checksum))")
+        } else {
+            console.info("replicas: parameters bitwise identical on all \(comm.size) rank\(comm.size == 1 ? "" : "s") at step \(steps) (checksum \(checksum))")
+        }
         if let v = validation { console.info(Evaluation.describe(loss: v, accuracy: validationAccuracy, dataset: dataset)) }
         let final = try saveCheckpoint(step: steps)
-        guard comm.rank == 0 else { return }
+        guard comm.rank == 0, let whole else { return }
         let outDir = config.output.directory
-        try Checkpoint.write(path: "\(outDir)/model.safetensors", tensors: modelTensors(network), metadata: modelMetadata(step: steps).encoded)
+        try Checkpoint.write(path: "\(outDir)/model.safetensors", tensors: modelTensors(whole), metadata: modelMetadata(step: steps).encoded)
         console.info("wrote \(outDir)/model.safetensors, \(outDir)/metrics.jsonl and \(final)")
         if let text = dataset as? TextDataset, config.output.sampleLength > 0, !network.spec.bidirectional {
             let s = generate(text.vocabulary, length: config.output.sampleLength, temperature: config.output.sampleTemperature)
@@ -182,10 +187,9 @@ public final class Trainer {
             try MemoryEstimate(spec: spec, config: config, ranks: comm.size, steps: dataset.steps)
                 .check(localRanks: comm.localSize, source: config.source)
         }
-        let net = Network<Float>(spec: spec)
+        let net = try setUpPipeline(spec: spec)
         network = net
         net.chunkSteps = config.parallel.chunkSteps
-        try setUpPipeline(spec: spec)
         // Batch norm's statistics come from the global batch: one allreduce per layer and pass.
         // A failure inside it is fatal for the job (the other ranks wait in the same collective).
         let communicator = dataComm!, out = console
@@ -210,7 +214,6 @@ public final class Trainer {
                      + (passes.chunkLength < dataset.steps ? "; truncated BPTT in chunks of \(passes.chunkLength) steps" : ""))
         // A pipeline stage's optimizer updates (and keeps state for) the stage's tensors only.
         optimizer = makeOptimizer(t.optimizer, count: net.gradients.count, as: Float.self)
-        ownParameters = Buffer(viewing: net.parameters.pointer + net.gradientBase, count: net.gradients.count)
         gradientStep = try makeGradientStep()
         console.info(gradientStep.summary)
         schedule = LearningRateSchedule(base: t.learningRate, schedule: t.schedule)
@@ -222,20 +225,22 @@ public final class Trainer {
         return startStep
     }
 
-    /// parallel.pipeline_stages: the layout, the two communicators split from the world (every
-    /// rank calls both splits), this rank's stage of the network and its messages.
-    func setUpPipeline(spec: ModelSpec) throws {
+    /// The network this rank trains. With parallel.pipeline_stages: the layout, the two
+    /// communicators split from the world (every rank calls both splits), this rank's stage of
+    /// the network (its own tensors only) and its messages.
+    func setUpPipeline(spec: ModelSpec) throws -> Network<Float> {
         let S = config.parallel.pipelineStages
-        guard S > 1 else { dataComm = comm; return }
+        guard S > 1 else { dataComm = comm; return Network<Float>(spec: spec) }
         let steps = dataset.steps
         let split = config.parallel.stageLayers.map(PipelineLayout.ranges) ?? PipelineLayout.balanced(spec, stages: S, steps: steps)
         let p = PipelineLayout(rank: comm.rank, size: comm.size, stages: S, layers: split)
         dataComm = try comm.split(color: p.stage, key: p.replica)
         let pipe = try comm.split(color: p.replica, key: p.stage)
-        network.setStage(layers: split[p.stage])
+        let net = Network<Float>(spec: spec, stageLayers: split[p.stage])
         let m = PipeMessages(comm: pipe, console: console)
-        network.pipe = m.ends
+        net.pipe = m.ends
         (pipeline, pipeComm, messages) = (p, pipe, m)
+        return net
     }
 
     /// The whole model's gradient norm from per-tensor sums of squares (summed over a pipeline's
@@ -243,7 +248,7 @@ public final class Trainer {
     func gradientNorm() throws -> Double {
         let net = network!
         if tensorSquares.count != net.layout.views.count { tensorSquares = [Double](repeating: 0, count: net.layout.views.count) }
-        let own = net.stageParameters, base = net.gradientBase
+        let own = net.stageParameters, base = net.stageBase
         for (i, v) in net.layout.views.enumerated() {
             tensorSquares[i] = own.contains(v.offset) ? Float.sumOfSquares(net.gradients.pointer + (v.offset - base), v.count) : 0
         }
@@ -251,25 +256,45 @@ public final class Trainer {
         return tensorSquares.reduce(0, +).squareRoot()
     }
 
-    /// The network evaluation and sampling read: a whole one under a pipeline (the assembled
-    /// parameters and statistics copied in), else the training network.
-    func readingNetwork() -> Network<Float> {
-        guard pipeline != nil else { return network }
-        let whole = wholeNetwork ?? Network<Float>(spec: network.spec)
-        wholeNetwork = whole
-        whole.parameters.copy(from: network.parameters)
-        if whole.runningStatistics.count > 0 { whole.runningStatistics.copy(from: network.runningStatistics) }
-        return whole
+    /// The whole model for a read: the training network without a pipeline. Under one, a whole
+    /// network (no gradients) gets every stage's tensors and batch norm statistics gathered over
+    /// the replica's stages: on every rank (`everyRank`: evaluation), or on world rank 0 only
+    /// (files; the ranks of the other replicas take no part, and get nil). Collective.
+    @discardableResult
+    func assembleWholeModel(everyRank: Bool) throws -> Network<Float>? {
+        guard let pipe = pipeComm, let p = pipeline else { wholeModel = network; return network }
+        // Once per step boundary (every rank of the pipe agrees on `assembled`).
+        if assembled && (!everyRank || wholeOnEveryRank) { return wholeModel }
+        guard everyRank || p.replica == 0 else { return nil }
+        let whole = Network<Float>(spec: network.spec, gradients: false)
+        let ranges = p.layers.map { Network<Float>.parameterRange(whole.layout, spec: whole.spec, layers: $0) }
+        try gather(network.parameters, into: whole.parameters, ranges: ranges, over: pipe, everyRank: everyRank)
+        if whole.runningStatistics.count > 0 {
+            let perLayer = whole.runningStatistics.count / whole.spec.layers
+            let own = network.stageLayers.lowerBound * perLayer..<network.stageLayers.upperBound * perLayer
+            let part = Buffer<Float>(viewing: network.runningStatistics.pointer + own.lowerBound, count: own.count)
+            try gather(part, into: whole.runningStatistics, ranges: p.layers.map { ($0.lowerBound * perLayer)..<($0.upperBound * perLayer) },
+                       over: pipe, everyRank: everyRank)
+        }
+        (assembled, wholeOnEveryRank) = (true, everyRank)
+        wholeModel = everyRank || pipe.rank == 0 ? whole : nil
+        return wholeModel
+    }
+    private var assembled = false, wholeOnEveryRank = false
+
+    private func gather(_ part: Buffer<Float>, into whole: Buffer<Float>, ranges: [Range<Int>], over pipe: Communicator, everyRank: Bool) throws {
+        try pipe.gather(UnsafeBufferPointer(part.buffer), into: whole.buffer, ranges: ranges, root: everyRank ? nil : 0)
     }
 
-    /// The optimizer's state in the whole model's layout, for a checkpoint (on every rank): under a
-    /// pipeline each stage's part, placed and summed over the stages.
-    func wholeOptimizerState() throws -> [(name: String, buffer: Buffer<Float>)] {
-        guard let pipe = pipeComm else { return optimizer.state }
+    /// The optimizer's state in the whole model's layout for a checkpoint, on world rank 0 (the
+    /// stages' parts gathered, as `assembleWholeModel`); nil on the ranks that take no part.
+    func wholeOptimizerState() throws -> [(name: String, buffer: Buffer<Float>)]? {
+        guard let pipe = pipeComm, let p = pipeline else { return optimizer.state }
+        guard p.replica == 0 else { return nil }
+        let ranges = p.layers.map { Network<Float>.parameterRange(network.layout, spec: network.spec, layers: $0) }
         return try optimizer.state.map { name, own in
-            let all = Buffer<Float>(count: network.layout.count)
-            (all.pointer + network.gradientBase).update(from: own.pointer, count: own.count)
-            try pipe.allreduceSum(all.buffer)
+            let all = Buffer<Float>(count: pipe.rank == 0 ? network.layout.count : 0)
+            try gather(own, into: all, ranges: ranges, over: pipe, everyRank: false)
             return (name, all)
         }
     }
@@ -369,7 +394,15 @@ public final class Trainer {
             try Job.collectively(comm) { startStep = try restore(from: file) }
             console.info("resumed from \(resumePath!) at step \(startStep)")
         } else if let from = config.model.initFrom {
-            try Job.collectively(comm) { if comm.rank == 0 { try loadParameters(from: from, into: net) } }
+            // Under a pipeline the first replica's ranks each load their stage's tensors.
+            try Job.collectively(comm) {
+                guard dataComm.rank == 0 else { return }
+                guard pipeline != nil else { return try loadParameters(from: from, into: net) }
+                let whole = Network<Float>(spec: net.spec, gradients: false)
+                try loadParameters(from: from, into: whole)
+                net.parameters.pointer.update(from: whole.parameters.pointer + net.stageBase, count: net.parameters.count)
+                net.runningStatistics.copy(from: whole.runningStatistics)
+            }
             console.info("parameters: loaded from \(from)")
         }
         let outDir = config.output.directory
@@ -380,8 +413,9 @@ public final class Trainer {
             runDirectory = try RunDirectory.claim(output: outDir, checkpoints: config.checkpoint.directory, intent: intent)
             metrics = try MetricsLog(path: "\(outDir)/metrics.jsonl", append: resumeFile != nil)
         }
-        try comm.broadcast(net.parameters.buffer, root: 0)
-        if net.runningStatistics.count > 0 { try comm.broadcast(net.runningStatistics.buffer, root: 0) }
+        // To every replica (of each stage).
+        try dataComm.broadcast(net.parameters.buffer, root: 0)
+        if net.runningStatistics.count > 0 { try dataComm.broadcast(net.runningStatistics.buffer, root: 0) }
         try verifyReplicas(step: startStep)
         report = StepReport(console: console, totalSteps: config.training.steps, startStep: startStep,
                             globalBatch: config.training.globalBatchSize, steps: dataset.steps, text: dataset is TextDataset)
@@ -405,17 +439,22 @@ public final class Trainer {
         throw ResumableStop(message: "\(Signals.name(Int32(signal[0]))) received: checkpoint written at step \(step) to \(path); continue with: rnn-dp train --resume \(config.checkpoint.directory)")
     }
 
-    /// Compares a checksum of the parameters across ranks; a mismatch stops every rank. Once the
-    /// replicas are known to be identical, a non-finite parameter is a decision every rank makes alike.
+    /// Compares a checksum of the parameters across ranks (under a pipeline, of each stage's
+    /// tensors across the stage's replicas: rank r against rank r % S); a mismatch stops every
+    /// rank. Whether the parameters are finite is then decided over all ranks alike.
     func verifyReplicas(step: Int) throws {
         try synchronizeParameters()
         let sums = try comm.allgather(network.parameters.checksum())
-        let differ = sums.indices.filter { sums[$0] != sums[0] }
+        let S = pipeline?.stages ?? 1
+        let differ = sums.indices.filter { sums[$0] != sums[$0 % S] }
         guard differ.isEmpty else {
-            throw RNNDPError("replicas diverged at step \(step): parameters of rank\(differ.count > 1 ? "s" : "") \(differ.map(String.init).joined(separator: ", ")) differ from rank 0's (checksums \(differ.map { String(sums[$0], radix: 16) }.joined(separator: ", ")) vs \(String(sums[0], radix: 16)))",
+            let first = differ[0] % S, of = S == 1 ? "rank 0's" : "those of rank\(Set(differ.map { $0 % S }).count > 1 ? "s" : "") \(Set(differ.map { $0 % S }).sorted().map(String.init).joined(separator: ", ")) (the first replica of their stage)"
+            throw RNNDPError("replicas diverged at step \(step): parameters of rank\(differ.count > 1 ? "s" : "") \(differ.map(String.init).joined(separator: ", ")) differ from \(of) (checksums \(differ.map { String(sums[$0], radix: 16) }.joined(separator: ", ")) vs \(String(sums[first], radix: 16)))",
                              exitCode: RNNDPError.replicasDiverged, collective: true)
         }
-        guard Float.allFinite(network.parameters.pointer, network.parameters.count) else {
+        var bad = [Float.allFinite(network.parameters.pointer, network.parameters.count) ? 0.0 : 1]
+        if S > 1 { try comm.allreduceMax(&bad) }
+        guard bad[0] == 0 else {
             throw RNNDPError("step \(step): the parameters are no longer finite; lower training.optimizer.learning_rate or set training.clip_norm",
                              exitCode: RNNDPError.runtimeFailure, collective: true)
         }
@@ -429,7 +468,7 @@ public final class Trainer {
     /// Mean validation loss over the fixed validation samples, sharded across ranks.
     func evaluate() throws -> Double? {
         try synchronizeParameters()
-        let e = try evaluateValidation(network: readingNetwork(), dataset: dataset, comm: comm, std: (dataset as? SeriesDataset)?.std ?? 1)
+        let e = try evaluateValidation(network: assembleWholeModel(everyRank: true)!, dataset: dataset, comm: comm, std: (dataset as? SeriesDataset)?.std ?? 1)
         validationAccuracy = e?.accuracy
         return e?.loss
     }
@@ -445,6 +484,7 @@ public final class Trainer {
     func saveCheckpoint(step: Int) throws -> String {
         try synchronizeParameters()
         try batches.assembleStages()
+        let whole = try assembleWholeModel(everyRank: false)
         let optimizerState = try wholeOptimizerState()
         let dir = config.checkpoint.directory
         if comm.rank == 0 {
@@ -457,7 +497,7 @@ public final class Trainer {
             state.seed = config.seed
             var metadata = modelMetadata(step: step).encoded
             state.encode(into: &metadata)
-            let tensors = modelTensors(network) + batches.checkpointTensors() + optimizerTensors(optimizerState, layout: network.layout)
+            let tensors = modelTensors(whole!) + batches.checkpointTensors() + optimizerTensors(optimizerState!, layout: network.layout)
             let path = try Checkpoint.save(directory: dir, step: step, keep: config.checkpoint.keep, tensors: tensors, metadata: metadata)
             console.info("checkpoint: \(path)")
         }
@@ -474,11 +514,16 @@ public final class Trainer {
             throw RNNDPError("--resume: \(path): was written with optimizer \(state.optimizer), the config says \(name)")
         }
         let prefix = "--resume: \(path)"
-        var expected = try restoreModelTensors(file, into: network, prefix: prefix)
-        let whole = pipeline == nil ? optimizer.state : optimizer.state.map { ($0.name, Buffer<Float>(count: network.layout.count)) }
-        expected += try restoreOptimizerTensors(file, into: whole, layout: network.layout, prefix: prefix)
-        if pipeline != nil {  // this stage's part
-            for ((_, own), (_, all)) in zip(optimizer.state, whole) { own.pointer.update(from: all.pointer + network.gradientBase, count: own.count) }
+        // Under a pipeline the file is read into a whole model, of which this stage keeps its part.
+        let model = pipeline == nil ? network! : Network<Float>(spec: network.spec, gradients: false)
+        var expected = try restoreModelTensors(file, into: model, prefix: prefix)
+        let optimizerState = pipeline == nil ? optimizer.state : optimizer.state.map { ($0.name, Buffer<Float>(count: network.layout.count)) }
+        expected += try restoreOptimizerTensors(file, into: optimizerState, layout: network.layout, prefix: prefix)
+        if pipeline != nil {
+            let base = network.stageBase
+            network.parameters.pointer.update(from: model.parameters.pointer + base, count: network.parameters.count)
+            network.runningStatistics.copy(from: model.runningStatistics)
+            for ((_, own), (_, all)) in zip(optimizer.state, optimizerState) { own.pointer.update(from: all.pointer + base, count: own.count) }
         }
         expected += try batches.restore(from: file, prefix: prefix)
         let known = Set(expected)
@@ -506,6 +551,6 @@ public final class Trainer {
 
     /// Text generated by the model one character at a time, carrying the hidden state.
     public func generate(_ vocab: Vocabulary, length: Int, temperature: Double) -> String {
-        Generator.generate(readingNetwork(), vocab: vocab, prime: [vocab.token("\n") ?? 0], length: length, temperature: temperature, seed: config.seed)
+        Generator.generate(wholeModel ?? network, vocab: vocab, prime: [vocab.token("\n") ?? 0], length: length, temperature: temperature, seed: config.seed)
     }
 }

@@ -93,6 +93,9 @@ public final class WatchedCommunicator: Communicator {
         return w
     }
     public func startSend(_ b: UnsafeBufferPointer<Float>, to rank: Int, tag: Int) throws -> Int { try inner.startSend(b, to: rank, tag: tag) }
+    public func gather(_ send: UnsafeBufferPointer<Float>, into: UnsafeMutableBufferPointer<Float>, ranges: [Range<Int>], root: Int?) throws {
+        try watch(root == nil ? "allgatherv" : "gatherv") { try inner.gather(send, into: into, ranges: ranges, root: root) }
+    }
     public func startReceive(_ b: UnsafeMutableBufferPointer<Float>, from rank: Int, tag: Int) throws -> Int {
         try inner.startReceive(b, from: rank, tag: tag)
     }
