@@ -99,6 +99,41 @@ final class PipelineTests: XCTestCase {
         XCTAssertTrue(p.stderr.contains("replicas diverged at step 4: parameters of rank 2 differ from those of rank 0 (the first replica of their stage)"), p.stderr)
     }
 
+    /// Sequences of different lengths (JapaneseVowels, 7 to 29 steps, packed batches) in chunks
+    /// of 5 steps, so chunks end inside samples: (1, 3) and (2, 2) train one process's model.
+    func testVariableLengthsUnderAPipeline() throws {
+        func vowels(_ dir: String) -> String {
+            let path = "\(dir)/c.yaml"
+            MPIRunner.write("""
+            seed: 4
+            data:
+              kind: ts
+              path: \(MPIRunner.sharedData("JapaneseVowels_TRAIN.ts"))
+              validation_path: \(MPIRunner.sharedData("JapaneseVowels_TEST.ts"))
+            model: {cell: lstm, hidden_size: 16, layers: 3, output: last_step, layer_norm: true}
+            training:
+              global_batch_size: 7
+              steps: 6
+              threads: 1
+              eval_samples: 60
+              optimizer: {name: sgd, learning_rate: 0.1, momentum: 0.9}
+            parallel: {chunk_steps: 5}
+            output: {directory: \(dir)/out, log_every: 3}
+            """, to: path)
+            return path
+        }
+        let refDir = MPIRunner.tempDir()
+        let ref = try train(np: 0, stages: 1, vowels(refDir))
+        XCTAssertEqual(ref.status, 0, ref.stderr)
+        for (d, s) in [(1, 3), (2, 2)] {
+            let dir = MPIRunner.tempDir()
+            let r = try train(np: d * s, stages: s, vowels(dir))
+            XCTAssertEqual(r.status, 0, r.stderr)
+            assertClose(try SafeTensors.read(path: "\(dir)/out/model.safetensors"), try SafeTensors.read(path: "\(refDir)/out/model.safetensors"),
+                        1e-5, "pipeline (\(d), \(s)) JapaneseVowels", group: "Pipeline")
+        }
+    }
+
     func validation(_ stdout: String) -> String? {
         stdout.split(separator: "\n").first { $0.hasPrefix("validation: loss") }.map(String.init)
     }
