@@ -23,6 +23,7 @@
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -36,12 +37,25 @@
 #define CREC_HAVE_BF16 1
 #endif
 
-enum { KC = 256, KPC = 256, MAX_MR = 12, MAX_NR = 32 };
+enum { KC = 256, KPC = 256, MAX_MR = 12, MAX_NR = 32, CREC_MAX_THREADS = 64 };
+/* A K block of fewer FLOPs than this runs on one thread: waking a worker costs microseconds. */
+#define PARALLEL_FLOPS 4e6
+static int crec_nthreads = 1;
+struct crec_packed;
+typedef struct {
+    struct crec_packed *p;
+    const struct pack_s *P;
+    int M;
+    float *c;
+    int k0, kc;
+} panels_job;
+static void panels(const panels_job *job, int j0, int j1);
+static void run_parallel(const panels_job *job);
 
 typedef void (*tile_fn)(const float *a, const float *p, float *c, int ldc, int kc);
 
 typedef void (*xs_fn)(const float *a, const float *b, float *c, ...);
-typedef struct {
+typedef struct pack_s {
     float *panels;  /* np panels of (K, nr), row k of panel j at panels + (j*K + k)*nr */
     uint16_t *bf;   /* bf16 level instead: np panels of (Kp, nr, 2) bf16, Kp = ceil(K/2) k pairs;
                        Weff(k, n) at bf + ((j*Kp + k/2)*nr + n%nr)*2 + k%2, j = n/nr */
@@ -318,7 +332,7 @@ void crec_pack(crec_packed *p, const float *w) {
 
 /* out(M, N) += a(M, K) * Weff(K, N); a rows K floats apart, out rows N floats apart. */
 static void run(crec_packed *p, const pack_t *P, const float *a, int M, float *c) {
-    const int nr = p->nr, K = P->K, N = P->N;
+    const int K = P->K, N = P->N;
     if (M <= 0) return;
     const size_t need = (size_t)(M + MAX_MR) * KC;
     if (p->abuf_floats < need) {  /* grows to the largest M seen, then stays */
@@ -327,7 +341,6 @@ static void run(crec_packed *p, const pack_t *P, const float *a, int M, float *c
         p->abuf_floats = p->abuf ? need : 0;
         if (!p->abuf) abort();
     }
-    _Alignas(64) float scratch[MAX_MR * MAX_NR];
     tile_fn fn;
     for (int k0 = 0; k0 < K; k0 += KC) {
         const int kc = K - k0 < KC ? K - k0 : KC;
@@ -344,27 +357,95 @@ static void run(crec_packed *p, const pack_t *P, const float *a, int M, float *c
             }
             ab += (size_t)r * kc;
         }
-        for (int j = 0; j < P->np; j++) {
-            const float *pj = P->panels + ((size_t)j * K + k0) * nr;
-            const int cols = N - j * nr < nr ? N - j * nr : nr;
-            const float *ap = p->abuf;
-            for (int i = 0, r; i < M; i += r) {
-                r = next_rows(p->level, M - i, &fn);
-                const int rows = M - i < r ? M - i : r;
-                float *ct = c + (size_t)i * N + (size_t)j * nr;
-                if (rows == r && cols == nr) {
-                    fn(ap, pj, ct, N, kc);
-                } else {  /* a partial tile: through the scratch tile, nr floats a row */
-                    memset(scratch, 0, sizeof scratch);
-                    for (int ii = 0; ii < rows; ii++) memcpy(scratch + ii * nr, ct + (size_t)ii * N, cols * sizeof(float));
-                    fn(ap, pj, scratch, nr, kc);
-                    for (int ii = 0; ii < rows; ii++) memcpy(ct + (size_t)ii * N, scratch + ii * nr, cols * sizeof(float));
-                }
-                ap += (size_t)r * kc;
+        const panels_job job = {p, P, M, c, k0, kc};
+        if (crec_nthreads > 1 && 2.0 * M * kc * N >= PARALLEL_FLOPS) run_parallel(&job);
+        else panels(&job, 0, P->np);
+    }
+}
+
+/* Column panels j0..<j1 of one K block (its A block already copied into p->abuf). Panels write
+ * disjoint columns, so splitting them over threads leaves every output element's fma chain, and
+ * so its bits, as one thread computes it. */
+static void panels(const panels_job *job, int j0, int j1) {
+    crec_packed *p = job->p;
+    const pack_t *P = job->P;
+    const int nr = p->nr, K = P->K, N = P->N, M = job->M, kc = job->kc;
+    _Alignas(64) float scratch[MAX_MR * MAX_NR];
+    tile_fn fn;
+    for (int j = j0; j < j1; j++) {
+        const float *pj = P->panels + ((size_t)j * K + job->k0) * nr;
+        const int cols = N - j * nr < nr ? N - j * nr : nr;
+        const float *ap = p->abuf;
+        for (int i = 0, r; i < M; i += r) {
+            r = next_rows(p->level, M - i, &fn);
+            const int rows = M - i < r ? M - i : r;
+            float *ct = job->c + (size_t)i * N + (size_t)j * nr;
+            if (rows == r && cols == nr) {
+                fn(ap, pj, ct, N, kc);
+            } else {  /* a partial tile: through the scratch tile, nr floats a row */
+                memset(scratch, 0, sizeof scratch);
+                for (int ii = 0; ii < rows; ii++) memcpy(scratch + ii * nr, ct + (size_t)ii * N, cols * sizeof(float));
+                fn(ap, pj, scratch, nr, kc);
+                for (int ii = 0; ii < rows; ii++) memcpy(ct + (size_t)ii * N, scratch + ii * nr, cols * sizeof(float));
             }
+            ap += (size_t)r * kc;
         }
     }
 }
+
+/* Threads for the fp32 kernel's column panels: the caller takes share 0, crec_nthreads - 1
+ * workers (started on first use, then waiting on a condition variable) the others. */
+static pthread_mutex_t pool_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t pool_go = PTHREAD_COND_INITIALIZER, pool_done = PTHREAD_COND_INITIALIZER;
+static const panels_job *pool_job;
+static int pool_workers, pool_shares, pool_pending;
+static unsigned long pool_generation;
+
+static void *pool_worker(void *arg) {
+    const int id = (int)(intptr_t)arg;
+    unsigned long seen = 0;
+    pthread_mutex_lock(&pool_mu);
+    for (;;) {
+        while (pool_generation == seen) pthread_cond_wait(&pool_go, &pool_mu);
+        seen = pool_generation;
+        const panels_job *job = pool_job;
+        const int shares = pool_shares, np = job->P->np;
+        pthread_mutex_unlock(&pool_mu);
+        if (id < shares) panels(job, id * np / shares, (id + 1) * np / shares);
+        pthread_mutex_lock(&pool_mu);
+        if (--pool_pending == 0) pthread_cond_signal(&pool_done);
+    }
+    return NULL;
+}
+
+static void run_parallel(const panels_job *job) {
+    const int shares = crec_nthreads, np = job->P->np;
+    pthread_mutex_lock(&pool_mu);
+    while (pool_workers < shares - 1) {
+        pthread_t t;
+        if (pthread_create(&t, NULL, pool_worker, (void *)(intptr_t)(pool_workers + 1)) != 0) break;
+        pthread_detach(t);
+        pool_workers++;
+    }
+    if (pool_workers < shares - 1) {  /* no threads to be had: one thread does it all */
+        pthread_mutex_unlock(&pool_mu);
+        panels(job, 0, np);
+        return;
+    }
+    pool_job = job;
+    pool_shares = shares;
+    pool_pending = pool_workers;
+    pool_generation++;
+    pthread_cond_broadcast(&pool_go);
+    pthread_mutex_unlock(&pool_mu);
+    panels(job, 0, np / shares);
+    pthread_mutex_lock(&pool_mu);
+    while (pool_pending > 0) pthread_cond_wait(&pool_done, &pool_mu);
+    pthread_mutex_unlock(&pool_mu);
+}
+
+void crec_set_threads(int n) { crec_nthreads = n < 1 ? 1 : n > CREC_MAX_THREADS ? CREC_MAX_THREADS : n; }
+int crec_threads(void) { return crec_nthreads; }
 
 #if defined(CREC_HAVE_BF16)
 /* a (M, K) fp32 -> abf (M, 2*Kp) bf16 rows, the pad k of odd K zero. Plain loops the compiler

@@ -7,6 +7,7 @@
 // conformances, so every hot loop runs specialized code even when the driver is generic.
 
 import COpenBLAS
+import CRecurrent
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -224,5 +225,10 @@ extension Double: ElementaryFunctions {
 }
 
 /// Sets the number of threads OpenBLAS may use in this process.
-public func setBLASThreads(_ n: Int) { openblas_set_num_threads(Int32(max(1, n))) }
+/// Threads for OpenBLAS and for our packed recurrent kernel (CRecurrent), whose bits do not
+/// depend on the count.
+public func setBLASThreads(_ n: Int) {
+    openblas_set_num_threads(Int32(max(1, n)))
+    crec_set_threads(Int32(max(1, n)))
+}
 public func blasThreads() -> Int { Int(openblas_get_num_threads()) }

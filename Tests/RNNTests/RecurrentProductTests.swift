@@ -147,6 +147,34 @@ final class RecurrentProductTests: XCTestCase {
         }
     }
 
+    /// Split over threads (column panels), the products keep every bit: each output element is
+    /// still one fma chain. Shapes above the threading threshold (4 MFLOP per K block) and below
+    /// it, with partial panels and tiles; threads 2, 3 and 7 (more threads than panels).
+    func testThreadsKeepTheBits() {
+        var rng = Rng(s: 9)
+        defer { setBLASThreads(1) }
+        for (B, H, G) in [(64, 300, 4), (33, 257, 3), (5, 40, 4)] {
+            let GH = G * H
+            let w = (0..<(GH * H)).map { _ in rng.next() * 0.2 }
+            let hPrev = (0..<(B * H)).map { _ in rng.next() }, dz = (0..<(B * GH)).map { _ in rng.next() }
+            for level in levels {
+                let packed = PackedRecurrentWeights(gatesTimesHidden: GH, hidden: H, level: level)
+                packed.pack(w)
+                var results: [[UInt32]] = []
+                for threads in [1, 2, 3, 7] {
+                    setBLASThreads(threads)
+                    var f = [Float](repeating: 0.25, count: B * GH), b = [Float](repeating: -0.5, count: B * H)
+                    packed.forward(hPrev, rows: B, into: &f)
+                    packed.backward(dz, rows: B, into: &b)
+                    results.append((f + b).map(\.bitPattern))
+                }
+                for (i, r) in results.enumerated().dropFirst() {
+                    XCTAssertEqual(r, results[0], "\(level.name) B=\(B) H=\(H) G=\(G): thread count \([1, 2, 3, 7][i]) changes the bits")
+                }
+            }
+        }
+    }
+
     func testTheChoiceOfPath() throws {
         XCTAssertEqual(try RecurrentProducts.path(for: "openblas"), .openblas)
         XCTAssertEqual(try RecurrentProducts.path(for: "packed"), .packed(RecurrentProducts.Level.best))

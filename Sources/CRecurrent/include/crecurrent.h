@@ -48,6 +48,11 @@ void crec_forward(crec_packed *p, const float *hPrev, int rows, float *out);
 /* out(rows, h) += dz(rows, gh) * W; dz rows gh floats apart, out rows h floats apart. */
 void crec_backward(crec_packed *p, const float *dz, int rows, float *out);
 void crec_free(crec_packed *p);
+/* Threads for the fp32 levels' products (default 1): their column panels are split over n
+ * threads when a K block is large enough. The bits do not depend on n (each output element is
+ * still one fma chain, computed by one thread). Set it once, before products run. */
+void crec_set_threads(int n);
+int crec_threads(void);
 
 #ifdef __cplusplus
 }
