@@ -174,7 +174,6 @@ public final class Network<S: RNNScalar> {
     /// This stage's tensors (all of them without a pipeline).
     public var stageViews: [ParamView] { layout.views.filter { stageParameters.contains($0.offset) } }
 
-
     /// The range of the layout holding this stage's tensors: the embedding with the first stage,
     /// the head with the last (`ParameterLayout` orders them so).
     public var stageParameters: Range<Int> { stageBase..<(stageBase + parameters.count) }
@@ -188,8 +187,10 @@ public final class Network<S: RNNScalar> {
         return lo..<hi
     }
 
+    /// Chunks of a sweep of T steps in chunks of `chunkSteps` (0: the whole sequence).
+    public static func chunks(steps T: Int, chunkSteps k: Int) -> Int { k == 0 || k >= T ? 1 : (T + k - 1) / k }
     /// Chunks of the latest forward, and chunk c's steps.
-    private var chunkCount: Int { chunkSteps == 0 || chunkSteps >= T ? 1 : (T + chunkSteps - 1) / chunkSteps }
+    private var chunkCount: Int { Self.chunks(steps: T, chunkSteps: chunkSteps) }
     private func chunk(_ c: Int) -> Range<Int> { chunkCount == 1 ? 0..<T : (c * chunkSteps)..<min((c + 1) * chunkSteps, T) }
     /// The rows of the packed buffers that steps `steps` occupy.
     private func rows(_ steps: Range<Int>) -> Range<Int> { offset[steps.lowerBound]..<offset[steps.upperBound] }
@@ -293,7 +294,8 @@ public final class Network<S: RNNScalar> {
         let need = steps * batch
         let perLayer = D == 1 && chunkCount > 1  // every layer's backward under way at once
         let stageUnits = stageLayers.count * D
-        if need > capacity || (D == 1 && layerDelta.count != (perLayer ? stageLayers.count : min(2, stageUnits))) {
+        let deltaSlots = perLayer ? stageUnits : min(2, stageUnits)  // one direction's dL/dh buffers
+        if need > capacity || (D == 1 && layerDelta.count != deltaSlots) {
             capacity = max(capacity, need)
             let need = capacity  // a change of the chunk count keeps the size
             let below = stageLayers.lowerBound - 1  // the layer whose output a later stage receives
@@ -301,7 +303,7 @@ public final class Network<S: RNNScalar> {
                 inStage(unit: k) ? LayerStore(need, H, spec) : LayerStore(k == below ? need : 0, H, spec, outputOnly: true)
             }
             if D == 1 {
-                layerDelta = (0..<(perLayer ? stageUnits : min(2, stageUnits))).map { _ in Buffer(count: need * H) }
+                layerDelta = (0..<deltaSlots).map { _ in Buffer(count: need * H) }
                 layerDz = spec.cell == .rnn ? [] : (0..<(perLayer ? stageUnits : 1)).map { _ in Buffer(count: need * G * H) }
                 layerDhh = spec.cell != .gru ? [] : (0..<(perLayer ? stageUnits : 1)).map { _ in Buffer(count: need * G * H) }
                 dInput = Buffer(count: need * max(spec.firstLayerInputWidth, spec.layerOutputWidth))
@@ -920,16 +922,15 @@ public final class Network<S: RNNScalar> {
                     let dx = (k == 0 ? dEmbedded.pointer : dInput.pointer) + r.lowerBound * width
                     S.gemm(transA: false, transB: false, m: n, n: width, k: G * H, alpha: 1, a: dz + r.lowerBound * G * H, lda: G * H,
                            b: p(layout.layer(k).wih), ldb: width, beta: 0, c: dx, ldc: width)
-                    let place = k, rate = k == 0 ? spec.inputDropout : spec.dropout
-                    if dropoutOn && rate > 0 { dropoutBackward(place: place, dx, rows: n, width: width, from: r.lowerBound) }
+                    let rate = k == 0 ? spec.inputDropout : spec.dropout
+                    if dropoutOn && rate > 0 { dropoutBackward(place: k, dx, rows: n, width: width, from: r.lowerBound) }
                     if k > k0 {
                         if !perLayer && c == chunkCount - 1 { layerDelta[slot(k - 1)].pointer.update(repeating: 0, count: N * H) }
                         S.axpy(n: n * width, alpha: 1, x: dx, y: layerDelta[slot(k - 1)].pointer + r.lowerBound * width)
                     } else if k > 0 {
                         pipe!.sendGradient(c, UnsafeBufferPointer(start: dx, count: n * width))
-                    } else if let e = layout.embedding {
-                        let dw = g(e)
-                        for row in r { S.axpy(n: width, alpha: 1, x: dEmbedded.pointer + row * width, y: dw + Int(tokens![row]) * width) }
+                    } else {
+                        addToEmbeddingRows(dEmbedded.pointer, rows: r, tokens: tokens!)
                     }
                 }
                 if c == 0 {
@@ -939,6 +940,13 @@ public final class Network<S: RNNScalar> {
             }
         }
         pipe?.flush()
+    }
+
+    /// The embedding's gradient rows of the tokens at packed rows `rows` += dL/d(embedded row),
+    /// in row order; d is (N, E).
+    private func addToEmbeddingRows(_ d: UnsafePointer<S>, rows: Range<Int>, tokens: UnsafePointer<Int32>) {
+        let E = spec.embeddingSize!, dw = g(layout.embedding!)
+        for row in rows { S.axpy(n: E, alpha: 1, x: d + row * E, y: dw + Int(tokens[row]) * E) }
     }
 
     /// Where unit k's backward keeps dz, the gradients of its input-side pre-activations, and
@@ -986,10 +994,9 @@ public final class Network<S: RNNScalar> {
                 if k > 0 {
                     if dropoutOn && spec.dropout > 0 { dropoutBackward(place: k, below!.0, rows: TB, width: W) }
                     split(dLayerInput.pointer, into: deltaBelow)
-                } else if let e = layout.embedding, let (dx, width) = below {  // into the token rows
+                } else if let (dx, width) = below, layout.embedding != nil {  // into the token rows
                     if dropoutOn && spec.inputDropout > 0 { dropoutBackward(place: 0, dx, rows: TB, width: width) }
-                    let dw = g(e)
-                    for r in 0..<TB { S.axpy(n: width, alpha: 1, x: dx + r * width, y: dw + Int(tokens[r]) * width) }
+                    addToEmbeddingRows(dx, rows: 0..<TB, tokens: tokens.baseAddress!)
                 }
                 onGradientsFinal?(k == 0 ? 0 : layout.layer(k * D).wih.offset)  // layer 0: the embedding too
                 if k > 0 { swap(&delta, &deltaBelow) }

@@ -127,11 +127,9 @@ public enum Bench {
         // A pipeline as training makes it (Trainer.setUpPipeline): stage r % S of replica r / S.
         var stepComm = comm, pipe: (PipelineLayout, Communicator, PipeMessages)?, stageLayers: Range<Int>?
         if S > 1 {
-            let layout = PipelineLayout(rank: comm.rank, size: comm.size, stages: S, layers: PipelineLayout.balanced(spec, stages: S, steps: T))
-            stepComm = try comm.split(color: layout.stage, key: layout.replica)
-            let pipeComm = try comm.split(color: layout.replica, key: layout.stage)
-            pipe = (layout, pipeComm, PipeMessages(comm: pipeComm, console: Console(rank: comm.rank, size: comm.size)))
-            stageLayers = layout.layers[layout.stage]
+            let (layout, stageComm, pipeComm, m) = try PipelineLayout.join(comm, layers: PipelineLayout.balanced(spec, stages: S, steps: T),
+                                                                           console: Console(rank: comm.rank, size: comm.size))
+            (stepComm, pipe, stageLayers) = (stageComm, (layout, pipeComm, m), layout.layers[layout.stage])
         }
         let net = Network<Float>(spec: spec, stageLayers: stageLayers)
         net.initializeParameters(seed: 1)
@@ -190,7 +188,7 @@ public enum Bench {
                        peakGrowthBytes: max(0, Memory.peakResidentBytes() - residentBefore), microShards: microShards,
                        compression: compression)
         r.stages = S
-        r.chunks = chunkSteps == 0 || chunkSteps >= T ? 1 : (T + chunkSteps - 1) / chunkSteps
+        r.chunks = Network<Float>.chunks(steps: T, chunkSteps: chunkSteps)
         r.p2pBytes = Int(med[4])
         r.p2pMessages = Int(med[5])
         var largest = [Double(stage)]

@@ -30,13 +30,11 @@ public struct MemoryEstimate {
         let layout = ParameterLayout(spec: spec)
         let P = layout.count
         parameters = P
-        let S = config.parallel.pipelineStages, replicas = max(1, ranks / S), L = spec.layers, D = spec.directions
-        let split = S == 1 ? [0..<L] : config.parallel.stageLayers.map(PipelineLayout.ranges) ?? PipelineLayout.balanced(spec, stages: S, steps: T)
-        let stageTensors = split.map { r in
-            (r.upperBound == L ? P : layout.layer(r.upperBound * D).wih.offset) - (r.lowerBound == 0 ? 0 : layout.layer(r.lowerBound * D).wih.offset)
-        }.max()!
-        let stageUnits = split.map(\.count).max()! * D
-        let k = config.parallel.chunkSteps, chunked = k > 0 && k < T
+        let S = config.parallel.pipelineStages, replicas = max(1, ranks / S)
+        let split = PipelineLayout.split(config.parallel, spec: spec, steps: T)
+        let stageTensors = split.map { Network<Float>.parameterRange(layout, spec: spec, layers: $0).count }.max()!
+        let stageUnits = split.map(\.count).max()! * spec.directions
+        let chunked = Network<Float>.chunks(steps: T, chunkSteps: config.parallel.chunkSteps) > 1
         let slots: Int
         switch config.training.optimizer.kind {
         case .adam, .adamw: slots = 2

@@ -22,6 +22,28 @@ struct PipelineLayout {
         self.layers = layers
     }
 
+    /// The split a config asks for: parallel.stage_layers as given, else balanced by FLOPs (all
+    /// layers in one stage without a pipeline).
+    static func split(_ parallel: TrainConfig.Parallel, spec: ModelSpec, steps: Int) -> [Range<Int>] {
+        guard parallel.pipelineStages > 1 else { return [0..<spec.layers] }
+        return parallel.stageLayers.map(ranges) ?? balanced(spec, stages: parallel.pipelineStages, steps: steps)
+    }
+
+    /// Each stage's range of the parameter layout (`Network.parameterRange`).
+    func tensorRanges(_ spec: ModelSpec, layout: ParameterLayout) -> [Range<Int>] {
+        layers.map { Network<Float>.parameterRange(layout, spec: spec, layers: $0) }
+    }
+
+    /// This rank's place in a pipeline of `layers.count` stages over `comm`, its two
+    /// communicators split from it (collective: every rank calls it) and its messages.
+    static func join(_ comm: Communicator, layers: [Range<Int>], console: Console) throws
+        -> (layout: PipelineLayout, stageComm: Communicator, pipeComm: Communicator, messages: PipeMessages) {
+        let p = PipelineLayout(rank: comm.rank, size: comm.size, stages: layers.count, layers: layers)
+        let stageComm = try comm.split(color: p.stage, key: p.replica)
+        let pipeComm = try comm.split(color: p.replica, key: p.stage)
+        return (p, stageComm, pipeComm, PipeMessages(comm: pipeComm, console: console))
+    }
+
     /// Layer counts per stage as contiguous ranges.
     static func ranges(counts: [Int]) -> [Range<Int>] {
         var lo = 0
@@ -80,7 +102,7 @@ struct PipelineLayout {
     /// The banner's lines: the layout and why.
     func describe(_ spec: ModelSpec, steps: Int, chunkSteps: Int) -> [String] {
         let total = (0..<spec.layers).reduce(0.0) { $0 + Self.cost(spec, layer: $1, steps: steps) }
-        let chunks = chunkSteps == 0 || chunkSteps >= steps ? 1 : (steps + chunkSteps - 1) / chunkSteps
+        let chunks = Network<Float>.chunks(steps: steps, chunkSteps: chunkSteps)
         var lines = ["pipeline: \(stages) stages x \(replicas) replica\(replicas == 1 ? "" : "s"); rank r is stage r % \(stages) of replica r / \(stages), so a replica's stages are neighbouring ranks (one node) and carry the activation traffic, while the gradient allreduce runs among the \(replicas) rank\(replicas == 1 ? "" : "s") of each stage"]
         for (s, r) in layers.enumerated() {
             let share = r.reduce(0.0) { $0 + Self.cost(spec, layer: $1, steps: steps) } / total

@@ -231,15 +231,11 @@ public final class Trainer {
     func setUpPipeline(spec: ModelSpec) throws -> Network<Float> {
         let S = config.parallel.pipelineStages
         guard S > 1 else { dataComm = comm; return Network<Float>(spec: spec) }
-        let steps = dataset.steps
-        let split = config.parallel.stageLayers.map(PipelineLayout.ranges) ?? PipelineLayout.balanced(spec, stages: S, steps: steps)
-        let p = PipelineLayout(rank: comm.rank, size: comm.size, stages: S, layers: split)
-        dataComm = try comm.split(color: p.stage, key: p.replica)
-        let pipe = try comm.split(color: p.replica, key: p.stage)
+        let split = PipelineLayout.split(config.parallel, spec: spec, steps: dataset.steps)
+        let (p, stageComm, pipe, m) = try PipelineLayout.join(comm, layers: split, console: console)
         let net = Network<Float>(spec: spec, stageLayers: split[p.stage])
-        let m = PipeMessages(comm: pipe, console: console)
         net.pipe = m.ends
-        (pipeline, pipeComm, messages) = (p, pipe, m)
+        (pipeline, dataComm, pipeComm, messages) = (p, stageComm, pipe, m)
         return net
     }
 
@@ -267,8 +263,7 @@ public final class Trainer {
         if assembled && (!everyRank || wholeOnEveryRank) { return wholeModel }
         guard everyRank || p.replica == 0 else { return nil }
         let whole = Network<Float>(spec: network.spec, gradients: false)
-        let ranges = p.layers.map { Network<Float>.parameterRange(whole.layout, spec: whole.spec, layers: $0) }
-        try gather(network.parameters, into: whole.parameters, ranges: ranges, over: pipe, everyRank: everyRank)
+        try gather(network.parameters, into: whole.parameters, ranges: p.tensorRanges(whole.spec, layout: whole.layout), over: pipe, everyRank: everyRank)
         if whole.runningStatistics.count > 0 {
             let perLayer = whole.runningStatistics.count / whole.spec.layers
             let own = network.stageLayers.lowerBound * perLayer..<network.stageLayers.upperBound * perLayer
@@ -291,7 +286,7 @@ public final class Trainer {
     func wholeOptimizerState() throws -> [(name: String, buffer: Buffer<Float>)]? {
         guard let pipe = pipeComm, let p = pipeline else { return optimizer.state }
         guard p.replica == 0 else { return nil }
-        let ranges = p.layers.map { Network<Float>.parameterRange(network.layout, spec: network.spec, layers: $0) }
+        let ranges = p.tensorRanges(network.spec, layout: network.layout)
         return try optimizer.state.map { name, own in
             let all = Buffer<Float>(count: pipe.rank == 0 ? network.layout.count : 0)
             try gather(own, into: all, ranges: ranges, over: pipe, everyRank: false)
