@@ -125,19 +125,53 @@ enum Kernels {
         }
     }
 
-    @inline(__always) static func gatherColumns<S: BinaryFloatingPoint>(_ w: UnsafePointer<S>, _ ldw: Int, _ cols: Int, _ tokens: UnsafePointer<Int32>, _ rows: Int, _ out: UnsafeMutablePointer<S>) {
+    /// out[r, j] += w[j * ldw + tokens[r]]. W_ih (cols, ldw) is first copied transposed into
+    /// `table` (ldw, cols), so that each token's column is one contiguous row: the gather then
+    /// reads rows instead of one element every ldw (a strided read per element cost 1.7% of a
+    /// gru-h512 step). The sums are the same as reading w directly. table nil: w is read in place.
+    @inline(__always) static func gatherColumns<S: BinaryFloatingPoint>(_ w: UnsafePointer<S>, _ ldw: Int, _ cols: Int, _ tokens: UnsafePointer<Int32>, _ rows: Int, _ out: UnsafeMutablePointer<S>, _ table: UnsafeMutablePointer<S>?) {
+        guard let table else {  // no workspace (a large vocabulary): W_ih's columns in place
+            for r in 0..<rows {
+                let tok = Int(tokens[r])
+                let row = out + r &* cols
+                for j in 0..<cols { row[j] += w[j &* ldw &+ tok] }
+            }
+            return
+        }
+        for j in 0..<cols {
+            let src = w + j &* ldw
+            for v in 0..<ldw { table[v &* cols &+ j] = src[v] }
+        }
         for r in 0..<rows {
-            let tok = Int(tokens[r])
+            let src = table + Int(tokens[r]) &* cols
             let row = out + r &* cols
-            for j in 0..<cols { row[j] += w[j &* ldw &+ tok] }
+            for j in 0..<cols { row[j] += src[j] }
         }
     }
 
-    @inline(__always) static func scatterAddColumns<S: BinaryFloatingPoint>(_ d: UnsafePointer<S>, _ rows: Int, _ cols: Int, _ tokens: UnsafePointer<Int32>, _ dw: UnsafeMutablePointer<S>, _ ldw: Int) {
+    /// dw[j * ldw + tokens[r]] += sum over r of d[r, j], the backward twin of gatherColumns. The
+    /// rows are first summed per token into `table` (ldw, cols), zeroed here, in row order, and
+    /// the table is then added transposed into dw: dw + (d[r1] + d[r2] + ...), contiguous rows
+    /// instead of strided elements. (Into a zeroed dw, as every step's first backward is, this
+    /// gives the bits of adding each row into dw directly.)
+    @inline(__always) static func scatterAddColumns<S: BinaryFloatingPoint>(_ d: UnsafePointer<S>, _ rows: Int, _ cols: Int, _ tokens: UnsafePointer<Int32>, _ dw: UnsafeMutablePointer<S>, _ ldw: Int, _ table: UnsafeMutablePointer<S>?) {
+        guard let table else {
+            for r in 0..<rows {
+                let tok = Int(tokens[r])
+                let row = d + r &* cols
+                for j in 0..<cols { dw[j &* ldw &+ tok] += row[j] }
+            }
+            return
+        }
+        table.update(repeating: 0, count: ldw &* cols)
         for r in 0..<rows {
-            let tok = Int(tokens[r])
+            let dst = table + Int(tokens[r]) &* cols
             let row = d + r &* cols
-            for j in 0..<cols { dw[j &* ldw &+ tok] += row[j] }
+            for j in 0..<cols { dst[j] += row[j] }
+        }
+        for j in 0..<cols {
+            let dst = dw + j &* ldw
+            for v in 0..<ldw { dst[v] += table[v &* cols &+ j] }
         }
     }
 

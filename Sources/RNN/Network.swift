@@ -112,6 +112,12 @@ public final class Network<S: RNNScalar> {
     private var N = 0
     private var ragged = false
     private var hPrevRows = Buffer<S>(count: 0)  // (N, H): h_{t-1} beside each row of step t (ragged batches' dW_hh)
+    // (V, G*H): one-hot token input's W_ih transposed (forward) or dW_ih summed per token
+    // (backward), so that a token's column is a contiguous row (Kernels.gatherColumns). Only for
+    // V <= tokenTableVocabulary, where the transpose costs at most a 4096-row gather; larger
+    // vocabularies read W_ih's columns in place.
+    private var tokenTable = Buffer<S>(count: 0)
+    static var tokenTableVocabulary: Int { 4096 }
     private var dHead = Buffer<S>(count: 0)  // (B, D*H): dL/d(head input) for last_step, scattered to each sample's last step
     /// (T, B) of the latest forward.
     public var lastSteps: Int { T }
@@ -251,6 +257,9 @@ public final class Network<S: RNNScalar> {
         runningStatistics = Buffer(count: spec.batchNorm ? spec.units * 2 * gh : 0)
         bnStats = Buffer(count: spec.batchNorm ? spec.units * 2 * gh : 0)
         bnSums = Buffer(count: spec.batchNorm ? 2 * gh + 1 : 0)
+        if case .tokens(let V) = spec.input, spec.embeddingSize == nil, V <= Self.tokenTableVocabulary, layers.contains(0) {
+            tokenTable = Buffer(count: V * gh)
+        }
         packedWhh = Array(repeating: nil, count: spec.units)
         for k in 0..<(spec.batchNorm ? spec.units : 0) {
             for j in 0..<gh { runningStatistics[(2 * k + 1) * gh + j] = 1 }
@@ -360,7 +369,7 @@ public final class Network<S: RNNScalar> {
         let deltas = delta.reduce(0) { $0 + $1.count } + deltaBelow.reduce(0) { $0 + $1.count } + layerDelta.reduce(0) { $0 + $1.count }
             + layerDz.reduce(0) { $0 + $1.count } + layerDhh.reduce(0) { $0 + $1.count } + dInput.count + received.count
         return packed + layers + dropout + bidirectional + embedded.count + dEmbedded.count + deltas + dxi.count + dhh.count + dense.count + head.count
-            + state0.count + dState0.count + hh.count + dc.reduce(0) { $0 + $1.count }
+            + state0.count + dState0.count + hh.count + dc.reduce(0) { $0 + $1.count } + tokenTable.count
     }
 
     @inline(__always) private func p(_ v: ParamView) -> UnsafeMutablePointer<S> { parameters.pointer + (v.offset - stageBase) }
@@ -604,7 +613,7 @@ public final class Network<S: RNNScalar> {
         } else {
             guard case .tokens(let V) = spec.input else { preconditionFailure() }
             z.update(repeating: 0, count: TB * GH)
-            S.gatherColumns(p(l.wih), ldw: V, cols: GH, tokens: tokens! + r0, rows: TB, into: z)
+            S.gatherColumns(p(l.wih), ldw: V, cols: GH, tokens: tokens! + r0, rows: TB, into: z, table: tokenTable.count > 0 ? tokenTable.pointer : nil)
         }
         if spec.batchNorm {
             precondition(TB == N, "batch norm needs the whole sequence in one chunk")
@@ -1116,7 +1125,7 @@ public final class Network<S: RNNScalar> {
                    b: x, ldb: width, beta: 1, c: g(l.wih), ldc: width)
         } else {
             guard case .tokens(let V) = spec.input else { preconditionFailure() }
-            S.scatterAddColumns(dz, rows: N, cols: GH, tokens: tokens!, into: g(l.wih), ldw: V)
+            S.scatterAddColumns(dz, rows: N, cols: GH, tokens: tokens!, into: g(l.wih), ldw: V, table: tokenTable.count > 0 ? tokenTable.pointer : nil)
         }
     }
 

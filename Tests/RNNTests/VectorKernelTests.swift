@@ -122,4 +122,49 @@ final class VectorKernelTests: XCTestCase {
             }
         }
     }
+
+    /// The token gather and its scatter twin through the transposed table against their
+    /// definitions (out[r, j] += w[j*V + tok_r]; dw[j*V + tok_r] += d[r, j]): the gather bit for
+    /// bit, the scatter bit for bit into a zeroed dw and within rounding into a nonzero one, and
+    /// the in-place path (no table) the same.
+    func testTokenGatherAndScatterMatchTheirDefinitions() {
+        var rng = Xoshiro256(seed: 7)
+        for (V, cols, rows) in [(1, 3, 5), (5, 12, 17), (65, 40, 33), (13, 1, 1)] {
+            let w = (0..<cols * V).map { _ in Float(rng.nextDouble() * 2 - 1) }
+            let d = (0..<rows * cols).map { _ in Float(rng.nextDouble() * 2 - 1) }
+            let tokens = (0..<rows).map { _ in Int32(rng.next() % UInt64(V)) }
+            let start = (0..<rows * cols).map { _ in Float(rng.nextDouble()) }
+            var expected = start
+            for r in 0..<rows { for j in 0..<cols { expected[r * cols + j] += w[j * V + Int(tokens[r])] } }
+            var table = [Float](repeating: .nan, count: V * cols)  // stale contents must not matter
+            for useTable in [true, false] {
+                var out = start
+                table.withUnsafeMutableBufferPointer { t in
+                    Float.gatherColumns(w, ldw: V, cols: cols, tokens: tokens, rows: rows, into: &out, table: useTable ? t.baseAddress : nil)
+                }
+                XCTAssertEqual(out.map(\.bitPattern), expected.map(\.bitPattern), "gather V=\(V) cols=\(cols) table=\(useTable)")
+                for initial in [Float(0), 0.25] {
+                    var sum = [Double](repeating: 0, count: cols * V), direct = [Float](repeating: initial, count: cols * V)
+                    for r in 0..<rows {
+                        for j in 0..<cols {
+                            sum[j * V + Int(tokens[r])] += Double(d[r * cols + j])
+                            direct[j * V + Int(tokens[r])] += d[r * cols + j]
+                        }
+                    }
+                    var dw = [Float](repeating: initial, count: cols * V)
+                    table.withUnsafeMutableBufferPointer { t in
+                        Float.scatterAddColumns(d, rows: rows, cols: cols, tokens: tokens, into: &dw, ldw: V, table: useTable ? t.baseAddress : nil)
+                    }
+                    if initial == 0 || !useTable {
+                        XCTAssertEqual(dw.map(\.bitPattern), direct.map(\.bitPattern), "scatter V=\(V) cols=\(cols) table=\(useTable) initial=\(initial)")
+                    } else {
+                        for e in 0..<dw.count {
+                            XCTAssertEqual(Double(dw[e]), Double(initial) + sum[e], accuracy: 1e-5, "scatter V=\(V) element \(e)")
+                        }
+                    }
+                }
+                table = [Float](repeating: .nan, count: V * cols)
+            }
+        }
+    }
 }
