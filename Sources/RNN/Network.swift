@@ -86,6 +86,9 @@ public final class Network<S: RNNScalar> {
     private var dense = Buffer<S>(count: 0)  // (T, B, I): dense input converted to S
     private var head = Buffer<S>(count: 0)  // (T*B or B, O): outputs, then dL/d outputs
     private var state0 = Buffer<S>(count: 0)  // (L*D, C, B, H): initial state of this forward (h, then c for LSTM)
+    // (L*D): unit k's h_{-1} is zero in this forward (no state given, no learned h0), so the
+    // products with it (h_{-1} W_hh^T at step 0, dU_0^T h_{-1} in dW_hh) add nothing and are skipped.
+    private var zeroInitialH: [Bool] = []
     private var dState0 = Buffer<S>(count: 0)  // (L*D, C, B, H): its gradient after backward
     private var hh = Buffer<S>(count: 0)  // (B, G*H): GRU per-step W_hh h + b_hh
     private var dc: [Buffer<S>] = []  // L*D x (B, H): LSTM dL/dc of each unit, carried backward from chunk to chunk
@@ -576,6 +579,8 @@ public final class Network<S: RNNScalar> {
 
     private func setInitialState(_ given: UnsafePointer<S>?) {
         let n = spec.units * C * B * H
+        if zeroInitialH.count != spec.units { zeroInitialH = Array(repeating: false, count: spec.units) }  // once: no allocation per step
+        for k in 0..<spec.units { zeroInitialH[k] = given == nil && layout.layer(k).h0 == nil }
         if let given {
             state0.pointer.update(from: given, count: n)
             return
@@ -631,22 +636,23 @@ public final class Network<S: RNNScalar> {
             let Bt = rowsAt[t], r = offset[t]  // step t: rows r..<r+Bt
             let hPrev = t > 0 ? st.h.pointer + offset[t - 1] * H : s0(k, 0)  // (Bt, H)
             let zt = z0 + r * GH  // (Bt, G*H)
+            let product = t > 0 || !zeroInitialH[k]  // h_{-1} = 0 adds nothing
             stepsComputed += Bt
             if t % 8 == 0 { pipe?.progress() }
             switch spec.cell {
             case .rnn:
-                S.recurrentForward(packed, w: p(l.whh), hPrev: hPrev, rows: Bt, gatesTimesHidden: H, hidden: H, into: zt)
+                if product { S.recurrentForward(packed, w: p(l.whh), hPrev: hPrev, rows: Bt, gatesTimesHidden: H, hidden: H, into: zt) }
                 if spec.layerNorm { layerNormStep(k, t, zt) }
                 S.activationForward(spec.activation, slope: slope, zt, Bt * H)
             case .lstm:
-                S.recurrentForward(packed, w: p(l.whh), hPrev: hPrev, rows: Bt, gatesTimesHidden: GH, hidden: H, into: zt)
+                if product { S.recurrentForward(packed, w: p(l.whh), hPrev: hPrev, rows: Bt, gatesTimesHidden: GH, hidden: H, into: zt) }
                 if spec.layerNorm { layerNormStep(k, t, zt) }
                 let cPrev = t > 0 ? st.cell.pointer + offset[t - 1] * H : s0(k, 1)
                 S.lstmForward(gates: zt, cPrev: cPrev, c: st.cell.pointer + r * H, h: st.h.pointer + r * H,
                               rows: Bt, hidden: H)
             case .gru:
                 for b in 0..<Bt { (hh.pointer + b * GH).update(from: p(l.bhh), count: GH) }
-                S.recurrentForward(packed, w: p(l.whh), hPrev: hPrev, rows: Bt, gatesTimesHidden: GH, hidden: H, into: hh.pointer)
+                if product { S.recurrentForward(packed, w: p(l.whh), hPrev: hPrev, rows: Bt, gatesTimesHidden: GH, hidden: H, into: hh.pointer) }
                 if spec.layerNorm {
                     S.gruForwardLN(gates: zt, hh: hh.pointer, hPrev: hPrev, h: st.h.pointer + r * H, hn: st.hn.pointer + r * H,
                                    rows: Bt, hidden: H, gamma: p(l.lnWeight!), beta: p(l.lnBias!),
@@ -1093,7 +1099,7 @@ public final class Network<S: RNNScalar> {
         let l = layout.layer(k)
         let st = store[k]
         let GH = G * H
-        // Equal lengths: one product over steps 1..T-1, one for step 0's h_{-1}. Ragged: h_{t-1}
+        // Equal lengths: one product over steps 1..T-1, one for step 0's h_{-1} (none when it is zero). Ragged: h_{t-1}
         // copied beside every row of step t, then one product.
         if ragged {
             let hp = hPrevRows.pointer  // (N, H)
@@ -1108,8 +1114,10 @@ public final class Network<S: RNNScalar> {
                 S.gemm(transA: true, transB: false, m: GH, n: H, k: (T - 1) * B, alpha: 1, a: dU + B * GH, lda: GH,
                        b: st.h.pointer, ldb: H, beta: 1, c: g(l.whh), ldc: H)
             }
-            S.gemm(transA: true, transB: false, m: GH, n: H, k: B, alpha: 1, a: dU, lda: GH,
-                   b: s0(k, 0), ldb: H, beta: 1, c: g(l.whh), ldc: H)
+            if !zeroInitialH[k] {
+                S.gemm(transA: true, transB: false, m: GH, n: H, k: B, alpha: 1, a: dU, lda: GH,
+                       b: s0(k, 0), ldb: H, beta: 1, c: g(l.whh), ldc: H)
+            }
         }
         S.sumRows(dz, rows: N, cols: GH, into: g(l.bih))
         S.sumRows(dU, rows: N, cols: GH, into: g(l.bhh))

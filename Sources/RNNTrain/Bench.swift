@@ -75,9 +75,11 @@ public enum Bench {
     /// Matrix-product FLOPs of one training step (forward + backward) of the whole global batch.
     public static func flops(_ c: Case, globalBatch B: Int) -> Double {
         let G = Double(c.cell.gates), H = Double(c.hidden), TB = Double(c.steps * B), V = Double(vocabulary)
+        let T = Double(c.steps), Bd = Double(B)
         var f = 0.0
         for k in 0..<c.layers {
-            let recurrent = 2 * TB * H * G * H * 3  // forward h W_hh^T, backward dh, dW_hh
+            // forward h W_hh^T and dW_hh skip step 0 (its h_{-1} is zero); backward dh does all T steps
+            let recurrent = 2 * Bd * H * G * H * (3 * T - 2)
             let input = k == 0 ? 0 : 2 * TB * H * G * H * 3  // token input is a gather: no product
             f += recurrent + input
         }
