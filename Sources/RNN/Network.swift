@@ -121,6 +121,11 @@ public final class Network<S: RNNScalar> {
     // vocabularies read W_ih's columns in place.
     private var tokenTable = Buffer<S>(count: 0)
     static var tokenTableVocabulary: Int { 4096 }
+    /// The token table's size for a network holding layer 0 (0 when the input has no table).
+    public static func tokenTableScalars(_ spec: ModelSpec) -> Int {
+        guard case .tokens(let V) = spec.input, spec.embeddingSize == nil, V <= tokenTableVocabulary else { return 0 }
+        return V * spec.cell.gates * spec.hiddenSize
+    }
     private var dHead = Buffer<S>(count: 0)  // (B, D*H): dL/d(head input) for last_step, scattered to each sample's last step
     /// (T, B) of the latest forward.
     public var lastSteps: Int { T }
@@ -260,9 +265,7 @@ public final class Network<S: RNNScalar> {
         runningStatistics = Buffer(count: spec.batchNorm ? spec.units * 2 * gh : 0)
         bnStats = Buffer(count: spec.batchNorm ? spec.units * 2 * gh : 0)
         bnSums = Buffer(count: spec.batchNorm ? 2 * gh + 1 : 0)
-        if case .tokens(let V) = spec.input, spec.embeddingSize == nil, V <= Self.tokenTableVocabulary, layers.contains(0) {
-            tokenTable = Buffer(count: V * gh)
-        }
+        if layers.contains(0) { tokenTable = Buffer(count: Self.tokenTableScalars(spec)) }
         packedWhh = Array(repeating: nil, count: spec.units)
         for k in 0..<(spec.batchNorm ? spec.units : 0) {
             for j in 0..<gh { runningStatistics[(2 * k + 1) * gh + j] = 1 }
