@@ -86,9 +86,10 @@ public final class Network<S: RNNScalar> {
     private var dense = Buffer<S>(count: 0)  // (T, B, I): dense input converted to S
     private var head = Buffer<S>(count: 0)  // (T*B or B, O): outputs, then dL/d outputs
     private var state0 = Buffer<S>(count: 0)  // (L*D, C, B, H): initial state of this forward (h, then c for LSTM)
-    // (L*D): unit k's h_{-1} is zero in this forward (no state given, no learned h0), so the
-    // products with it (h_{-1} W_hh^T at step 0, dU_0^T h_{-1} in dW_hh) add nothing and are skipped.
-    private var zeroInitialH: [Bool] = []
+    private var initialStateGiven = false  // this forward's state0 came from the caller
+    /// Unit k's h_{-1} is zero in this forward (no state given, no learned h0), so the products
+    /// with it (h_{-1} W_hh^T at step 0, dU_0^T h_{-1} in dW_hh) add nothing and are skipped.
+    @inline(__always) private func zeroInitialH(_ k: Int) -> Bool { !initialStateGiven && layout.layer(k).h0 == nil }
     private var dState0 = Buffer<S>(count: 0)  // (L*D, C, B, H): its gradient after backward
     private var hh = Buffer<S>(count: 0)  // (B, G*H): GRU per-step W_hh h + b_hh
     private var dc: [Buffer<S>] = []  // L*D x (B, H): LSTM dL/dc of each unit, carried backward from chunk to chunk
@@ -120,6 +121,7 @@ public final class Network<S: RNNScalar> {
     // V <= tokenTableVocabulary, where the transpose costs at most a 4096-row gather; larger
     // vocabularies read W_ih's columns in place.
     private var tokenTable = Buffer<S>(count: 0)
+    private var tokenTableOrNil: UnsafeMutablePointer<S>? { tokenTable.count > 0 ? tokenTable.pointer : nil }
     static var tokenTableVocabulary: Int { 4096 }
     /// The token table's size for a network holding layer 0 (0 when the input has no table).
     public static func tokenTableScalars(_ spec: ModelSpec) -> Int {
@@ -582,8 +584,7 @@ public final class Network<S: RNNScalar> {
 
     private func setInitialState(_ given: UnsafePointer<S>?) {
         let n = spec.units * C * B * H
-        if zeroInitialH.count != spec.units { zeroInitialH = Array(repeating: false, count: spec.units) }  // once: no allocation per step
-        for k in 0..<spec.units { zeroInitialH[k] = given == nil && layout.layer(k).h0 == nil }
+        initialStateGiven = given != nil
         if let given {
             state0.pointer.update(from: given, count: n)
             return
@@ -621,7 +622,7 @@ public final class Network<S: RNNScalar> {
         } else {
             guard case .tokens(let V) = spec.input else { preconditionFailure() }
             z.update(repeating: 0, count: TB * GH)
-            S.gatherColumns(p(l.wih), ldw: V, cols: GH, tokens: tokens! + r0, rows: TB, into: z, table: tokenTable.count > 0 ? tokenTable.pointer : nil)
+            S.gatherColumns(p(l.wih), ldw: V, cols: GH, tokens: tokens! + r0, rows: TB, into: z, table: tokenTableOrNil)
         }
         if spec.batchNorm {
             precondition(TB == N, "batch norm needs the whole sequence in one chunk")
@@ -639,7 +640,7 @@ public final class Network<S: RNNScalar> {
             let Bt = rowsAt[t], r = offset[t]  // step t: rows r..<r+Bt
             let hPrev = t > 0 ? st.h.pointer + offset[t - 1] * H : s0(k, 0)  // (Bt, H)
             let zt = z0 + r * GH  // (Bt, G*H)
-            let product = t > 0 || !zeroInitialH[k]  // h_{-1} = 0 adds nothing
+            let product = t > 0 || !zeroInitialH(k)  // h_{-1} = 0 adds nothing
             stepsComputed += Bt
             if t % 8 == 0 { pipe?.progress() }
             switch spec.cell {
@@ -1117,7 +1118,7 @@ public final class Network<S: RNNScalar> {
                 S.gemm(transA: true, transB: false, m: GH, n: H, k: (T - 1) * B, alpha: 1, a: dU + B * GH, lda: GH,
                        b: st.h.pointer, ldb: H, beta: 1, c: g(l.whh), ldc: H)
             }
-            if !zeroInitialH[k] {
+            if !zeroInitialH(k) {
                 S.gemm(transA: true, transB: false, m: GH, n: H, k: B, alpha: 1, a: dU, lda: GH,
                        b: s0(k, 0), ldb: H, beta: 1, c: g(l.whh), ldc: H)
             }
@@ -1136,7 +1137,7 @@ public final class Network<S: RNNScalar> {
                    b: x, ldb: width, beta: 1, c: g(l.wih), ldc: width)
         } else {
             guard case .tokens(let V) = spec.input else { preconditionFailure() }
-            S.scatterAddColumns(dz, rows: N, cols: GH, tokens: tokens!, into: g(l.wih), ldw: V, table: tokenTable.count > 0 ? tokenTable.pointer : nil)
+            S.scatterAddColumns(dz, rows: N, cols: GH, tokens: tokens!, into: g(l.wih), ldw: V, table: tokenTableOrNil)
         }
     }
 

@@ -12,6 +12,7 @@ final class MemoryEstimateTests: XCTestCase {
             for vocabulary in [65, 5000] {  // with the token table and without (V > 4096)
                 let spec = ModelSpec(cell: cell, input: .tokens(vocabulary: vocabulary), hiddenSize: 24, layers: 2,
                                      outputSize: vocabulary, loss: .crossEntropy)
+                // The estimate takes the model from `spec`; the config gives batch, steps and optimizer.
                 let yaml = "data: {kind: text, path: x.txt}\nmodel: {cell: lstm}\ntraining: {global_batch_size: \(B), sequence_length: \(T), optimizer: {name: adam}}\n"
                 let config = try ConfigLoader.parse(yaml: yaml, name: "m.yaml")
                 let estimate = MemoryEstimate(spec: spec, config: config, ranks: 1, steps: T)
