@@ -37,7 +37,7 @@
 #define CREC_HAVE_BF16 1
 #endif
 
-enum { KC = 256, KPC = 256, MAX_MR = 12, MAX_NR = 32, CREC_MAX_THREADS = 64 };
+enum { KC = 256, KPC = 256, MAX_MR = 12, MAX_NR = 32, CREC_MAX_THREADS = 64, DIRECT_K = 512 };
 /* A K block of fewer FLOPs than this runs on one thread: waking a worker costs microseconds. */
 #define PARALLEL_FLOPS 4e6
 static int crec_nthreads = 1;
@@ -48,11 +48,17 @@ typedef struct {
     int M;
     float *c;
     int k0, kc;
+    const float *a;  /* A itself (M, K), for the direct tiles */
+    int direct;      /* full row tiles read A in place (run()) */
+    int zero;        /* out starts from zero (the first K block of an overwriting product) */
 } panels_job;
 static void panels(const panels_job *job, int j0, int j1);
 static void run_parallel(const panels_job *job);
 
-typedef void (*tile_fn)(const float *a, const float *p, float *c, int ldc, int kc);
+/* zero: the tile starts from zeros instead of loading c (an overwriting product's first K block). */
+typedef void (*tile_fn)(const float *a, const float *p, float *c, int ldc, int kc, int zero);
+/* A tile reading A in place: rows lda floats apart. */
+typedef void (*tile_direct_fn)(const float *a, int lda, const float *p, float *c, int ldc, int kc, int zero);
 
 typedef void (*xs_fn)(const float *a, const float *b, float *c, ...);
 typedef struct pack_s {
@@ -78,9 +84,10 @@ struct crec_packed {
 /* c(MR, NR) += a(MR, kc; stored k-major: a[k*MR + i]) * p(kc, NR); c rows ldc floats apart. */
 #if defined(__x86_64__)
 #define TILE512(MR) \
-__attribute__((target("avx512f"))) static void tile512_##MR(const float *a, const float *p, float *c, int ldc, int kc) { \
+__attribute__((target("avx512f"))) static void tile512_##MR(const float *a, const float *p, float *c, int ldc, int kc, int zero) { \
     __m512 acc[MR][2]; \
-    _Pragma("GCC unroll 16") for (int i = 0; i < MR; i++) { acc[i][0] = _mm512_loadu_ps(c + (size_t)i * ldc); acc[i][1] = _mm512_loadu_ps(c + (size_t)i * ldc + 16); } \
+    if (zero) { _Pragma("GCC unroll 16") for (int i = 0; i < MR; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps(); } \
+    else { _Pragma("GCC unroll 16") for (int i = 0; i < MR; i++) { acc[i][0] = _mm512_loadu_ps(c + (size_t)i * ldc); acc[i][1] = _mm512_loadu_ps(c + (size_t)i * ldc + 16); } } \
     for (int k = 0; k < kc; k++) { \
         __m512 b0 = _mm512_load_ps(p + (size_t)k * 32), b1 = _mm512_load_ps(p + (size_t)k * 32 + 16); \
         _Pragma("GCC unroll 16") for (int i = 0; i < MR; i++) { \
@@ -91,22 +98,32 @@ __attribute__((target("avx512f"))) static void tile512_##MR(const float *a, cons
     } \
     _Pragma("GCC unroll 16") for (int i = 0; i < MR; i++) { _mm512_storeu_ps(c + (size_t)i * ldc, acc[i][0]); _mm512_storeu_ps(c + (size_t)i * ldc + 16, acc[i][1]); } \
 }
-#define TILE256(MR) \
-__attribute__((target("avx2,fma"))) static void tile256_##MR(const float *a, const float *p, float *c, int ldc, int kc) { \
+/* The AVX2 tile, its A operand either packed k-major (A_AT a[k*MR + i], run() copied it) or read
+ * in place from row-major A (a[i*lda + k], the direct tiles; see run()): the same fma chains. */
+#define TILE256_BODY(MR, A_AT) \
     __m256 acc[MR][2]; \
-    _Pragma("GCC unroll 16") for (int i = 0; i < MR; i++) { acc[i][0] = _mm256_loadu_ps(c + (size_t)i * ldc); acc[i][1] = _mm256_loadu_ps(c + (size_t)i * ldc + 8); } \
+    if (zero) { _Pragma("GCC unroll 16") for (int i = 0; i < MR; i++) acc[i][0] = acc[i][1] = _mm256_setzero_ps(); } \
+    else { _Pragma("GCC unroll 16") for (int i = 0; i < MR; i++) { acc[i][0] = _mm256_loadu_ps(c + (size_t)i * ldc); acc[i][1] = _mm256_loadu_ps(c + (size_t)i * ldc + 8); } } \
     for (int k = 0; k < kc; k++) { \
         __m256 b0 = _mm256_load_ps(p + (size_t)k * 16), b1 = _mm256_load_ps(p + (size_t)k * 16 + 8); \
         _Pragma("GCC unroll 16") for (int i = 0; i < MR; i++) { \
-            __m256 ai = _mm256_broadcast_ss(a + (size_t)k * MR + i); \
+            __m256 ai = _mm256_broadcast_ss(A_AT); \
             acc[i][0] = _mm256_fmadd_ps(ai, b0, acc[i][0]); \
             acc[i][1] = _mm256_fmadd_ps(ai, b1, acc[i][1]); \
         } \
     } \
-    _Pragma("GCC unroll 16") for (int i = 0; i < MR; i++) { _mm256_storeu_ps(c + (size_t)i * ldc, acc[i][0]); _mm256_storeu_ps(c + (size_t)i * ldc + 8, acc[i][1]); } \
+    _Pragma("GCC unroll 16") for (int i = 0; i < MR; i++) { _mm256_storeu_ps(c + (size_t)i * ldc, acc[i][0]); _mm256_storeu_ps(c + (size_t)i * ldc + 8, acc[i][1]); }
+#define TILE256(MR) \
+__attribute__((target("avx2,fma"))) static void tile256_##MR(const float *a, const float *p, float *c, int ldc, int kc, int zero) { \
+    TILE256_BODY(MR, a + (size_t)k * MR + i) \
+}
+#define TILE256D(MR) \
+__attribute__((target("avx2,fma"))) static void tile256d_##MR(const float *a, int lda, const float *p, float *c, int ldc, int kc, int zero) { \
+    TILE256_BODY(MR, a + (size_t)i * lda + k) \
 }
 TILE512(12) TILE512(8) TILE512(4)
 TILE256(6) TILE256(4) TILE256(2)
+TILE256D(6) TILE256D(4) TILE256D(2)
 #endif
 
 /* bf16: c(MR, 32) += a(MR, 2*kpc) * p(2*kpc, 32); a k-major in k pairs (a[kp*MR + i] holds bf16
@@ -140,9 +157,9 @@ static inline uint16_t bf16_rne(float x) {
     return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
 }
 #define TILESCALAR(MR) \
-static void tile1_##MR(const float *a, const float *p, float *c, int ldc, int kc) { \
+static void tile1_##MR(const float *a, const float *p, float *c, int ldc, int kc, int zero) { \
     float acc[MR][16]; \
-    for (int i = 0; i < MR; i++) for (int j = 0; j < 16; j++) acc[i][j] = c[(size_t)i * ldc + j]; \
+    for (int i = 0; i < MR; i++) for (int j = 0; j < 16; j++) acc[i][j] = zero ? 0 : c[(size_t)i * ldc + j]; \
     for (int k = 0; k < kc; k++) \
         for (int i = 0; i < MR; i++) { \
             const float ai = a[(size_t)k * MR + i]; \
@@ -171,6 +188,15 @@ static int next_rows(int level, int left, tile_fn *fn) {
     if (left >= 4) { *fn = tile1_4; return 4; }
     if (left >= 2) { *fn = tile1_2; return 2; }
     *fn = tile1_1; return 1;
+}
+
+/* The direct twin of next_rows' AVX2 tile of r rows. */
+static tile_direct_fn direct_tile(int r) {
+#if defined(__x86_64__)
+    return r == 6 ? tile256d_6 : r == 4 ? tile256d_4 : tile256d_2;
+#else
+    (void)r; return NULL;
+#endif
 }
 
 #if defined(CREC_HAVE_BF16)
@@ -331,7 +357,7 @@ void crec_pack(crec_packed *p, const float *w) {
 }
 
 /* out(M, N) += a(M, K) * Weff(K, N); a rows K floats apart, out rows N floats apart. */
-static void run(crec_packed *p, const pack_t *P, const float *a, int M, float *c) {
+static void run(crec_packed *p, const pack_t *P, const float *a, int M, float *c, int zero) {
     const int K = P->K, N = P->N;
     if (M <= 0) return;
     const size_t need = (size_t)(M + MAX_MR) * KC;
@@ -341,12 +367,19 @@ static void run(crec_packed *p, const pack_t *P, const float *a, int M, float *c
         p->abuf_floats = p->abuf ? need : 0;
         if (!p->abuf) abort();
     }
+    /* Short rows (K <= DIRECT_K) at AVX2: full row tiles read A in place, as the direct tiles
+     * broadcast a[i*K + k] straight from its rows; copying them k-major took 6% of an rnn-h128
+     * step (K = 128, N = 128: one copied float per 128 multiply-adds). Rows K floats apart are only
+     * a problem for L1 sets at large power-of-two K, which keep the copy. The last, partial row tile
+     * is still copied zero-padded, so no tile reads past row M. */
+    const int direct = p->level == CREC_AVX2 && K <= DIRECT_K;
     tile_fn fn;
     for (int k0 = 0; k0 < K; k0 += KC) {
         const int kc = K - k0 < KC ? K - k0 : KC;
         float *ab = p->abuf;
         for (int i = 0, r; i < M; i += r) {
             r = next_rows(p->level, M - i, &fn);
+            if (direct && i + r <= M) { ab += (size_t)r * kc; continue; }
             for (int ii = 0; ii < r; ii++) {
                 if (i + ii < M) {
                     const float *src = a + (size_t)(i + ii) * K + k0;
@@ -357,7 +390,7 @@ static void run(crec_packed *p, const pack_t *P, const float *a, int M, float *c
             }
             ab += (size_t)r * kc;
         }
-        const panels_job job = {p, P, M, c, k0, kc};
+        const panels_job job = {p, P, M, c, k0, kc, a, direct, zero && k0 == 0};
         if (crec_nthreads > 1 && 2.0 * M * kc * N >= PARALLEL_FLOPS) run_parallel(&job);
         else panels(&job, 0, P->np);
     }
@@ -380,12 +413,16 @@ static void panels(const panels_job *job, int j0, int j1) {
             r = next_rows(p->level, M - i, &fn);
             const int rows = M - i < r ? M - i : r;
             float *ct = job->c + (size_t)i * N + (size_t)j * nr;
+            const float *arow = job->a + (size_t)i * K + job->k0;  /* the direct tiles' A */
+            const int direct = job->direct && rows == r;
             if (rows == r && cols == nr) {
-                fn(ap, pj, ct, N, kc);
+                if (direct) direct_tile(r)(arow, K, pj, ct, N, kc, job->zero);
+                else fn(ap, pj, ct, N, kc, job->zero);
             } else {  /* a partial tile: through the scratch tile, nr floats a row */
                 memset(scratch, 0, sizeof scratch);
-                for (int ii = 0; ii < rows; ii++) memcpy(scratch + ii * nr, ct + (size_t)ii * N, cols * sizeof(float));
-                fn(ap, pj, scratch, nr, kc);
+                if (!job->zero) for (int ii = 0; ii < rows; ii++) memcpy(scratch + ii * nr, ct + (size_t)ii * N, cols * sizeof(float));
+                if (direct) direct_tile(r)(arow, K, pj, scratch, nr, kc, 0);
+                else fn(ap, pj, scratch, nr, kc, 0);
                 for (int ii = 0; ii < rows; ii++) memcpy(ct + (size_t)ii * N, scratch + ii * nr, cols * sizeof(float));
             }
             ap += (size_t)r * kc;
@@ -525,10 +562,16 @@ static void run_bf16(crec_packed *p, const pack_t *P, const float *a, int M, flo
 void crec_forward(crec_packed *p, const float *hPrev, int rows, float *out) {
     if (p->level == CREC_LIBXSMM) run_xsmm(&p->fwd, hPrev, rows, out);
     else if (p->level == CREC_AVX512BF16) run_bf16(p, &p->fwd, hPrev, rows, out);
-    else run(p, &p->fwd, hPrev, rows, out);
+    else run(p, &p->fwd, hPrev, rows, out, 0);
 }
 void crec_backward(crec_packed *p, const float *dz, int rows, float *out) {
     if (p->level == CREC_LIBXSMM) run_xsmm(&p->bwd, dz, rows, out);
     else if (p->level == CREC_AVX512BF16) run_bf16(p, &p->bwd, dz, rows, out);
-    else run(p, &p->bwd, dz, rows, out);
+    else run(p, &p->bwd, dz, rows, out, 0);
+}
+void crec_backward_set(crec_packed *p, const float *dz, int rows, float *out) {
+    if (p->level == CREC_LIBXSMM || p->level == CREC_AVX512BF16) {
+        if (rows > 0) memset(out, 0, (size_t)rows * p->h * sizeof(float));
+        crec_backward(p, dz, rows, out);
+    } else run(p, &p->bwd, dz, rows, out, 1);
 }

@@ -118,6 +118,14 @@ enum Kernels {
         }
     }
 
+    /// p[r, :] = b1 + b2: the same values addBiasRows adds, so a product added to them afterwards
+    /// gives addBiasRows' bits (x + b is b + x).
+    @inline(__always) static func setBiasRows<S: BinaryFloatingPoint>(_ p: UnsafeMutablePointer<S>, _ rows: Int, _ cols: Int, _ b1: UnsafePointer<S>, _ b2: UnsafePointer<S>?) {
+        guard rows > 0 else { return }
+        if let b2 { for j in 0..<cols { p[j] = b1[j] + b2[j] } } else { p.update(from: b1, count: cols) }
+        for r in 1..<rows { (p + r &* cols).update(from: p, count: cols) }
+    }
+
     @inline(__always) static func sumRows<S: BinaryFloatingPoint>(_ p: UnsafePointer<S>, _ rows: Int, _ cols: Int, _ out: UnsafeMutablePointer<S>) {
         for r in 0..<rows {
             let row = p + r &* cols
@@ -215,6 +223,22 @@ enum Kernels {
             loss += rowLoss / Double(width)
         }
         return loss
+    }
+
+    /// Adam, per parameter i (torch.optim.Adam's arithmetic, in S):
+    ///   m += w1 (g - m)                       exp_avg.lerp_(grad, 1 - beta1)
+    ///   v = v b2 + w2 g g                     exp_avg_sq.mul_(beta2).addcmul_(grad, grad, 1 - beta2)
+    ///   p -= stepSize (m / (sqrt(v) / bc2Sqrt + eps))
+    @inline(__always) static func adamUpdate<S: BinaryFloatingPoint>(_ n: Int, _ p: UnsafeMutablePointer<S>, _ g: UnsafePointer<S>,
+                                                                     _ m: UnsafeMutablePointer<S>, _ v: UnsafeMutablePointer<S>,
+                                                                     _ c: AdamCoefficients<S>) {
+        for i in 0..<n {
+            let gi = g[i]
+            m[i] += c.w1 * (gi - m[i])
+            v[i] = v[i] * c.b2 + c.w2 * gi * gi
+            let denom = v[i].squareRoot() / c.bc2Sqrt + c.eps
+            p[i] -= c.stepSize * (m[i] / denom)
+        }
     }
 
     @inline(__always) static func sumOfSquares<S: BinaryFloatingPoint>(_ x: UnsafePointer<S>, _ n: Int) -> Double {

@@ -106,6 +106,8 @@ public final class Network<S: RNNScalar> {
     // forward and the backward after it (nil: the products are cblas gemm). The parameters change
     // only between a forward and the next one, never between a forward and its backward.
     private var packedWhh: [PackedRecurrentWeights?]
+    /// W_head (O, D*H) packed for the head's input gradient (backwardHead), repacked every backward.
+    private var packedHead: PackedRecurrentWeights?
     private var T = 0
     private var B = 0
     // The packed layout of the latest forward (see Batch): step t's rows are samples 0..<rowsAt[t]
@@ -616,19 +618,22 @@ public final class Network<S: RNNScalar> {
         let GH = G * H
         // Elman keeps its pre-activations in h (activated in place); gated cells in `gates`.
         let z = (spec.cell == .rnn ? st.h.pointer : st.gates.pointer) + r0 * GH  // (rows, G*H)
+        // The biases first and the input's contribution added to them (one pass over z less),
+        // except under batch norm, which normalizes X W_ih^T before its biases.
+        let bhh = spec.cell == .gru ? nil : p(l.bhh)
+        if spec.batchNorm { z.update(repeating: 0, count: TB * GH) } else { S.setBiasRows(z, rows: TB, cols: GH, p(l.bih), bhh) }
         if let (x, width) = layerInput(k) {
             S.gemm(transA: false, transB: true, m: TB, n: GH, k: width, alpha: 1, a: x + r0 * width, lda: width,
-                   b: p(l.wih), ldb: width, beta: 0, c: z, ldc: GH)
+                   b: p(l.wih), ldb: width, beta: 1, c: z, ldc: GH)
         } else {
             guard case .tokens(let V) = spec.input else { preconditionFailure() }
-            z.update(repeating: 0, count: TB * GH)
             S.gatherColumns(p(l.wih), ldw: V, cols: GH, tokens: tokens! + r0, rows: TB, into: z, table: tokenTableOrNil)
         }
         if spec.batchNorm {
             precondition(TB == N, "batch norm needs the whole sequence in one chunk")
             batchNormForward(k, z)
+            S.addBiasRows(z, rows: TB, cols: GH, p(l.bih), bhh)
         }
-        S.addBiasRows(z, rows: TB, cols: GH, p(l.bih), spec.cell == .gru ? nil : p(l.bhh))
         if steps.lowerBound == 0 {
             packedWhh[k] = S.packRecurrent(p(l.whh), gatesTimesHidden: GH, hidden: H, reuse: packedWhh[k])
         }
@@ -758,9 +763,10 @@ public final class Network<S: RNNScalar> {
     /// head (rows, O) = h_top W^T + b over every step or the last step.
     private func forwardHead() {
         let input = headInput(), W = spec.layerOutputWidth
+        // The bias first, then the product added to it (beta 1): one pass over the output less.
+        S.setBiasRows(head.pointer, rows: headRows, cols: O, p(layout.headBias), nil)
         S.gemm(transA: false, transB: true, m: headRows, n: O, k: W, alpha: 1, a: input, lda: W,
-               b: p(layout.headWeight), ldb: W, beta: 0, c: head.pointer, ldc: O)
-        S.addBiasRows(head.pointer, rows: headRows, cols: O, p(layout.headBias), nil)
+               b: p(layout.headWeight), ldb: W, beta: 1, c: head.pointer, ldc: O)
     }
 
     /// The head's input (headRows, D*H): the top layer's output at every step or the last, after
@@ -891,8 +897,11 @@ public final class Network<S: RNNScalar> {
                b: input, ldb: W, beta: 1, c: g(layout.headWeight), ldc: W)
         S.sumRows(head.pointer, rows: headRows, cols: O, into: g(layout.headBias))
         onGradientsFinal?(layout.headFinalOffset)
-        S.gemm(transA: false, transB: false, m: headRows, n: W, k: O, alpha: 1, a: head.pointer, lda: O,
-               b: p(layout.headWeight), ldb: W, beta: 0, c: dTop, ldc: W)
+        // dTop = dOut W_head through the packed kernel: it beats sgemm at this shape (k = O, one
+        // K block) by 15-20% (BENCHMARKS.md), and packing the (O, D*H) W_head costs microseconds.
+        packedHead = S.packRecurrent(p(layout.headWeight), gatesTimesHidden: O, hidden: W, reuse: packedHead)
+        S.recurrentBackward(packedHead, w: p(layout.headWeight), dz: head.pointer, rows: headRows, gatesTimesHidden: O, hidden: W,
+                            into: dTop, accumulate: false)
         if dropoutOn && spec.headDropout > 0 { dropoutBackward(place: spec.layers, dTop, rows: headRows, width: W) }
     }
 
@@ -1092,7 +1101,7 @@ public final class Network<S: RNNScalar> {
                 }
             }
             // dL/dh_{t-1} += dU_t W_hh
-            S.recurrentBackward(packed, w: p(l.whh), dz: dU + r * GH, rows: Bt, gatesTimesHidden: GH, hidden: H, into: dPrev)
+            S.recurrentBackward(packed, w: p(l.whh), dz: dU + r * GH, rows: Bt, gatesTimesHidden: GH, hidden: H, into: dPrev, accumulate: true)
         }
         if spec.cell == .lstm && steps.lowerBound == 0 { ds0(k, 1).update(from: dc, count: B * H) }
     }

@@ -97,6 +97,15 @@ public final class SGD<S: RNNScalar>: Optimizer {
     }
 }
 
+/// The per-step coefficients of Adam's update (Kernels.adamUpdate): w1 = 1 - beta1, b2 = beta2,
+/// w2 = 1 - beta2, eps, bc2Sqrt = sqrt(1 - beta2^t) and stepSize = lr / (1 - beta1^t).
+public struct AdamCoefficients<S: BinaryFloatingPoint> {
+    public var w1, b2, w2, eps, bc2Sqrt, stepSize: S
+    public init(w1: S, b2: S, w2: S, eps: S, bc2Sqrt: S, stepSize: S) {
+        (self.w1, self.b2, self.w2, self.eps, self.bc2Sqrt, self.stepSize) = (w1, b2, w2, eps, bc2Sqrt, stepSize)
+    }
+}
+
 /// torch.optim.Adam and AdamW:
 ///   AdamW: p <- p (1 - lr wd);  Adam: g <- g + wd p
 ///   m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2
@@ -132,14 +141,8 @@ public final class Adam<S: RNNScalar>: Optimizer {
         let bc1 = 1 - pow(Double(beta1), t), bc2 = 1 - pow(Double(beta2), t)
         let stepSize = S(lrD / bc1)
         let bc2Sqrt = S(bc2.squareRoot())
-        let w1 = 1 - beta1, b2 = beta2, w2 = 1 - beta2, e = eps
-        for i in 0..<n {
-            let gi = g[i]
-            m[i] += w1 * (gi - m[i])  // exp_avg.lerp_(grad, 1 - beta1)
-            v[i] = v[i] * b2 + w2 * gi * gi  // exp_avg_sq.mul_(beta2).addcmul_(grad, grad, 1 - beta2)
-            let denom = v[i].squareRoot() / bc2Sqrt + e
-            p[i] -= stepSize * (m[i] / denom)
-        }
+        S.adamUpdate(n, p: p, g: g, m: m, v: v,
+                     AdamCoefficients(w1: 1 - beta1, b2: beta2, w2: 1 - beta2, eps: eps, bc2Sqrt: bc2Sqrt, stepSize: stepSize))
     }
 }
 

@@ -161,8 +161,9 @@ public final class PackedRecurrentWeights {
     public func forward(_ hPrev: UnsafePointer<Float>, rows: Int, into out: UnsafeMutablePointer<Float>) {
         crec_forward(handle, hPrev, Int32(rows), out)
     }
-    /// out (rows, H) += dz (rows, G*H) W.
-    public func backward(_ dz: UnsafePointer<Float>, rows: Int, into out: UnsafeMutablePointer<Float>) {
-        crec_backward(handle, dz, Int32(rows), out)
+    /// out (rows, H) += dz (rows, G*H) W, or with accumulate false out = dz W (the same bits as
+    /// into zeros, without reading out).
+    public func backward(_ dz: UnsafePointer<Float>, rows: Int, into out: UnsafeMutablePointer<Float>, accumulate: Bool = true) {
+        if accumulate { crec_backward(handle, dz, Int32(rows), out) } else { crec_backward_set(handle, dz, Int32(rows), out) }
     }
 }

@@ -30,9 +30,10 @@ public protocol RNNScalar: BinaryFloatingPoint, Sendable {
     /// out (B, G*H) += hPrev (B, H) W_hh^T, with the packed W_hh when there is one.
     static func recurrentForward(_ packed: PackedRecurrentWeights?, w: UnsafePointer<Self>, hPrev: UnsafePointer<Self>,
                                  rows: Int, gatesTimesHidden: Int, hidden: Int, into out: UnsafeMutablePointer<Self>)
-    /// out (B, H) += dz (B, G*H) W_hh, with the packed W_hh when there is one.
+    /// out (B, H) += dz (B, G*H) W_hh (accumulate) or = (not), with the packed W_hh when there is
+    /// one. The head's input gradient, dOut (rows, O) W_head (O, D*H), takes the same path.
     static func recurrentBackward(_ packed: PackedRecurrentWeights?, w: UnsafePointer<Self>, dz: UnsafePointer<Self>,
-                                  rows: Int, gatesTimesHidden: Int, hidden: Int, into out: UnsafeMutablePointer<Self>)
+                                  rows: Int, gatesTimesHidden: Int, hidden: Int, into out: UnsafeMutablePointer<Self>, accumulate: Bool)
 
     /// In place: z <- act(z) over n elements (slope: leaky_relu's negative slope).
     static func activationForward(_ act: Activation, slope: Self, _ z: UnsafeMutablePointer<Self>, _ n: Int)
@@ -53,6 +54,9 @@ public protocol RNNScalar: BinaryFloatingPoint, Sendable {
                             rows: Int, hidden: Int)
     /// rows x cols matrix p: p[r, :] += bias1 + bias2.
     static func addBiasRows(_ p: UnsafeMutablePointer<Self>, rows: Int, cols: Int,
+                            _ bias1: UnsafePointer<Self>, _ bias2: UnsafePointer<Self>?)
+    /// rows x cols matrix p: p[r, :] = bias1 + bias2 (the output a product then adds to).
+    static func setBiasRows(_ p: UnsafeMutablePointer<Self>, rows: Int, cols: Int,
                             _ bias1: UnsafePointer<Self>, _ bias2: UnsafePointer<Self>?)
     /// out[j] += sum over r of p[r, j].
     static func sumRows(_ p: UnsafePointer<Self>, rows: Int, cols: Int, into out: UnsafeMutablePointer<Self>)
@@ -95,6 +99,9 @@ public protocol RNNScalar: BinaryFloatingPoint, Sendable {
                               dbeta: UnsafeMutablePointer<Self>)
     /// Sum of squares, accumulated in Double.
     static func sumOfSquares(_ x: UnsafePointer<Self>, _ n: Int) -> Double
+    /// Adam's update of n parameters (see Kernels.adamUpdate; the coefficients come from Adam.step).
+    static func adamUpdate(_ n: Int, p: UnsafeMutablePointer<Self>, g: UnsafePointer<Self>, m: UnsafeMutablePointer<Self>,
+                           v: UnsafeMutablePointer<Self>, _ c: AdamCoefficients<Self>)
     /// True when every element is finite.
     static func allFinite(_ x: UnsafePointer<Self>, _ n: Int) -> Bool
     static func fromFloat(_ x: UnsafePointer<Float>, into y: UnsafeMutablePointer<Self>, _ n: Int)
@@ -129,10 +136,10 @@ extension Float: RNNScalar {
              b: w, ldb: hidden, beta: 1, c: out, ldc: gatesTimesHidden)
     }
     public static func recurrentBackward(_ packed: PackedRecurrentWeights?, w: UnsafePointer<Float>, dz: UnsafePointer<Float>,
-                                         rows: Int, gatesTimesHidden: Int, hidden: Int, into out: UnsafeMutablePointer<Float>) {
-        if let packed { packed.backward(dz, rows: rows, into: out); return }
+                                         rows: Int, gatesTimesHidden: Int, hidden: Int, into out: UnsafeMutablePointer<Float>, accumulate: Bool) {
+        if let packed { packed.backward(dz, rows: rows, into: out, accumulate: accumulate); return }
         gemm(transA: false, transB: false, m: rows, n: hidden, k: gatesTimesHidden, alpha: 1, a: dz, lda: gatesTimesHidden,
-             b: w, ldb: hidden, beta: 1, c: out, ldc: hidden)
+             b: w, ldb: hidden, beta: accumulate ? 1 : 0, c: out, ldc: hidden)
     }
     public static func activationForward(_ act: Activation, slope: Float, _ z: UnsafeMutablePointer<Float>, _ n: Int) { VectorKernels.activationForward(act, slope, z, n) }
     public static func activationBackward(_ act: Activation, slope: Float, y: UnsafePointer<Float>, d: UnsafeMutablePointer<Float>, _ n: Int) { Kernels.activationBackward(act, slope, y, d, n) }
@@ -141,12 +148,14 @@ extension Float: RNNScalar {
     public static func gruForward(gates: UnsafeMutablePointer<Float>, hh: UnsafePointer<Float>, hPrev: UnsafePointer<Float>, h: UnsafeMutablePointer<Float>, hn: UnsafeMutablePointer<Float>, rows: Int, hidden: Int) { VectorKernels.gruForward(gates, hh, hPrev, h, hn, rows, hidden) }
     public static func gruBackward(dh: UnsafePointer<Float>, gates: UnsafePointer<Float>, hn: UnsafePointer<Float>, hPrev: UnsafePointer<Float>, dxi: UnsafeMutablePointer<Float>, dhh: UnsafeMutablePointer<Float>, dhPrev: UnsafeMutablePointer<Float>, rows: Int, hidden: Int) { VectorKernels.gruBackward(dh, gates, hn, hPrev, dxi, dhh, dhPrev, rows, hidden) }
     public static func addBiasRows(_ p: UnsafeMutablePointer<Float>, rows: Int, cols: Int, _ b1: UnsafePointer<Float>, _ b2: UnsafePointer<Float>?) { Kernels.addBiasRows(p, rows, cols, b1, b2) }
+    public static func setBiasRows(_ p: UnsafeMutablePointer<Float>, rows: Int, cols: Int, _ b1: UnsafePointer<Float>, _ b2: UnsafePointer<Float>?) { Kernels.setBiasRows(p, rows, cols, b1, b2) }
     public static func sumRows(_ p: UnsafePointer<Float>, rows: Int, cols: Int, into out: UnsafeMutablePointer<Float>) { Kernels.sumRows(p, rows, cols, out) }
     public static func gatherColumns(_ w: UnsafePointer<Float>, ldw: Int, cols: Int, tokens: UnsafePointer<Int32>, rows: Int, into out: UnsafeMutablePointer<Float>, table: UnsafeMutablePointer<Float>?) { Kernels.gatherColumns(w, ldw, cols, tokens, rows, out, table) }
     public static func scatterAddColumns(_ d: UnsafePointer<Float>, rows: Int, cols: Int, tokens: UnsafePointer<Int32>, into dw: UnsafeMutablePointer<Float>, ldw: Int, table: UnsafeMutablePointer<Float>?) { Kernels.scatterAddColumns(d, rows, cols, tokens, dw, ldw, table) }
-    public static func softmaxCrossEntropy(_ l: UnsafeMutablePointer<Float>, rows: Int, classes: Int, targets: UnsafePointer<Int32>, scale: Float) -> (loss: Double, correct: Int) { Kernels.softmaxCrossEntropy(l, rows, classes, targets, scale) }
+    public static func softmaxCrossEntropy(_ l: UnsafeMutablePointer<Float>, rows: Int, classes: Int, targets: UnsafePointer<Int32>, scale: Float) -> (loss: Double, correct: Int) { VectorKernels.softmaxCrossEntropy(l, rows, classes, targets, scale) }
     public static func meanSquaredError(_ y: UnsafeMutablePointer<Float>, targets: UnsafePointer<Float>, rows: Int, width: Int, scale: Float) -> Double { Kernels.meanSquaredError(y, targets, rows, width, scale) }
     public static func sumOfSquares(_ x: UnsafePointer<Float>, _ n: Int) -> Double { Kernels.sumOfSquares(x, n) }
+    public static func adamUpdate(_ n: Int, p: UnsafeMutablePointer<Float>, g: UnsafePointer<Float>, m: UnsafeMutablePointer<Float>, v: UnsafeMutablePointer<Float>, _ c: AdamCoefficients<Float>) { VectorKernels.adamUpdate(n, p, g, m, v, c) }
     public static func columnMoments(_ x: UnsafePointer<Float>, rows: Int, cols: Int, sum: UnsafeMutablePointer<Double>, sumsq: UnsafeMutablePointer<Double>) { Kernels.columnMoments(x, rows, cols, sum, sumsq) }
     public static func batchNormApply(_ x: UnsafeMutablePointer<Float>, rows: Int, cols: Int, mean: UnsafePointer<Double>, rstd: UnsafePointer<Double>, gamma: UnsafePointer<Float>, beta: UnsafePointer<Float>, xhat: UnsafeMutablePointer<Float>) { Kernels.batchNormApply(x, rows, cols, mean, rstd, gamma, beta, xhat) }
     public static func batchNormBackwardSums(_ dy: UnsafePointer<Float>, xhat: UnsafePointer<Float>, rows: Int, cols: Int, sumDy: UnsafeMutablePointer<Double>, sumDyXhat: UnsafeMutablePointer<Double>) { Kernels.batchNormBackwardSums(dy, xhat, rows, cols, sumDy, sumDyXhat) }
@@ -179,9 +188,9 @@ extension Double: RNNScalar {
              b: w, ldb: hidden, beta: 1, c: out, ldc: gatesTimesHidden)
     }
     public static func recurrentBackward(_ packed: PackedRecurrentWeights?, w: UnsafePointer<Double>, dz: UnsafePointer<Double>,
-                                         rows: Int, gatesTimesHidden: Int, hidden: Int, into out: UnsafeMutablePointer<Double>) {
+                                         rows: Int, gatesTimesHidden: Int, hidden: Int, into out: UnsafeMutablePointer<Double>, accumulate: Bool) {
         gemm(transA: false, transB: false, m: rows, n: hidden, k: gatesTimesHidden, alpha: 1, a: dz, lda: gatesTimesHidden,
-             b: w, ldb: hidden, beta: 1, c: out, ldc: hidden)
+             b: w, ldb: hidden, beta: accumulate ? 1 : 0, c: out, ldc: hidden)
     }
     public static func activationForward(_ act: Activation, slope: Double, _ z: UnsafeMutablePointer<Double>, _ n: Int) { Kernels.activationForward(act, slope, z, n) }
     public static func activationBackward(_ act: Activation, slope: Double, y: UnsafePointer<Double>, d: UnsafeMutablePointer<Double>, _ n: Int) { Kernels.activationBackward(act, slope, y, d, n) }
@@ -190,12 +199,14 @@ extension Double: RNNScalar {
     public static func gruForward(gates: UnsafeMutablePointer<Double>, hh: UnsafePointer<Double>, hPrev: UnsafePointer<Double>, h: UnsafeMutablePointer<Double>, hn: UnsafeMutablePointer<Double>, rows: Int, hidden: Int) { Kernels.gruForward(gates, hh, hPrev, h, hn, rows, hidden) }
     public static func gruBackward(dh: UnsafePointer<Double>, gates: UnsafePointer<Double>, hn: UnsafePointer<Double>, hPrev: UnsafePointer<Double>, dxi: UnsafeMutablePointer<Double>, dhh: UnsafeMutablePointer<Double>, dhPrev: UnsafeMutablePointer<Double>, rows: Int, hidden: Int) { Kernels.gruBackward(dh, gates, hn, hPrev, dxi, dhh, dhPrev, rows, hidden) }
     public static func addBiasRows(_ p: UnsafeMutablePointer<Double>, rows: Int, cols: Int, _ b1: UnsafePointer<Double>, _ b2: UnsafePointer<Double>?) { Kernels.addBiasRows(p, rows, cols, b1, b2) }
+    public static func setBiasRows(_ p: UnsafeMutablePointer<Double>, rows: Int, cols: Int, _ b1: UnsafePointer<Double>, _ b2: UnsafePointer<Double>?) { Kernels.setBiasRows(p, rows, cols, b1, b2) }
     public static func sumRows(_ p: UnsafePointer<Double>, rows: Int, cols: Int, into out: UnsafeMutablePointer<Double>) { Kernels.sumRows(p, rows, cols, out) }
     public static func gatherColumns(_ w: UnsafePointer<Double>, ldw: Int, cols: Int, tokens: UnsafePointer<Int32>, rows: Int, into out: UnsafeMutablePointer<Double>, table: UnsafeMutablePointer<Double>?) { Kernels.gatherColumns(w, ldw, cols, tokens, rows, out, table) }
     public static func scatterAddColumns(_ d: UnsafePointer<Double>, rows: Int, cols: Int, tokens: UnsafePointer<Int32>, into dw: UnsafeMutablePointer<Double>, ldw: Int, table: UnsafeMutablePointer<Double>?) { Kernels.scatterAddColumns(d, rows, cols, tokens, dw, ldw, table) }
     public static func softmaxCrossEntropy(_ l: UnsafeMutablePointer<Double>, rows: Int, classes: Int, targets: UnsafePointer<Int32>, scale: Double) -> (loss: Double, correct: Int) { Kernels.softmaxCrossEntropy(l, rows, classes, targets, scale) }
     public static func meanSquaredError(_ y: UnsafeMutablePointer<Double>, targets: UnsafePointer<Float>, rows: Int, width: Int, scale: Double) -> Double { Kernels.meanSquaredError(y, targets, rows, width, scale) }
     public static func sumOfSquares(_ x: UnsafePointer<Double>, _ n: Int) -> Double { Kernels.sumOfSquares(x, n) }
+    public static func adamUpdate(_ n: Int, p: UnsafeMutablePointer<Double>, g: UnsafePointer<Double>, m: UnsafeMutablePointer<Double>, v: UnsafeMutablePointer<Double>, _ c: AdamCoefficients<Double>) { Kernels.adamUpdate(n, p, g, m, v, c) }
     public static func columnMoments(_ x: UnsafePointer<Double>, rows: Int, cols: Int, sum: UnsafeMutablePointer<Double>, sumsq: UnsafeMutablePointer<Double>) { Kernels.columnMoments(x, rows, cols, sum, sumsq) }
     public static func batchNormApply(_ x: UnsafeMutablePointer<Double>, rows: Int, cols: Int, mean: UnsafePointer<Double>, rstd: UnsafePointer<Double>, gamma: UnsafePointer<Double>, beta: UnsafePointer<Double>, xhat: UnsafeMutablePointer<Double>) { Kernels.batchNormApply(x, rows, cols, mean, rstd, gamma, beta, xhat) }
     public static func batchNormBackwardSums(_ dy: UnsafePointer<Double>, xhat: UnsafePointer<Double>, rows: Int, cols: Int, sumDy: UnsafeMutablePointer<Double>, sumDyXhat: UnsafeMutablePointer<Double>) { Kernels.batchNormBackwardSums(dy, xhat, rows, cols, sumDy, sumDyXhat) }

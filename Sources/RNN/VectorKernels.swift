@@ -86,6 +86,84 @@ enum VectorKernels {
         }
     }
 
+    /// Kernels.softmaxCrossEntropy, 8 lanes at a time: per row the max, exp(z - max) stored back,
+    /// their sum, then the gradient scale * (p - onehot(t)) in place. Full chunks of 8 go through
+    /// the vector unit and the tail of a row (classes % 8 values) through the scalar FastMath.exp,
+    /// which gives the same bits, so no padding lane can leak into the max or the sum. The sum is
+    /// 8 running lane sums folded in a fixed order, then the tail, so it depends only on the row:
+    /// the same on every rank count, as reproducible mode requires. The argmax is the first index
+    /// holding the max, as in the scalar reference (its first strictly greater value).
+    static func softmaxCrossEntropy(_ logits: UnsafeMutablePointer<Float>, _ rows: Int, _ classes: Int,
+                                    _ targets: UnsafePointer<Int32>, _ scale: Float) -> (loss: Double, correct: Int) {
+        let full = classes & ~7
+        var loss = 0.0
+        var correct = 0
+        for r in 0..<rows {
+            let z = logits + r &* classes
+            var m8 = Float8(repeating: -.infinity)
+            var j = 0
+            while j < full {
+                let v = UnsafeRawPointer(z + j).loadUnaligned(as: Float8.self)
+                m8 = m8.replacing(with: v, where: v .> m8)
+                j &+= 8
+            }
+            var mx = Swift.max(Swift.max(Swift.max(m8[0], m8[1]), Swift.max(m8[2], m8[3])),
+                               Swift.max(Swift.max(m8[4], m8[5]), Swift.max(m8[6], m8[7])))
+            for k in full..<classes where z[k] > mx { mx = z[k] }
+            var arg = 0
+            for k in 0..<classes where z[k] == mx { arg = k; break }
+            let t = Int(targets[r])
+            let shifted = z[t] - mx  // log of the target's unnormalized probability
+            let mx8 = Float8(repeating: mx)
+            var s8 = Float8()
+            j = 0
+            while j < full {
+                let e = FastMath.exp(UnsafeRawPointer(z + j).loadUnaligned(as: Float8.self) - mx8)
+                UnsafeMutableRawPointer(z + j).storeBytes(of: e, as: Float8.self)
+                s8 += e
+                j &+= 8
+            }
+            var sum = ((s8[0] + s8[4]) + (s8[2] + s8[6])) + ((s8[1] + s8[5]) + (s8[3] + s8[7]))
+            for k in full..<classes { let e = FastMath.exp(z[k] - mx); z[k] = e; sum += e }
+            if arg == t { correct += 1 }
+            // -log p_t = log(sum) - (z_t - max): finite even when exp(z_t - max) underflows.
+            loss += Double(Float.logf(sum)) - Double(shifted)
+            let inv = scale / sum
+            let inv8 = Float8(repeating: inv)
+            j = 0
+            while j < full {
+                let v = UnsafeRawPointer(z + j).loadUnaligned(as: Float8.self) * inv8
+                UnsafeMutableRawPointer(z + j).storeBytes(of: v, as: Float8.self)
+                j &+= 8
+            }
+            for k in full..<classes { z[k] *= inv }
+            z[t] -= scale
+        }
+        return (loss, correct)
+    }
+
+    /// Kernels.adamUpdate, 8 parameters at a time; the tail through the scalar kernel. Every
+    /// operation (+, -, *, /, sqrt) is correctly rounded in either, so the bits are the same.
+    static func adamUpdate(_ n: Int, _ p: UnsafeMutablePointer<Float>, _ g: UnsafePointer<Float>, _ m: UnsafeMutablePointer<Float>,
+                           _ v: UnsafeMutablePointer<Float>, _ c: AdamCoefficients<Float>) {
+        let w1 = Float8(repeating: c.w1), b2 = Float8(repeating: c.b2), w2 = Float8(repeating: c.w2)
+        let eps = Float8(repeating: c.eps), bc2Sqrt = Float8(repeating: c.bc2Sqrt), stepSize = Float8(repeating: c.stepSize)
+        let full = n & ~7
+        var i = 0
+        while i < full {
+            let gi = UnsafeRawPointer(g + i).loadUnaligned(as: Float8.self)
+            let mi = UnsafeRawPointer(m + i).loadUnaligned(as: Float8.self) + w1 * (gi - UnsafeRawPointer(m + i).loadUnaligned(as: Float8.self))
+            let vi = UnsafeRawPointer(v + i).loadUnaligned(as: Float8.self) * b2 + w2 * gi * gi
+            let denom = vi.squareRoot() / bc2Sqrt + eps
+            let pi = UnsafeRawPointer(p + i).loadUnaligned(as: Float8.self) - stepSize * (mi / denom)
+            UnsafeMutableRawPointer(m + i).storeBytes(of: mi, as: Float8.self)
+            UnsafeMutableRawPointer(v + i).storeBytes(of: vi, as: Float8.self)
+            UnsafeMutableRawPointer(p + i).storeBytes(of: pi, as: Float8.self)
+            i &+= 8
+        }
+        Kernels.adamUpdate(n &- full, p + full, g + full, m + full, v + full, c)
+    }
+
     /// Kernels.lstmForward, 8 lanes at a time.
     static func lstmForward(_ gates: UnsafeMutablePointer<Float>, _ cPrev: UnsafePointer<Float>, _ c: UnsafeMutablePointer<Float>,
                             _ h: UnsafeMutablePointer<Float>, _ rows: Int, _ H: Int) {

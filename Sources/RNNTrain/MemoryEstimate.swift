@@ -12,7 +12,7 @@ import RNN
 ///   pipeline also the whole model and optimizer state that rank 0 gathers for a checkpoint,
 ///   (1 + slots) P (the other ranks gather the whole parameters for evaluation, P); and each of
 ///   the stage's layers' W_hh packed for the recurrent products (RecurrentProducts.swift),
-///   2 G H^2 floats per layer; and for one-hot token input (V <= 4096) the transposed copy of
+///   2 G H^2 floats per layer, and W_head packed for the head's input gradient, 2 O D H; and for one-hot token input (V <= 4096) the transposed copy of
 ///   W_ih, V G H floats (Network's token table);
 /// - activations kept for BPTT, per layer of the stage (T, rows, 3H + 3GH): h, c or GRU's n,
 ///   the gates, layer or batch norm's normalized values; and the backward pass's dL/dh and gate
@@ -45,7 +45,7 @@ public struct MemoryEstimate {
         let rows = Double((config.training.globalBatchSize + replicas - 1) / replicas)
         let H = Double(spec.hiddenSize), G = Double(spec.cell.gates), O = Double(spec.outputSize)
         modelBytes = 4 * (Double(2 + slots) * Double(stageTensors) + 2 * Double(P) + (S > 1 ? Double((1 + slots) * P) : 0))
-            + 4 * 2 * Double(stageUnits) * G * H * H
+            + 4 * 2 * Double(stageUnits) * G * H * H + 4 * 2 * O * Double(spec.layerOutputWidth)
             + 4 * Double(Network<Float>.tokenTableScalars(spec))
         let perLayer = 3 * H + 3 * G * H
         let backward = (chunked ? Double(stageUnits) : 2) * (H + G * H)

@@ -70,6 +70,12 @@ final class RecurrentProductTests: XCTestCase {
                 let name = "\(level.name) B=\(B) H=\(H) G=\(G)"
                 XCTAssertEqual(outF.map(\.bitPattern), fwd.out.map(\.bitPattern), "forward, \(name): not the fma chain")
                 XCTAssertEqual(outB.map(\.bitPattern), bwd.out.map(\.bitPattern), "backward, \(name): not the fma chain")
+                // Overwriting (the head's input gradient): the bits of accumulating into zeros,
+                // whatever out held (NaN here), over one K block or several.
+                var zeros = [Float](repeating: 0, count: B * H), set = [Float](repeating: .nan, count: B * H)
+                packed.backward(dz, rows: B, into: &zeros)
+                packed.backward(dz, rows: B, into: &set, accumulate: false)
+                XCTAssertEqual(set.map(\.bitPattern), zeros.map(\.bitPattern), "backward overwriting, \(name)")
                 for i in 0..<(B * GH) {
                     let tol = 2 * Double(H + 1) * Double(Float.ulpOfOne) * fwd.bound[i]
                     if abs(Double(outF[i]) - Double(blasF[i])) > tol { XCTFail("forward, \(name), element \(i): \(outF[i]) vs sgemm \(blasF[i])"); break }
@@ -166,7 +172,9 @@ final class RecurrentProductTests: XCTestCase {
                     var f = [Float](repeating: 0.25, count: B * GH), b = [Float](repeating: -0.5, count: B * H)
                     packed.forward(hPrev, rows: B, into: &f)
                     packed.backward(dz, rows: B, into: &b)
-                    results.append((f + b).map(\.bitPattern))
+                    var set = [Float](repeating: .nan, count: B * H)
+                    packed.backward(dz, rows: B, into: &set, accumulate: false)
+                    results.append((f + b + set).map(\.bitPattern))
                 }
                 for (i, r) in results.enumerated().dropFirst() {
                     XCTAssertEqual(r, results[0], "\(level.name) B=\(B) H=\(H) G=\(G): thread count \([1, 2, 3, 7][i]) changes the bits")

@@ -123,6 +123,67 @@ final class VectorKernelTests: XCTestCase {
         }
     }
 
+    /// Softmax cross-entropy for every class count 1...19 and 65 (tiny-shakespeare's vocabulary):
+    /// random rows, a row of large negative logits (a zero-padded lane would win its max), and
+    /// rows whose max is tied at two places with the target on either one (the argmax is the first
+    /// of them, so one of the two counts as correct). Gradient, loss and correct count against the
+    /// Double reference.
+    func testSoftmaxCrossEntropyMatchesTheDoubleReference() {
+        var rng = Xoshiro256(seed: 11)
+        for classes in Array(1...19) + [65] {
+            var rowsF: [[Float]] = [], targets: [Int32] = []
+            for _ in 0..<3 {
+                rowsF.append(random(classes, 9, &rng).0)
+                targets.append(Int32(rng.next() % UInt64(classes)))
+            }
+            rowsF.append((0..<classes).map { _ in -500 - 3 * rng.nextUniform() })
+            targets.append(Int32(classes - 1))
+            if classes >= 2 {
+                for tieTarget in 0..<2 {
+                    var row = random(classes, 4, &rng).0
+                    let a = Int(rng.next() % UInt64(classes - 1)), b = a + 1 + Int(rng.next() % UInt64(classes - 1 - a))
+                    row[a] = 7.25; row[b] = 7.25
+                    rowsF.append(row)
+                    targets.append(Int32(tieTarget == 0 ? a : b))
+                }
+            }
+            let rows = rowsF.count, scale = Float(1) / Float(rows)
+            var z = guarded(rowsF.flatMap { $0 }), zd = rowsF.flatMap { $0 }.map(Double.init)
+            let got = z.withUnsafeMutableBufferPointer {
+                VectorKernels.softmaxCrossEntropy($0.baseAddress!, rows, classes, targets, scale)
+            }
+            let want = Kernels.softmaxCrossEntropy(&zd, rows, classes, targets, Double(scale))
+            assertClose(z, zd, "softmax gradient classes=\(classes)")
+            XCTAssertEqual(got.loss, want.loss, accuracy: 1e-5 * max(1, abs(want.loss)), "loss classes=\(classes)")
+            XCTAssertEqual(got.correct, want.correct, "correct classes=\(classes)")
+            if classes >= 2 { XCTAssertGreaterThanOrEqual(want.correct, 1, "a tied row counts once") }
+        }
+    }
+
+    /// Adam's 8-lane update against the scalar kernel, bit for bit (each operation is correctly
+    /// rounded either way), for every length 1...19 and 100, over three steps so that m and v are
+    /// the kernels' own.
+    func testAdamUpdateEqualsTheScalarKernelBitForBit() {
+        var rng = Xoshiro256(seed: 13)
+        for n in Array(1...19) + [100] {
+            let p0 = random(n, 1, &rng).0
+            var pv = p0, ps = p0
+            var mv = [Float](repeating: 0, count: n), ms = mv, vv = mv, vs = mv
+            for t in 1...3 {
+                let g = random(n, 0.1, &rng).0
+                let bc1 = 1 - pow(0.9, Double(t)), bc2 = 1 - pow(0.999, Double(t))
+                let c = AdamCoefficients<Float>(w1: 0.1, b2: 0.999, w2: Float(1) - 0.999, eps: 1e-8,
+                                                bc2Sqrt: Float(bc2.squareRoot()), stepSize: Float(1e-2 / bc1))
+                VectorKernels.adamUpdate(n, &pv, g, &mv, &vv, c)
+                Kernels.adamUpdate(n, &ps, g, &ms, &vs, c)
+            }
+            XCTAssertEqual(pv.map(\.bitPattern), ps.map(\.bitPattern), "p n=\(n)")
+            XCTAssertEqual(mv.map(\.bitPattern), ms.map(\.bitPattern), "m n=\(n)")
+            XCTAssertEqual(vv.map(\.bitPattern), vs.map(\.bitPattern), "v n=\(n)")
+            XCTAssertNotEqual(pv, p0, "n=\(n): the parameters did not move")
+        }
+    }
+
     /// The token gather and its scatter twin through the transposed table against their
     /// definitions (out[r, j] += w[j*V + tok_r]; dw[j*V + tok_r] += d[r, j]): the gather bit for
     /// bit, the scatter bit for bit into a zeroed dw and within rounding into a nonzero one, and

@@ -47,6 +47,9 @@ void crec_pack(crec_packed *p, const float *w);
 void crec_forward(crec_packed *p, const float *hPrev, int rows, float *out);
 /* out(rows, h) += dz(rows, gh) * W; dz rows gh floats apart, out rows h floats apart. */
 void crec_backward(crec_packed *p, const float *dz, int rows, float *out);
+/* out(rows, h) = dz(rows, gh) * W: crec_backward into an out of zeros, the same bits, without
+ * reading out first. */
+void crec_backward_set(crec_packed *p, const float *dz, int rows, float *out);
 void crec_free(crec_packed *p);
 /* Threads for the fp32 levels' products (default 1): their column panels are split over n
  * threads when a K block is large enough. The bits do not depend on n (each output element is
