@@ -9,9 +9,11 @@ import PackageDescription
 let optimized: [SwiftSetting] = [.unsafeFlags(["-cross-module-optimization"], .when(configuration: .release))]
 #if arch(x86_64)
 // The elementwise kernels vectorize 8 floats wide with AVX2 and FMA (any x86-64 since Haswell, 2013;
-// the x86-64-v3 level). Set RNN_DP_PORTABLE=1 when building for older CPUs.
+// the x86-64-v3 level), and FastMath's polynomials use fused multiply-adds (RNN_DP_FMA). Set
+// RNN_DP_PORTABLE=1 when building for older CPUs (separate multiplies and adds: other bits).
 let vector: [SwiftSetting] = Context.environment["RNN_DP_PORTABLE"] == nil
-    ? [.unsafeFlags(["-target-cpu", "haswell"], .when(configuration: .release))] : []
+    ? [.unsafeFlags(["-target-cpu", "haswell"], .when(configuration: .release)),
+       .define("RNN_DP_FMA", .when(configuration: .release))] : []
 #else
 let vector: [SwiftSetting] = []
 #endif

@@ -36,11 +36,11 @@ extension FastMath {
         let a = float(bits(x) & 0x7fff_ffff)
         let z = x * x
         var s = Float8(repeating: -5.704_988_727_45e-3)
-        s = s * z + 2.063_908_879_54e-2
-        s = s * z - 5.373_971_555_31e-2
-        s = s * z + 1.333_144_220_36e-1
-        s = s * z - 3.333_328_194_22e-1
-        let small = s * z * x + x
+        s = .madd(s, z, .splat(2.063_908_879_54e-2))
+        s = .madd(s, z, .splat(-5.373_971_555_31e-2))
+        s = .madd(s, z, .splat(1.333_144_220_36e-1))
+        s = .madd(s, z, .splat(-3.333_328_194_22e-1))
+        let small = Float8.madd(s * z, x, x)
         let twoA = 2 * a
         let e = exp(twoA.replacing(with: 88, where: twoA .> 88))
         let large = 1 - 2 / (e + 1)
