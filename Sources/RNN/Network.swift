@@ -621,12 +621,13 @@ public final class Network<S: RNNScalar> {
         // The biases first and the input's contribution added to them (one pass over z less),
         // except under batch norm, which normalizes X W_ih^T before its biases.
         let bhh = spec.cell == .gru ? nil : p(l.bhh)
-        if spec.batchNorm { z.update(repeating: 0, count: TB * GH) } else { S.setBiasRows(z, rows: TB, cols: GH, p(l.bih), bhh) }
+        if !spec.batchNorm { S.setBiasRows(z, rows: TB, cols: GH, p(l.bih), bhh) }
         if let (x, width) = layerInput(k) {
             S.gemm(transA: false, transB: true, m: TB, n: GH, k: width, alpha: 1, a: x + r0 * width, lda: width,
-                   b: p(l.wih), ldb: width, beta: 1, c: z, ldc: GH)
+                   b: p(l.wih), ldb: width, beta: spec.batchNorm ? 0 : 1, c: z, ldc: GH)
         } else {
             guard case .tokens(let V) = spec.input else { preconditionFailure() }
+            if spec.batchNorm { z.update(repeating: 0, count: TB * GH) }  // the gather adds
             S.gatherColumns(p(l.wih), ldw: V, cols: GH, tokens: tokens! + r0, rows: TB, into: z, table: tokenTableOrNil)
         }
         if spec.batchNorm {
@@ -897,8 +898,9 @@ public final class Network<S: RNNScalar> {
                b: input, ldb: W, beta: 1, c: g(layout.headWeight), ldc: W)
         S.sumRows(head.pointer, rows: headRows, cols: O, into: g(layout.headBias))
         onGradientsFinal?(layout.headFinalOffset)
-        // dTop = dOut W_head through the packed kernel: it beats sgemm at this shape (k = O, one
-        // K block) by 15-20% (BENCHMARKS.md), and packing the (O, D*H) W_head costs microseconds.
+        // dTop = dOut W_head through the packed kernel: it beat sgemm at this shape (k = O, one
+        // K block) by 12-20% for D*H = 128...1024 (BENCHMARKS.md), and packing the (O, D*H) W_head
+        // costs microseconds.
         packedHead = S.packRecurrent(p(layout.headWeight), gatesTimesHidden: O, hidden: W, reuse: packedHead)
         S.recurrentBackward(packedHead, w: p(layout.headWeight), dz: head.pointer, rows: headRows, gatesTimesHidden: O, hidden: W,
                             into: dTop, accumulate: false)

@@ -95,7 +95,7 @@ enum VectorKernels {
     /// holding the max, as in the scalar reference (its first strictly greater value).
     static func softmaxCrossEntropy(_ logits: UnsafeMutablePointer<Float>, _ rows: Int, _ classes: Int,
                                     _ targets: UnsafePointer<Int32>, _ scale: Float) -> (loss: Double, correct: Int) {
-        let full = classes & ~7
+        let full = classes & ~7, l = Lanes(8)
         var loss = 0.0
         var correct = 0
         for r in 0..<rows {
@@ -103,7 +103,7 @@ enum VectorKernels {
             var m8 = Float8(repeating: -.infinity)
             var j = 0
             while j < full {
-                let v = UnsafeRawPointer(z + j).loadUnaligned(as: Float8.self)
+                let v = l.load(z + j)
                 m8 = m8.replacing(with: v, where: v .> m8)
                 j &+= 8
             }
@@ -118,8 +118,8 @@ enum VectorKernels {
             var s8 = Float8()
             j = 0
             while j < full {
-                let e = FastMath.exp(UnsafeRawPointer(z + j).loadUnaligned(as: Float8.self) - mx8)
-                UnsafeMutableRawPointer(z + j).storeBytes(of: e, as: Float8.self)
+                let e = FastMath.exp(l.load(z + j) - mx8)
+                l.store(e, z + j)
                 s8 += e
                 j &+= 8
             }
@@ -132,8 +132,8 @@ enum VectorKernels {
             let inv8 = Float8(repeating: inv)
             j = 0
             while j < full {
-                let v = UnsafeRawPointer(z + j).loadUnaligned(as: Float8.self) * inv8
-                UnsafeMutableRawPointer(z + j).storeBytes(of: v, as: Float8.self)
+                let v = l.load(z + j) * inv8
+                l.store(v, z + j)
                 j &+= 8
             }
             for k in full..<classes { z[k] *= inv }
@@ -148,17 +148,16 @@ enum VectorKernels {
                            _ v: UnsafeMutablePointer<Float>, _ c: AdamCoefficients<Float>) {
         let w1 = Float8(repeating: c.w1), b2 = Float8(repeating: c.b2), w2 = Float8(repeating: c.w2)
         let eps = Float8(repeating: c.eps), bc2Sqrt = Float8(repeating: c.bc2Sqrt), stepSize = Float8(repeating: c.stepSize)
-        let full = n & ~7
+        let full = n & ~7, l = Lanes(8)
         var i = 0
         while i < full {
-            let gi = UnsafeRawPointer(g + i).loadUnaligned(as: Float8.self)
-            let mi = UnsafeRawPointer(m + i).loadUnaligned(as: Float8.self) + w1 * (gi - UnsafeRawPointer(m + i).loadUnaligned(as: Float8.self))
-            let vi = UnsafeRawPointer(v + i).loadUnaligned(as: Float8.self) * b2 + w2 * gi * gi
+            let gi = l.load(g + i), m0 = l.load(m + i)
+            let mi = m0 + w1 * (gi - m0)
+            let vi = l.load(v + i) * b2 + w2 * gi * gi
             let denom = vi.squareRoot() / bc2Sqrt + eps
-            let pi = UnsafeRawPointer(p + i).loadUnaligned(as: Float8.self) - stepSize * (mi / denom)
-            UnsafeMutableRawPointer(m + i).storeBytes(of: mi, as: Float8.self)
-            UnsafeMutableRawPointer(v + i).storeBytes(of: vi, as: Float8.self)
-            UnsafeMutableRawPointer(p + i).storeBytes(of: pi, as: Float8.self)
+            l.store(mi, m + i)
+            l.store(vi, v + i)
+            l.store(l.load(p + i) - stepSize * (mi / denom), p + i)
             i &+= 8
         }
         Kernels.adamUpdate(n &- full, p + full, g + full, m + full, v + full, c)

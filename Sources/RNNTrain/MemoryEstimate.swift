@@ -12,8 +12,9 @@ import RNN
 ///   pipeline also the whole model and optimizer state that rank 0 gathers for a checkpoint,
 ///   (1 + slots) P (the other ranks gather the whole parameters for evaluation, P); and each of
 ///   the stage's layers' W_hh packed for the recurrent products (RecurrentProducts.swift),
-///   2 G H^2 floats per layer, and W_head packed for the head's input gradient, 2 O D H; and for one-hot token input (V <= 4096) the transposed copy of
-///   W_ih, V G H floats (Network's token table);
+///   2 G H^2 floats per layer, and W_head packed for the head's input gradient, 2 O D H; and
+///   for one-hot token input (V <= 4096) the transposed copy of W_ih, V G H floats (Network's
+///   token table);
 /// - activations kept for BPTT, per layer of the stage (T, rows, 3H + 3GH): h, c or GRU's n,
 ///   the gates, layer or batch norm's normalized values; and the backward pass's dL/dh and gate
 ///   gradients of two layers, (T, rows, 2H + 2GH), or of every layer of the stage when the
