@@ -5,6 +5,7 @@
 # the ratio of the best rounds (on a shared machine noise only slows a run down, so the best
 # round of each is the least disturbed; BENCHMARKS.md quotes all three when they disagree).
 #   scripts/bench_compare.sh [ROUNDS=3] [STEPS=20] [THREADS=1]
+# CASES="gru-h512 lstm-h1024" scripts/bench_compare.sh ... runs only those cases.
 # Needs a release build of rnn-dp (swift build -c release) and torch (pip install torch).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,7 +16,7 @@ BIN="$(swift build -c release --show-bin-path)/rnn-dp"
 [ -x "$BIN" ] || { echo "bench_compare: build rnn-dp first: swift build -c release" >&2; exit 2; }
 python3 -c "import torch" 2>/dev/null || { echo "bench_compare: needs torch (pip install torch)" >&2; exit 2; }
 OUT=$(mktemp -d)
-for case in rnn-h128 lstm-h256x2 gru-h512 lstm-h1024; do
+for case in ${CASES:-rnn-h128 lstm-h256x2 gru-h512 lstm-h1024}; do
     for r in $(seq "$ROUNDS"); do
         "$BIN" bench --case "$case" --steps "$STEPS" --threads "$THREADS" --json >> "$OUT/rnndp.jsonl"
         python3 scripts/bench_pytorch.py --case "$case" --steps "$STEPS" --threads "$THREADS" --json >> "$OUT/torch.jsonl"

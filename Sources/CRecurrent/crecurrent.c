@@ -40,6 +40,9 @@
 enum { KC = 256, KPC = 256, MAX_MR = 12, MAX_NR = 32, CREC_MAX_THREADS = 64, DIRECT_K = 512 };
 /* A K block of fewer FLOPs than this runs on one thread: waking a worker costs microseconds. */
 #define PARALLEL_FLOPS 4e6
+/* Packed weights larger than this are streamed from L3 or memory, and panels() prefetches them
+ * (measured: no gain at 1-3 MB, which stay in L2 or near it; 8-13% at 16 MB). */
+#define PREFETCH_BYTES (4 << 20)
 static int crec_nthreads = 1;
 struct crec_packed;
 typedef struct {
@@ -51,6 +54,8 @@ typedef struct {
     const float *a;  /* A itself (M, K), for the direct tiles */
     int direct;      /* full row tiles read A in place (run()) */
     int zero;        /* out starts from zero (the first K block of an overwriting product) */
+    int prefetch;    /* Weff is larger than PREFETCH_BYTES: panels() prefetches the next panel */
+    int tiles;       /* row tiles per panel (next_rows' split of M) */
 } panels_job;
 static void panels(const panels_job *job, int j0, int j1);
 static void run_parallel(const panels_job *job);
@@ -373,7 +378,10 @@ static void run(crec_packed *p, const pack_t *P, const float *a, int M, float *c
      * a problem for L1 sets at large power-of-two K, which keep the copy. The last, partial row tile
      * is still copied zero-padded, so no tile reads past row M. */
     const int direct = p->level == CREC_AVX2 && K <= DIRECT_K;
+    const int prefetch = (double)K * P->np * p->nr * sizeof(float) > PREFETCH_BYTES;
     tile_fn fn;
+    int tiles = 0;
+    for (int i = 0; i < M; i += next_rows(p->level, M - i, &fn)) tiles++;
     for (int k0 = 0; k0 < K; k0 += KC) {
         const int kc = K - k0 < KC ? K - k0 : KC;
         float *ab = p->abuf;
@@ -390,7 +398,7 @@ static void run(crec_packed *p, const pack_t *P, const float *a, int M, float *c
             }
             ab += (size_t)r * kc;
         }
-        const panels_job job = {p, P, M, c, k0, kc, a, direct, zero && k0 == 0};
+        const panels_job job = {p, P, M, c, k0, kc, a, direct, zero && k0 == 0, prefetch, tiles};
         if (crec_nthreads > 1 && 2.0 * M * kc * N >= PARALLEL_FLOPS) run_parallel(&job);
         else panels(&job, 0, P->np);
     }
@@ -409,7 +417,16 @@ static void panels(const panels_job *job, int j0, int j1) {
         const float *pj = P->panels + ((size_t)j * K + job->k0) * nr;
         const int cols = N - j * nr < nr ? N - j * nr : nr;
         const float *ap = p->abuf;
+        /* Weff beyond the caches: fetch the next panel's chunk of this K block into L1 while this
+         * one runs, a share of its lines before each row tile. The hardware prefetchers stop at
+         * every 4 KB page, so without this each chunk's first row tile waits on L3 (lstm-h1024's
+         * 16 MB W_hh: 71-80 GFLOP/s without, 78-83 with; BENCHMARKS.md). No effect on the sums. */
+        const char *next = (const char *)(P->panels + ((size_t)(j + 1) * K + job->k0) * nr);
+        const int lines = job->prefetch && j + 1 < j1 ? kc * nr * (int)sizeof(float) / 64 : 0;
+        const int per = (lines + job->tiles - 1) / job->tiles;
+        int sent = 0;
         for (int i = 0, r; i < M; i += r) {
+            for (int q = 0; q < per && sent < lines; q++, sent++) __builtin_prefetch(next + (size_t)sent * 64, 0, 3);
             r = next_rows(p->level, M - i, &fn);
             const int rows = M - i < r ? M - i : r;
             float *ct = job->c + (size_t)i * N + (size_t)j * nr;

@@ -137,7 +137,8 @@ enum Kernels {
     /// `table` (ldw, cols), so that each token's column is one contiguous row: the gather then
     /// reads rows instead of one element every ldw (a strided read per element cost 1.7% of a
     /// gru-h512 step). The sums are the same as reading w directly. table nil: w is read in place.
-    @inline(__always) static func gatherColumns<S: BinaryFloatingPoint>(_ w: UnsafePointer<S>, _ ldw: Int, _ cols: Int, _ tokens: UnsafePointer<Int32>, _ rows: Int, _ out: UnsafeMutablePointer<S>, _ table: UnsafeMutablePointer<S>?) {
+    /// filled: table already holds this w transposed (an earlier gather of the same pass).
+    @inline(__always) static func gatherColumns<S: BinaryFloatingPoint>(_ w: UnsafePointer<S>, _ ldw: Int, _ cols: Int, _ tokens: UnsafePointer<Int32>, _ rows: Int, _ out: UnsafeMutablePointer<S>, _ table: UnsafeMutablePointer<S>?, filled: Bool = false) {
         guard let table else {  // no workspace (a large vocabulary): W_ih's columns in place
             for r in 0..<rows {
                 let tok = Int(tokens[r])
@@ -146,9 +147,11 @@ enum Kernels {
             }
             return
         }
-        for j in 0..<cols {
-            let src = w + j &* ldw
-            for v in 0..<ldw { table[v &* cols &+ j] = src[v] }
+        if !filled {
+            for j in 0..<cols {
+                let src = w + j &* ldw
+                for v in 0..<ldw { table[v &* cols &+ j] = src[v] }
+            }
         }
         for r in 0..<rows {
             let src = table + Int(tokens[r]) &* cols

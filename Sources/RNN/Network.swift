@@ -619,16 +619,25 @@ public final class Network<S: RNNScalar> {
         // Elman keeps its pre-activations in h (activated in place); gated cells in `gates`.
         let z = (spec.cell == .rnn ? st.h.pointer : st.gates.pointer) + r0 * GH  // (rows, G*H)
         // The biases first and the input's contribution added to them (one pass over z less),
-        // except under batch norm, which normalizes X W_ih^T before its biases.
+        // except under batch norm, which normalizes X W_ih^T before its biases. A token input
+        // without batch norm is gathered step by step in the loop below, just before the product
+        // adds to the same rows, so that they are still in cache for it and for the cell (the
+        // whole (N, G*H) gather up front left them in L3 or memory: gru-h512's 25 MB).
         let bhh = spec.cell == .gru ? nil : p(l.bhh)
-        if !spec.batchNorm { S.setBiasRows(z, rows: TB, cols: GH, p(l.bih), bhh) }
-        if let (x, width) = layerInput(k) {
+        let input = layerInput(k)
+        var tokensPerStep: Int?  // V, when the gather is per step
+        if let (x, width) = input {
+            if !spec.batchNorm { S.setBiasRows(z, rows: TB, cols: GH, p(l.bih), bhh) }
             S.gemm(transA: false, transB: true, m: TB, n: GH, k: width, alpha: 1, a: x + r0 * width, lda: width,
                    b: p(l.wih), ldb: width, beta: spec.batchNorm ? 0 : 1, c: z, ldc: GH)
         } else {
             guard case .tokens(let V) = spec.input else { preconditionFailure() }
-            if spec.batchNorm { z.update(repeating: 0, count: TB * GH) }  // the gather adds
-            S.gatherColumns(p(l.wih), ldw: V, cols: GH, tokens: tokens! + r0, rows: TB, into: z, table: tokenTableOrNil)
+            if spec.batchNorm {
+                z.update(repeating: 0, count: TB * GH)  // the gather adds
+                S.gatherColumns(p(l.wih), ldw: V, cols: GH, tokens: tokens! + r0, rows: TB, into: z, table: tokenTableOrNil, filled: false)
+            } else {
+                tokensPerStep = V
+            }
         }
         if spec.batchNorm {
             precondition(TB == N, "batch norm needs the whole sequence in one chunk")
@@ -647,6 +656,11 @@ public final class Network<S: RNNScalar> {
             let hPrev = t > 0 ? st.h.pointer + offset[t - 1] * H : s0(k, 0)  // (Bt, H)
             let zt = z0 + r * GH  // (Bt, G*H)
             let product = t > 0 || !zeroInitialH(k)  // h_{-1} = 0 adds nothing
+            if let V = tokensPerStep {  // z's rows of step t: biases + W_ih's token columns
+                S.setBiasRows(zt, rows: Bt, cols: GH, p(l.bih), bhh)
+                S.gatherColumns(p(l.wih), ldw: V, cols: GH, tokens: tokens! + r, rows: Bt, into: zt, table: tokenTableOrNil,
+                                filled: t != steps.lowerBound)
+            }
             stepsComputed += Bt
             if t % 8 == 0 { pipe?.progress() }
             switch spec.cell {

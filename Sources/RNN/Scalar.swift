@@ -63,9 +63,9 @@ public protocol RNNScalar: BinaryFloatingPoint, Sendable {
     /// out[r, j] += w[j * ldw + tokens[r]] for r < rows, j < cols: the row gather that replaces a
     /// one-hot input times W_ih^T (W_ih is (cols, ldw) row-major, so a token selects a column).
     /// table: a workspace of ldw * cols scalars (W_ih transposed, Kernels.gatherColumns), or nil
-    /// to read w's columns in place.
+    /// to read w's columns in place; filled: an earlier gather of this w has filled table already.
     static func gatherColumns(_ w: UnsafePointer<Self>, ldw: Int, cols: Int, tokens: UnsafePointer<Int32>,
-                              rows: Int, into out: UnsafeMutablePointer<Self>, table: UnsafeMutablePointer<Self>?)
+                              rows: Int, into out: UnsafeMutablePointer<Self>, table: UnsafeMutablePointer<Self>?, filled: Bool)
     /// The backward twin of gatherColumns: dw[j * ldw + tokens[r]] += d[r, j], summed per token in
     /// the workspace table (ldw * cols scalars) first.
     static func scatterAddColumns(_ d: UnsafePointer<Self>, rows: Int, cols: Int, tokens: UnsafePointer<Int32>,
@@ -150,7 +150,7 @@ extension Float: RNNScalar {
     public static func addBiasRows(_ p: UnsafeMutablePointer<Float>, rows: Int, cols: Int, _ b1: UnsafePointer<Float>, _ b2: UnsafePointer<Float>?) { Kernels.addBiasRows(p, rows, cols, b1, b2) }
     public static func setBiasRows(_ p: UnsafeMutablePointer<Float>, rows: Int, cols: Int, _ b1: UnsafePointer<Float>, _ b2: UnsafePointer<Float>?) { Kernels.setBiasRows(p, rows, cols, b1, b2) }
     public static func sumRows(_ p: UnsafePointer<Float>, rows: Int, cols: Int, into out: UnsafeMutablePointer<Float>) { Kernels.sumRows(p, rows, cols, out) }
-    public static func gatherColumns(_ w: UnsafePointer<Float>, ldw: Int, cols: Int, tokens: UnsafePointer<Int32>, rows: Int, into out: UnsafeMutablePointer<Float>, table: UnsafeMutablePointer<Float>?) { Kernels.gatherColumns(w, ldw, cols, tokens, rows, out, table) }
+    public static func gatherColumns(_ w: UnsafePointer<Float>, ldw: Int, cols: Int, tokens: UnsafePointer<Int32>, rows: Int, into out: UnsafeMutablePointer<Float>, table: UnsafeMutablePointer<Float>?, filled: Bool) { Kernels.gatherColumns(w, ldw, cols, tokens, rows, out, table, filled: filled) }
     public static func scatterAddColumns(_ d: UnsafePointer<Float>, rows: Int, cols: Int, tokens: UnsafePointer<Int32>, into dw: UnsafeMutablePointer<Float>, ldw: Int, table: UnsafeMutablePointer<Float>?) { Kernels.scatterAddColumns(d, rows, cols, tokens, dw, ldw, table) }
     public static func softmaxCrossEntropy(_ l: UnsafeMutablePointer<Float>, rows: Int, classes: Int, targets: UnsafePointer<Int32>, scale: Float) -> (loss: Double, correct: Int) { VectorKernels.softmaxCrossEntropy(l, rows, classes, targets, scale) }
     public static func meanSquaredError(_ y: UnsafeMutablePointer<Float>, targets: UnsafePointer<Float>, rows: Int, width: Int, scale: Float) -> Double { Kernels.meanSquaredError(y, targets, rows, width, scale) }
@@ -201,7 +201,7 @@ extension Double: RNNScalar {
     public static func addBiasRows(_ p: UnsafeMutablePointer<Double>, rows: Int, cols: Int, _ b1: UnsafePointer<Double>, _ b2: UnsafePointer<Double>?) { Kernels.addBiasRows(p, rows, cols, b1, b2) }
     public static func setBiasRows(_ p: UnsafeMutablePointer<Double>, rows: Int, cols: Int, _ b1: UnsafePointer<Double>, _ b2: UnsafePointer<Double>?) { Kernels.setBiasRows(p, rows, cols, b1, b2) }
     public static func sumRows(_ p: UnsafePointer<Double>, rows: Int, cols: Int, into out: UnsafeMutablePointer<Double>) { Kernels.sumRows(p, rows, cols, out) }
-    public static func gatherColumns(_ w: UnsafePointer<Double>, ldw: Int, cols: Int, tokens: UnsafePointer<Int32>, rows: Int, into out: UnsafeMutablePointer<Double>, table: UnsafeMutablePointer<Double>?) { Kernels.gatherColumns(w, ldw, cols, tokens, rows, out, table) }
+    public static func gatherColumns(_ w: UnsafePointer<Double>, ldw: Int, cols: Int, tokens: UnsafePointer<Int32>, rows: Int, into out: UnsafeMutablePointer<Double>, table: UnsafeMutablePointer<Double>?, filled: Bool) { Kernels.gatherColumns(w, ldw, cols, tokens, rows, out, table, filled: filled) }
     public static func scatterAddColumns(_ d: UnsafePointer<Double>, rows: Int, cols: Int, tokens: UnsafePointer<Int32>, into dw: UnsafeMutablePointer<Double>, ldw: Int, table: UnsafeMutablePointer<Double>?) { Kernels.scatterAddColumns(d, rows, cols, tokens, dw, ldw, table) }
     public static func softmaxCrossEntropy(_ l: UnsafeMutablePointer<Double>, rows: Int, classes: Int, targets: UnsafePointer<Int32>, scale: Double) -> (loss: Double, correct: Int) { Kernels.softmaxCrossEntropy(l, rows, classes, targets, scale) }
     public static func meanSquaredError(_ y: UnsafeMutablePointer<Double>, targets: UnsafePointer<Float>, rows: Int, width: Int, scale: Double) -> Double { Kernels.meanSquaredError(y, targets, rows, width, scale) }

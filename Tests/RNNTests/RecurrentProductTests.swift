@@ -6,8 +6,9 @@ import XCTest
 /// element, k ascending (bit for bit: the order crecurrent.h promises), at shapes that fill whole
 /// register tiles and shapes that do not (B = 7, H = 13).
 final class RecurrentProductTests: XCTestCase {
-    // (B, H, G)
-    let shapes = [(7, 13, 4), (1, 1, 1), (16, 128, 4), (13, 17, 3), (5, 40, 1), (33, 300, 3), (64, 64, 4)]
+    // (B, H, G); (9, 600, 4) packs 5.8 MB of weights, above crecurrent.c's PREFETCH_BYTES (4 MB),
+    // where the tiles prefetch the next panel.
+    let shapes = [(7, 13, 4), (1, 1, 1), (16, 128, 4), (13, 17, 3), (5, 40, 1), (33, 300, 3), (64, 64, 4), (9, 600, 4)]
 
     /// Our kernel's levels this CPU runs (every one of them promises the fma chain).
     var levels: [RecurrentProducts.Level] {
@@ -155,11 +156,12 @@ final class RecurrentProductTests: XCTestCase {
 
     /// Split over threads (column panels), the products keep every bit: each output element is
     /// still one fma chain. Shapes above the threading threshold (4 MFLOP per K block) and below
-    /// it, with partial panels and tiles; threads 2, 3 and 7 (more threads than panels).
+    /// it, with partial panels and tiles, and weights large enough to be prefetched; threads 2, 3
+    /// and 7 (more threads than panels).
     func testThreadsKeepTheBits() {
         var rng = Rng(s: 9)
         defer { setBLASThreads(1) }
-        for (B, H, G) in [(64, 300, 4), (33, 257, 3), (5, 40, 4)] {
+        for (B, H, G) in [(64, 300, 4), (33, 257, 3), (5, 40, 4), (10, 520, 4)] {  // the last above PREFETCH_BYTES
             let GH = G * H
             let w = (0..<(GH * H)).map { _ in rng.next() * 0.2 }
             let hPrev = (0..<(B * H)).map { _ in rng.next() }, dz = (0..<(B * GH)).map { _ in rng.next() }

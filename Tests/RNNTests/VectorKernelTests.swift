@@ -201,9 +201,24 @@ final class VectorKernelTests: XCTestCase {
             for useTable in [true, false] {
                 var out = start
                 table.withUnsafeMutableBufferPointer { t in
-                    Float.gatherColumns(w, ldw: V, cols: cols, tokens: tokens, rows: rows, into: &out, table: useTable ? t.baseAddress : nil)
+                    Float.gatherColumns(w, ldw: V, cols: cols, tokens: tokens, rows: rows, into: &out, table: useTable ? t.baseAddress : nil, filled: false)
                 }
                 XCTAssertEqual(out.map(\.bitPattern), expected.map(\.bitPattern), "gather V=\(V) cols=\(cols) table=\(useTable)")
+                // Row by row (as the forward gathers step by step), the table filled by the first
+                // call only: the same bits.
+                var byRow = start
+                table.withUnsafeMutableBufferPointer { t in
+                    if useTable { t.update(repeating: .nan) }
+                    byRow.withUnsafeMutableBufferPointer { o in
+                        tokens.withUnsafeBufferPointer { tk in
+                            for r in 0..<rows {
+                                Float.gatherColumns(w, ldw: V, cols: cols, tokens: tk.baseAddress! + r, rows: 1,
+                                                    into: o.baseAddress! + r * cols, table: useTable ? t.baseAddress : nil, filled: r > 0)
+                            }
+                        }
+                    }
+                }
+                XCTAssertEqual(byRow.map(\.bitPattern), expected.map(\.bitPattern), "gather by row, V=\(V) cols=\(cols) table=\(useTable)")
                 for initial in [Float(0), 0.25] {
                     var sum = [Double](repeating: 0, count: cols * V), direct = [Float](repeating: initial, count: cols * V)
                     for r in 0..<rows {
