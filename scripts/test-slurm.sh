@@ -265,19 +265,24 @@ note "cluster up: node localhost idle, $NCPU CPUs"
 
 # job_field JOBID FIELD: a field of `scontrol show job` (empty when the job is gone)
 job_field() { scontrol show job -o "$1" 2>/dev/null | tr ' ' '\n' | sed -n "s/^$2=//p" | head -n 1; }
-# wait_job JOBID SECONDS: until the job has ended; prints its final state
-wait_job() {
-    local id="$1" deadline=$(($(date +%s) + $2)) st
+# wait_job_line JOBID SECONDS: until the job has ended; prints its last `scontrol show job -o`
+# line, taken when it reached its final state. slurmctld can drop a cancelled job's record within
+# a second (MinJobAge=0 notwithstanding; seen under load), so fields read later may be gone.
+wait_job_line() {
+    local id="$1" deadline=$(($(date +%s) + $2)) line st
     while :; do
-        st="$(job_field "$id" JobState)"
+        line="$(scontrol show job -o "$id" 2>/dev/null)" || line=""
+        st="$(printf '%s\n' "$line" | tr ' ' '\n' | sed -n 's/^JobState=//p' | head -n 1)"
         case "$st" in
             COMPLETED|FAILED|CANCELLED|TIMEOUT|NODE_FAIL|PREEMPTED|BOOT_FAIL|DEADLINE|OUT_OF_MEMORY)
-                echo "$st"; return 0 ;;
+                printf '%s\n' "$line"; return 0 ;;
         esac
-        [ "$(date +%s)" -ge "$deadline" ] && { echo "${st:-gone}"; return 1; }
+        [ "$(date +%s)" -ge "$deadline" ] && { printf '%s\n' "$line"; return 1; }
         sleep 0.3
     done
 }
+# line_field LINE FIELD: a field of one `scontrol show job -o` line
+line_field() { printf '%s\n' "$1" | tr ' ' '\n' | sed -n "s/^$2=//p" | head -n 1; }
 show_log() { echo "---- $1"; sed 's/^/  | /' "$1" | grep -v '^  | step \|diagnostics' | tail -n "${2:-40}"; }
 
 cd "$WORK"
@@ -311,8 +316,8 @@ JOB="$(RNN_DP_CONFIG="$CONFIG" RNN_DP_OUTPUT="$WORK/b" sbatch --parsable --ntask
     --job-name=test-mpirun --output="$WORK/b.out" \
     "$REPO/scripts/slurm/rnn-dp-mpirun.sbatch" "data.path=$DATA")"
 JOB="${JOB%%;*}"
-final="$(wait_job "$JOB" 180)"
-rc="$(job_field "$JOB" ExitCode)"
+line="$(wait_job_line "$JOB" 180)"
+final="$(line_field "$line" JobState)"; rc="$(line_field "$line" ExitCode)"
 if [ "$final" = COMPLETED ] && [ "$rc" = "0:0" ] && grep -q "world: MPI (Open MPI), 2 ranks" "$WORK/b.out" \
     && same_model "$WORK/ref/model.safetensors" "$WORK/b/model.safetensors"; then
     pass "b. mpirun-inside-the-allocation job (2 ranks) trains the same model, bitwise"
@@ -348,10 +353,11 @@ if [ "$ok" = 1 ]; then
         sleep 0.1
     done
     note "c. job $JOB: Restarts=$(job_field "$JOB" Restarts), state $(job_field "$JOB" JobState)"
-    final="$(wait_job "$JOB" 240)"
-    note "c. job $JOB ended: $final, ExitCode=$(job_field "$JOB" ExitCode), Restarts=$(job_field "$JOB" Restarts)"
+    line="$(wait_job_line "$JOB" 240)"
+    final="$(line_field "$line" JobState)"; rc="$(line_field "$line" ExitCode)"
+    note "c. job $JOB ended: $final, ExitCode=$rc, Restarts=$(line_field "$line" Restarts)"
     starts="$(grep -c 'start [0-9]* (SLURM_RESTART_COUNT=' "$WORK/c.out")"
-    if [ "$requeued" = 1 ] && [ "$final" = COMPLETED ] && [ "$(job_field "$JOB" ExitCode)" = "0:0" ] \
+    if [ "$requeued" = 1 ] && [ "$final" = COMPLETED ] && [ "$rc" = "0:0" ] \
         && grep -q "exited with code 75" "$WORK/c.out" \
         && grep -q "start 2 (SLURM_RESTART_COUNT=1)" "$WORK/c.out" \
         && grep -q "resume: yes" "$WORK/c.out" && [ "$starts" -eq 2 ] \
@@ -361,7 +367,7 @@ if [ "$ok" = 1 ]; then
         pass "c. USR1 -> checkpoint ($stopped) -> requeue -> resume: same parameters as an uninterrupted run, bitwise; both starts in $(basename "$WORK/c.out")"
     else
         show_log "$WORK/c.out" 60
-        fail "c. requeue: requeued=$requeued, final state $final, exit $(job_field "$JOB" ExitCode), $starts starts logged, or a different model"
+        fail "c. requeue: requeued=$requeued, final state ${final:-gone}, exit $rc, $starts starts logged, or a different model"
     fi
 fi
 
@@ -378,15 +384,16 @@ for _ in $(seq 600); do
     sleep 0.1
 done
 scancel "$JOB"
-final="$(wait_job "$JOB" 120)"
+line="$(wait_job_line "$JOB" 120)"
+final="$(line_field "$line" JobState)"; restarts="$(line_field "$line" Restarts)"
 sleep 1
 last="$(cat "$WORK/c2/checkpoints/latest" 2>/dev/null)"
-if [ "$final" = CANCELLED ] && [ "$(job_field "$JOB" Restarts)" = 0 ] && [ ! -f "$WORK/c2/model.safetensors" ] \
+if [ "$final" = CANCELLED ] && [ "$restarts" = 0 ] && [ ! -f "$WORK/c2/model.safetensors" ] \
     && grep -q "SIGTERM received: checkpoint written" "$WORK/c2.out" && [ -n "$last" ]; then
     pass "c2. scancel (SIGTERM): checkpoint written ($last), job stays cancelled, not requeued"
 else
     show_log "$WORK/c2.out"
-    fail "c2. scancel: state $final, Restarts=$(job_field "$JOB" Restarts), latest checkpoint '$last'"
+    fail "c2. scancel: state ${final:-gone}, Restarts=$restarts, latest checkpoint '$last'"
 fi
 
 # ---- d. job array ---------------------------------------------------------------------------

@@ -24,10 +24,12 @@
 #include <dlfcn.h>
 #include <math.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #if defined(__x86_64__)
 #include <cpuid.h>
 #include <immintrin.h>
@@ -52,10 +54,13 @@ typedef struct {
     float *c;
     int k0, kc;
     const float *a;  /* A itself (M, K), for the direct tiles */
+    const float *ab; /* this K block of A, copied tile by tile k-major (see run()) */
+    int blocks;      /* run_parallel: every K block from k0 = 0 on (each thread its own panels) */
     int direct;      /* full row tiles read A in place (run()) */
     int zero;        /* out starts from zero (the first K block of an overwriting product) */
     int prefetch;    /* Weff is larger than PREFETCH_BYTES: panels() prefetches the next panel */
     int tiles;       /* row tiles per panel (next_rows' split of M) */
+    int mpad;        /* their rows: M rounded up to whole tiles (a K block of abuf is mpad x KC) */
 } panels_job;
 static void panels(const panels_job *job, int j0, int j1);
 static void run_parallel(const panels_job *job);
@@ -79,7 +84,8 @@ struct crec_packed {
     int gh, h, level, nr;
     pack_t fwd;     /* Weff = W^T: (h, gh) */
     pack_t bwd;     /* Weff = W:   (gh, h) */
-    float *abuf;    /* one K block of A, tile by tile, k-major: (rows rounded up to a tile, KC) */
+    float *abuf;    /* A's K blocks, tile by tile, k-major: (rows rounded up to a tile, KC), one block
+                       at a time on one thread, all of them before a parallel product */
     size_t abuf_floats;
     uint16_t *abf;  /* bf16 level: A rounded to bf16, row-major (M, 2*Kp), the pad k zero */
     size_t abf_halves;
@@ -365,8 +371,14 @@ void crec_pack(crec_packed *p, const float *w) {
 static void run(crec_packed *p, const pack_t *P, const float *a, int M, float *c, int zero) {
     const int K = P->K, N = P->N;
     if (M <= 0) return;
-    const size_t need = (size_t)(M + MAX_MR) * KC;
-    if (p->abuf_floats < need) {  /* grows to the largest M seen, then stays */
+    /* With threads, one parallel region for the whole product: every K block of A is copied
+     * first, then each thread runs its own panels through all K blocks (a wake and a wait per
+     * product, not per K block; the K blocks of one column still run in order, so the bits are
+     * the one-thread bits). */
+    const int parallel = crec_nthreads > 1 && 2.0 * M * K * N >= PARALLEL_FLOPS;
+    const int nblocks = parallel ? (K + KC - 1) / KC : 1;
+    const size_t need = (size_t)(M + MAX_MR) * KC * nblocks;
+    if (p->abuf_floats < need) {  /* grows to the largest M (and K, with threads) seen, then stays */
         free(p->abuf);
         p->abuf = aligned(need);
         p->abuf_floats = p->abuf ? need : 0;
@@ -380,11 +392,12 @@ static void run(crec_packed *p, const pack_t *P, const float *a, int M, float *c
     const int direct = p->level == CREC_AVX2 && K <= DIRECT_K;
     const int prefetch = (double)K * P->np * p->nr * sizeof(float) > PREFETCH_BYTES;
     tile_fn fn;
-    int tiles = 0;
-    for (int i = 0; i < M; i += next_rows(p->level, M - i, &fn)) tiles++;
+    int tiles = 0, mpad = 0;
+    for (int r; mpad < M; mpad += r) { r = next_rows(p->level, M - mpad, &fn); tiles++; }
+    float *ab = p->abuf;
     for (int k0 = 0; k0 < K; k0 += KC) {
         const int kc = K - k0 < KC ? K - k0 : KC;
-        float *ab = p->abuf;
+        float *const block = ab;
         for (int i = 0, r; i < M; i += r) {
             r = next_rows(p->level, M - i, &fn);
             if (direct && i + r <= M) { ab += (size_t)r * kc; continue; }
@@ -398,13 +411,35 @@ static void run(crec_packed *p, const pack_t *P, const float *a, int M, float *c
             }
             ab += (size_t)r * kc;
         }
-        const panels_job job = {p, P, M, c, k0, kc, a, direct, zero && k0 == 0, prefetch, tiles};
-        if (crec_nthreads > 1 && 2.0 * M * kc * N >= PARALLEL_FLOPS) run_parallel(&job);
-        else panels(&job, 0, P->np);
+        if (parallel) continue;  /* the next block goes beside this one */
+        const panels_job job = {p, P, M, c, k0, kc, a, block, 0, direct, zero && k0 == 0, prefetch, tiles, mpad};
+        panels(&job, 0, P->np);
+        ab = p->abuf;
+    }
+    if (parallel) {
+        const panels_job job = {p, P, M, c, 0, K < KC ? K : KC, a, p->abuf, 1, direct, zero, prefetch, tiles, mpad};
+        run_parallel(&job);
     }
 }
 
-/* Column panels j0..<j1 of one K block (its A block already copied into p->abuf). Panels write
+/* Panels j0..<j1 of a parallel product through every K block in order: block b starts at row
+ * b*KC of Weff and at abuf + b*(rows rounded up to tiles)*KC, as run() copied them. */
+static void blocks(const panels_job *job, int j0, int j1) {
+    if (!job->blocks) { panels(job, j0, j1); return; }
+    const int K = job->P->K;
+    const size_t stride = (size_t)job->mpad * KC;
+    panels_job b = *job;
+    b.blocks = 0;
+    for (int k0 = 0, n = 0; k0 < K; k0 += KC, n++) {
+        b.k0 = k0;
+        b.kc = K - k0 < KC ? K - k0 : KC;
+        b.ab = job->ab + (size_t)n * stride;
+        b.zero = job->zero && k0 == 0;
+        panels(&b, j0, j1);
+    }
+}
+
+/* Column panels j0..<j1 of one K block (its A block already copied, at job->ab). Panels write
  * disjoint columns, so splitting them over threads leaves every output element's fma chain, and
  * so its bits, as one thread computes it. */
 static void panels(const panels_job *job, int j0, int j1) {
@@ -416,11 +451,11 @@ static void panels(const panels_job *job, int j0, int j1) {
     for (int j = j0; j < j1; j++) {
         const float *pj = P->panels + ((size_t)j * K + job->k0) * nr;
         const int cols = N - j * nr < nr ? N - j * nr : nr;
-        const float *ap = p->abuf;
+        const float *ap = job->ab;
         /* Weff beyond the caches: fetch the next panel's chunk of this K block into L1 while this
          * one runs, a share of its lines before each row tile. The hardware prefetchers stop at
          * every 4 KB page, so without this each chunk's first row tile waits on L3 (lstm-h1024's
-         * 16 MB W_hh: 71-80 GFLOP/s without, 78-83 with; BENCHMARKS.md). No effect on the sums. */
+         * 16 MB W_hh: medians 71-80 GFLOP/s without, 79-85 with; BENCHMARKS.md). No effect on the sums. */
         const char *next = (const char *)(P->panels + ((size_t)(j + 1) * K + job->k0) * nr);
         const int lines = job->prefetch && j + 1 < j1 ? kc * nr * (int)sizeof(float) / 64 : 0;
         const int per = (lines + job->tiles - 1) / job->tiles;
@@ -448,26 +483,57 @@ static void panels(const panels_job *job, int j0, int j1) {
 }
 
 /* Threads for the fp32 kernel's column panels: the caller takes share 0, crec_nthreads - 1
- * workers (started on first use, then waiting on a condition variable) the others. */
+ * workers (started on first use) the others. A worker that has finished spins for up to SPIN_NS
+ * on the generation counter before it sleeps on the condition variable, and so does the caller
+ * waiting for the workers: waking a sleeping thread costs tens of microseconds (more under a
+ * hypervisor, whose idle vCPU has halted), against a per-step product of a few hundred, and the
+ * next product usually comes after one cell's elementwise step. */
+#define SPIN_NS 200000
 static pthread_mutex_t pool_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t pool_go = PTHREAD_COND_INITIALIZER, pool_done = PTHREAD_COND_INITIALIZER;
 static const panels_job *pool_job;
-static int pool_workers, pool_shares, pool_pending;
-static unsigned long pool_generation;
+static int pool_workers, pool_shares;
+static atomic_int pool_pending;
+static atomic_ulong pool_generation;
+
+static inline long long now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+static inline void cpu_relax(void) {
+#if defined(__x86_64__)
+    _mm_pause();
+#endif
+}
+/* Spin until *gen differs from seen (1) or SPIN_NS have passed (0). */
+static int spin_for_generation(unsigned long seen) {
+    const long long until = now_ns() + SPIN_NS;
+    for (int n = 0;; n++) {
+        if (atomic_load_explicit(&pool_generation, memory_order_acquire) != seen) return 1;
+        if ((n & 63) == 63 && now_ns() > until) return 0;
+        cpu_relax();
+    }
+}
 
 static void *pool_worker(void *arg) {
     const int id = (int)(intptr_t)arg;
     unsigned long seen = 0;
-    pthread_mutex_lock(&pool_mu);
     for (;;) {
-        while (pool_generation == seen) pthread_cond_wait(&pool_go, &pool_mu);
-        seen = pool_generation;
+        if (!spin_for_generation(seen)) {
+            pthread_mutex_lock(&pool_mu);
+            while (atomic_load(&pool_generation) == seen) pthread_cond_wait(&pool_go, &pool_mu);
+            pthread_mutex_unlock(&pool_mu);
+        }
+        seen = atomic_load(&pool_generation);  /* acquire: pool_job and pool_shares were set before it */
         const panels_job *job = pool_job;
         const int shares = pool_shares, np = job->P->np;
-        pthread_mutex_unlock(&pool_mu);
-        if (id < shares) panels(job, id * np / shares, (id + 1) * np / shares);
-        pthread_mutex_lock(&pool_mu);
-        if (--pool_pending == 0) pthread_cond_signal(&pool_done);
+        if (id < shares) blocks(job, id * np / shares, (id + 1) * np / shares);
+        if (atomic_fetch_sub(&pool_pending, 1) == 1) {  /* the last one: wake the caller if it sleeps */
+            pthread_mutex_lock(&pool_mu);
+            pthread_cond_signal(&pool_done);
+            pthread_mutex_unlock(&pool_mu);
+        }
     }
     return NULL;
 }
@@ -483,19 +549,26 @@ static void run_parallel(const panels_job *job) {
     }
     if (pool_workers < shares - 1) {  /* no threads to be had: one thread does it all */
         pthread_mutex_unlock(&pool_mu);
-        panels(job, 0, np);
+        blocks(job, 0, np);
         return;
     }
     pool_job = job;
     pool_shares = shares;
-    pool_pending = pool_workers;
-    pool_generation++;
+    atomic_store(&pool_pending, pool_workers);
+    atomic_fetch_add(&pool_generation, 1);  /* release: the job is published with it */
     pthread_cond_broadcast(&pool_go);
     pthread_mutex_unlock(&pool_mu);
-    panels(job, 0, np / shares);
-    pthread_mutex_lock(&pool_mu);
-    while (pool_pending > 0) pthread_cond_wait(&pool_done, &pool_mu);
-    pthread_mutex_unlock(&pool_mu);
+    blocks(job, 0, np / shares);
+    const long long until = now_ns() + SPIN_NS;
+    for (int n = 0; atomic_load(&pool_pending) > 0; n++) {
+        if ((n & 63) == 63 && now_ns() > until) {
+            pthread_mutex_lock(&pool_mu);
+            while (atomic_load(&pool_pending) > 0) pthread_cond_wait(&pool_done, &pool_mu);
+            pthread_mutex_unlock(&pool_mu);
+            break;
+        }
+        cpu_relax();
+    }
 }
 
 void crec_set_threads(int n) { crec_nthreads = n < 1 ? 1 : n > CREC_MAX_THREADS ? CREC_MAX_THREADS : n; }

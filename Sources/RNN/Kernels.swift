@@ -138,7 +138,7 @@ enum Kernels {
     /// reads rows instead of one element every ldw (a strided read per element cost 1.7% of a
     /// gru-h512 step). The sums are the same as reading w directly. table nil: w is read in place.
     /// filled: table already holds this w transposed (an earlier gather of the same pass).
-    @inline(__always) static func gatherColumns<S: BinaryFloatingPoint>(_ w: UnsafePointer<S>, _ ldw: Int, _ cols: Int, _ tokens: UnsafePointer<Int32>, _ rows: Int, _ out: UnsafeMutablePointer<S>, _ table: UnsafeMutablePointer<S>?, filled: Bool = false) {
+    @inline(__always) static func gatherColumns<S: BinaryFloatingPoint>(_ w: UnsafePointer<S>, _ ldw: Int, _ cols: Int, _ tokens: UnsafePointer<Int32>, _ rows: Int, _ out: UnsafeMutablePointer<S>, _ table: UnsafeMutablePointer<S>?, filled: Bool) {
         guard let table else {  // no workspace (a large vocabulary): W_ih's columns in place
             for r in 0..<rows {
                 let tok = Int(tokens[r])
