@@ -495,6 +495,9 @@ static const panels_job *pool_job;
 static int pool_workers, pool_shares;
 static atomic_int pool_pending;
 static atomic_ulong pool_generation;
+/* The generation each worker was started at: it waits for the next one. (A worker started for a
+ * larger thread count must not take the previous, finished product's job for a new one.) */
+static unsigned long pool_born[CREC_MAX_THREADS];
 
 static inline long long now_ns(void) {
     struct timespec ts;
@@ -518,7 +521,7 @@ static int spin_for_generation(unsigned long seen) {
 
 static void *pool_worker(void *arg) {
     const int id = (int)(intptr_t)arg;
-    unsigned long seen = 0;
+    unsigned long seen = pool_born[id];  /* written before pthread_create */
     for (;;) {
         if (!spin_for_generation(seen)) {
             pthread_mutex_lock(&pool_mu);
@@ -543,6 +546,7 @@ static void run_parallel(const panels_job *job) {
     pthread_mutex_lock(&pool_mu);
     while (pool_workers < shares - 1) {
         pthread_t t;
+        pool_born[pool_workers + 1] = atomic_load(&pool_generation);
         if (pthread_create(&t, NULL, pool_worker, (void *)(intptr_t)(pool_workers + 1)) != 0) break;
         pthread_detach(t);
         pool_workers++;

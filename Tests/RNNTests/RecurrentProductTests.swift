@@ -185,6 +185,36 @@ final class RecurrentProductTests: XCTestCase {
         }
     }
 
+    /// Thread counts 2 to 12, three products each: the same bits as one thread. Each new count
+    /// starts a worker while the pool's generation counter is past zero; such a worker must wait
+    /// for the next product (crecurrent.c's pool_born). The race that rule closes is too narrow for
+    /// this test to hit reliably: it ran green without the rule too. So this test guards the
+    /// splits at many threads (down to one panel per thread), not that race.
+    func testGrowingThePoolKeepsTheBits() {
+        var rng = Rng(s: 11)
+        defer { setBLASThreads(1) }
+        let (B, H, G) = (64, 300, 4), GH = G * H
+        let w = (0..<(GH * H)).map { _ in rng.next() * 0.2 }
+        let hPrev = (0..<(B * H)).map { _ in rng.next() }, dz = (0..<(B * GH)).map { _ in rng.next() }
+        let level = RecurrentProducts.Level.best  // the pool is the same at every level
+        let packed = PackedRecurrentWeights(gatesTimesHidden: GH, hidden: H, level: level)
+        packed.pack(w)
+        func run() -> [UInt32] {
+            var f = [Float](repeating: 0.25, count: B * GH), b = [Float](repeating: -0.5, count: B * H)
+            packed.forward(hPrev, rows: B, into: &f)
+            packed.backward(dz, rows: B, into: &b)
+            return (f + b).map(\.bitPattern)
+        }
+        setBLASThreads(1)
+        let reference = run()
+        for threads in 2...12 {
+            setBLASThreads(threads)
+            for repeat_ in 0..<3 {
+                XCTAssertEqual(run(), reference, "\(level.name): \(threads) threads, run \(repeat_), other bits")
+            }
+        }
+    }
+
     func testTheChoiceOfPath() throws {
         XCTAssertEqual(try RecurrentProducts.path(for: "openblas"), .openblas)
         XCTAssertEqual(try RecurrentProducts.path(for: "packed"), .packed(RecurrentProducts.Level.best))
