@@ -263,8 +263,10 @@ done
 [ "$state" = idle ] || { cat "$TMP/log/slurmd.out"; fatal "node not idle (state '$state')"; }
 note "cluster up: node localhost idle, $NCPU CPUs"
 
+# line_field LINE FIELD: a field of one `scontrol show job -o` line
+line_field() { printf '%s\n' "$1" | tr ' ' '\n' | sed -n "s/^$2=//p" | head -n 1; }
 # job_field JOBID FIELD: a field of `scontrol show job` (empty when the job is gone)
-job_field() { scontrol show job -o "$1" 2>/dev/null | tr ' ' '\n' | sed -n "s/^$2=//p" | head -n 1; }
+job_field() { line_field "$(scontrol show job -o "$1" 2>/dev/null)" "$2"; }
 # wait_job_line JOBID SECONDS: until the job has ended; prints its last `scontrol show job -o`
 # line, taken when it reached its final state. slurmctld can drop a cancelled job's record within
 # a second (MinJobAge=0 notwithstanding; seen under load), so fields read later may be gone.
@@ -272,7 +274,7 @@ wait_job_line() {
     local id="$1" deadline=$(($(date +%s) + $2)) line st
     while :; do
         line="$(scontrol show job -o "$id" 2>/dev/null)" || line=""
-        st="$(printf '%s\n' "$line" | tr ' ' '\n' | sed -n 's/^JobState=//p' | head -n 1)"
+        st="$(line_field "$line" JobState)"
         case "$st" in
             COMPLETED|FAILED|CANCELLED|TIMEOUT|NODE_FAIL|PREEMPTED|BOOT_FAIL|DEADLINE|OUT_OF_MEMORY)
                 printf '%s\n' "$line"; return 0 ;;
@@ -281,8 +283,6 @@ wait_job_line() {
         sleep 0.3
     done
 }
-# line_field LINE FIELD: a field of one `scontrol show job -o` line
-line_field() { printf '%s\n' "$1" | tr ' ' '\n' | sed -n "s/^$2=//p" | head -n 1; }
 show_log() { echo "---- $1"; sed 's/^/  | /' "$1" | grep -v '^  | step \|diagnostics' | tail -n "${2:-40}"; }
 
 cd "$WORK"

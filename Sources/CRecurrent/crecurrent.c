@@ -55,7 +55,6 @@ typedef struct {
     int k0, kc;
     const float *a;  /* A itself (M, K), for the direct tiles */
     const float *ab; /* this K block of A, copied tile by tile k-major (see run()) */
-    int blocks;      /* run_parallel: every K block from k0 = 0 on (each thread its own panels) */
     int direct;      /* full row tiles read A in place (run()) */
     int zero;        /* out starts from zero (the first K block of an overwriting product) */
     int prefetch;    /* Weff is larger than PREFETCH_BYTES: panels() prefetches the next panel */
@@ -412,12 +411,12 @@ static void run(crec_packed *p, const pack_t *P, const float *a, int M, float *c
             ab += (size_t)r * kc;
         }
         if (parallel) continue;  /* the next block goes beside this one */
-        const panels_job job = {p, P, M, c, k0, kc, a, block, 0, direct, zero && k0 == 0, prefetch, tiles, mpad};
+        const panels_job job = {p, P, M, c, k0, kc, a, block, direct, zero && k0 == 0, prefetch, tiles, mpad};
         panels(&job, 0, P->np);
         ab = p->abuf;
     }
-    if (parallel) {
-        const panels_job job = {p, P, M, c, 0, K < KC ? K : KC, a, p->abuf, 1, direct, zero, prefetch, tiles, mpad};
+    if (parallel) {  /* the whole product: blocks() sets k0, kc, ab and zero for each K block */
+        const panels_job job = {p, P, M, c, 0, 0, a, p->abuf, direct, zero, prefetch, tiles, mpad};
         run_parallel(&job);
     }
 }
@@ -425,11 +424,9 @@ static void run(crec_packed *p, const pack_t *P, const float *a, int M, float *c
 /* Panels j0..<j1 of a parallel product through every K block in order: block b starts at row
  * b*KC of Weff and at abuf + b*(rows rounded up to tiles)*KC, as run() copied them. */
 static void blocks(const panels_job *job, int j0, int j1) {
-    if (!job->blocks) { panels(job, j0, j1); return; }
     const int K = job->P->K;
     const size_t stride = (size_t)job->mpad * KC;
     panels_job b = *job;
-    b.blocks = 0;
     for (int k0 = 0, n = 0; k0 < K; k0 += KC, n++) {
         b.k0 = k0;
         b.kc = K - k0 < KC ? K - k0 : KC;
@@ -485,9 +482,10 @@ static void panels(const panels_job *job, int j0, int j1) {
 /* Threads for the fp32 kernel's column panels: the caller takes share 0, crec_nthreads - 1
  * workers (started on first use) the others. A worker that has finished spins for up to SPIN_NS
  * on the generation counter before it sleeps on the condition variable, and so does the caller
- * waiting for the workers: waking a sleeping thread costs tens of microseconds (more under a
- * hypervisor, whose idle vCPU has halted), against a per-step product of a few hundred, and the
- * next product usually comes after one cell's elementwise step. */
+ * waiting for the workers. The premise: waking a sleeping thread costs tens of microseconds (more
+ * under a hypervisor, whose idle vCPU has halted), against a per-step product of a few hundred,
+ * and the next product usually comes after one cell's elementwise step. The wake itself was not
+ * timed; BENCHMARKS.md has the measured gain (gru-h512 at 2 threads +11-19%). */
 #define SPIN_NS 200000
 static pthread_mutex_t pool_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t pool_go = PTHREAD_COND_INITIALIZER, pool_done = PTHREAD_COND_INITIALIZER;

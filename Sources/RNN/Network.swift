@@ -624,9 +624,8 @@ public final class Network<S: RNNScalar> {
         // adds to the same rows, so that they are still in cache for it and for the cell (the
         // whole (N, G*H) gather up front left them in L3 or memory: gru-h512's 25 MB).
         let bhh = spec.cell == .gru ? nil : p(l.bhh)
-        let input = layerInput(k)
         var tokensPerStep: Int?  // V, when the gather is per step
-        if let (x, width) = input {
+        if let (x, width) = layerInput(k) {
             if !spec.batchNorm { S.setBiasRows(z, rows: TB, cols: GH, p(l.bih), bhh) }
             S.gemm(transA: false, transB: true, m: TB, n: GH, k: width, alpha: 1, a: x + r0 * width, lda: width,
                    b: p(l.wih), ldb: width, beta: spec.batchNorm ? 0 : 1, c: z, ldc: GH)
